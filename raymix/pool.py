@@ -16,6 +16,7 @@ Pool specs (the same text in YAML, on the command line and in Tune grids):
 """
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -146,10 +147,12 @@ class MixTailorPool:
         parsed = parse_spec(spec)
         kw = parsed.kwargs
         if parsed.name == "mixtailor":
+            _bind(_mixtailor_members, parsed, kw)
             members = _mixtailor_members(str(parsed), **kw)
             rules = [build_rule(s) for s, _ in members]
             pool = cls(rules, [c for _, c in members], kw.get("weights"), name=str(parsed))
         elif parsed.name == "pool":
+            _bind(_explicit_pool, parsed, kw, skip=2)
             pool = _explicit_pool(cls, str(parsed), **kw)
         else:
             pool = cls([build_rule(parsed)], name=str(parsed))
@@ -226,6 +229,14 @@ class MixTailorPool:
 
     def __repr__(self) -> str:
         return f"MixTailorPool({self.name!r}, {len(self)} members: {self.class_counts()})"
+
+
+def _bind(fn, parsed: Spec, kw: dict, skip: int = 1) -> None:
+    """Refuse unknown pool arguments by name, as the rule and attack registries do."""
+    params = list(inspect.signature(fn).parameters)[skip:]
+    unknown = sorted(set(kw) - set(params))
+    if unknown:
+        raise SpecError(f"bad arguments for pool {str(parsed)!r}: unknown {', '.join(unknown)}; it takes: {', '.join(params)}")
 
 
 def _mixtailor_members(

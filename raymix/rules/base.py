@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from raymix.spec import Registry, Spec
+from raymix.spec import Registry, Spec, parse_spec
 
 __all__ = ["Rule", "RULES", "build_rule", "precondition_error"]
 
@@ -26,7 +26,7 @@ class Rule:
 
     spec: str
     family: str
-    fn: Callable[[torch.Tensor, int], torch.Tensor]
+    fn: Callable[..., torch.Tensor]
     requirement: Callable[[int, int], str | None]
 
     def check(self, n: int, f: int) -> None:
@@ -36,11 +36,13 @@ class Rule:
         if needs is not None:
             raise precondition_error(self.spec, n, f, needs)
 
-    def __call__(self, G: torch.Tensor, f: int) -> torch.Tensor:
+    def __call__(self, G: torch.Tensor, f: int, **kw) -> torch.Tensor:
+        """``kw`` is forwarded to ``fn``; every built-in rule accepts ``generator=`` (only
+        randomized rules such as bucketing use it)."""
         if G.dim() != 2:
             raise ValueError(f"rule {self.spec} takes an (n, d) tensor, got shape {tuple(G.shape)}")
         self.check(G.shape[0], f)
-        return self.fn(G, f)
+        return self.fn(G, f, **kw)
 
     def __repr__(self) -> str:
         return f"Rule({self.spec!r})"
@@ -53,6 +55,11 @@ def build_rule(spec: "str | Spec | Rule") -> Rule:
     """Build a rule from its spec string, e.g. ``build_rule("bulyan(select=krum(p=3), agg=comed)")``."""
     if isinstance(spec, Rule):
         return spec
+    import dataclasses
+
     import raymix.rules  # noqa: F401  (registers every rule on first use)
 
-    return RULES.build(spec)
+    parsed = parse_spec(spec)
+    rule = RULES.build(parsed)
+    # Canonical text is the parsed spec as the user wrote it (arguments in their order).
+    return rule if rule.spec == str(parsed) else dataclasses.replace(rule, spec=str(parsed))

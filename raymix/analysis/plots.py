@@ -1,0 +1,169 @@
+"""The paper's figures from a tidy results frame (see :func:`raymix.analysis.load_results`).
+
+Every function takes the frame, returns the matplotlib Figure, and saves it as PNG and SVG
+when ``out`` (a path without suffix) is given.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless by default: reports and CI have no display
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+__all__ = ["accuracy_curves", "ablation_bars", "drawn_classes", "fooled_fraction", "summary_table", "label_of"]
+
+ACC = "test_accuracy"
+STEP = "step"
+
+
+def _save(fig, out: "str | os.PathLike | None"):
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out.with_suffix(".png"), dpi=120, bbox_inches="tight")
+        fig.savefig(out.with_suffix(".svg"), bbox_inches="tight")
+    return fig
+
+
+def label_of(row: pd.Series) -> str:
+    """A short legend label for a trial's aggregator."""
+    agg = str(row.get("aggregator", "?"))
+    return "mixtailor" if agg in ("mixtailor", "mixtailor(composition=full)") else agg
+
+
+def _panel_key(df: pd.DataFrame) -> str | None:
+    for key in ("attack", "epsilon"):
+        if key in df.columns and df[key].nunique(dropna=False) > 1:
+            return key
+    return None
+
+
+def accuracy_curves(df: pd.DataFrame, out=None, panel_by: str | None = "auto", metric: str = ACC, title: str | None = None):
+    """Accuracy against iteration, one line per aggregator, mean and min-max band over seeds,
+    one panel per attack (the paper's Figures 1 to 4 and 6)."""
+    if df.empty:
+        raise ValueError("no results to plot")
+    df = df.copy()
+    df["_label"] = df.apply(label_of, axis=1)
+    key = _panel_key(df) if panel_by == "auto" else panel_by
+    panels = sorted(df[key].dropna().unique(), key=str) if key else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        sub = df if panel is None else df[df[key] == panel]
+        for label, g in sorted(sub.groupby("_label"), key=lambda kv: kv[0]):
+            stats = g.groupby(STEP)[metric].agg(["mean", "min", "max", "count"]).reset_index()
+            line, = ax.plot(stats[STEP], 100 * stats["mean"], label=f"{label} (n={int(stats['count'].max())})")
+            if stats["count"].max() > 1:
+                ax.fill_between(stats[STEP], 100 * stats["min"], 100 * stats["max"], color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("iteration")
+        ax.set_title(str(panel) if panel is not None else (title or ""), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    if title and panels != [None]:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _finals(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(STEP).groupby("trial", as_index=False).tail(1)
+
+
+def ablation_bars(df: pd.DataFrame, out=None, metric: str = ACC):
+    """Final accuracy per pool composition with error bars over seeds (the paper's Figure 5)."""
+    fin = _finals(df).copy()
+    fin["pool"] = fin.get("pool", pd.Series(index=fin.index, dtype=object)).fillna(fin["aggregator"])
+    key = _panel_key(fin)
+    groups = sorted(fin[key].unique(), key=str) if key else [None]
+    pools = sorted(fin["pool"].unique(), key=lambda p: (p != "full", str(p)))
+    width = 0.8 / max(1, len(groups))
+    fig, ax = plt.subplots(figsize=(1.4 * len(pools) + 2, 3.8))
+    for i, grp in enumerate(groups):
+        sub = fin if grp is None else fin[fin[key] == grp]
+        stats = sub.groupby("pool")[metric].agg(["mean", "std"]).reindex(pools)
+        x = np.arange(len(pools)) + (i - (len(groups) - 1) / 2) * width
+        ax.bar(x, 100 * stats["mean"], width, yerr=100 * stats["std"].fillna(0), capsize=3, label=str(grp) if grp is not None else None)
+    ax.set_xticks(np.arange(len(pools)))
+    ax.set_xticklabels(pools, rotation=20)
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    if key:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _prefixed(df: pd.DataFrame, prefix: str) -> list[str]:
+    return [c for c in df.columns if c.startswith(prefix)]
+
+
+def drawn_classes(df: pd.DataFrame, out=None, prefix: str = "drawn_family."):
+    """Which rules were drawn, by class, over the run (MixTailor trials only)."""
+    cols = _prefixed(df, prefix)
+    if not cols:
+        raise ValueError(f"no columns starting with {prefix!r}: were these MixTailor trials?")
+    sub = df[df[cols].fillna(0).sum(axis=1) > 0]
+    per_step = sub.groupby(STEP)[cols].sum()
+    frac = per_step.div(per_step.sum(axis=1), axis=0)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.stackplot(frac.index, *[frac[c] for c in cols], labels=[c[len(prefix):] for c in cols], alpha=0.85)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("share of draws")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def fooled_fraction(df: pd.DataFrame, out=None, prefix: str = "fooled_family."):
+    """The fraction of pool members the attack fooled over time, by class."""
+    cols = _prefixed(df, prefix)
+    if not cols:
+        raise ValueError(f"no columns starting with {prefix!r}: were diagnostics on?")
+    key = _panel_key(df)
+    panels = sorted(df[key].dropna().unique(), key=str) if key else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        sub = df if panel is None else df[df[key] == panel]
+        sub = sub.dropna(subset=cols, how="all")
+        means = sub.groupby(STEP)[cols].mean()
+        for c in cols:
+            ax.plot(means.index, means[c], label=c[len(prefix):])
+        ax.set_title(str(panel) if panel is not None else "", fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction of members fooled")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def summary_table(df: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
+    """Final and best accuracy per configuration (mean and std over seeds), and the gap of the
+    final accuracy to omniscient under the same attack."""
+    fin = _finals(df)
+    best = df.groupby("trial")[metric].max().rename("best")
+    fin = fin.join(best, on="trial")
+    keys = [k for k in ("attack", "aggregator") if k in fin.columns and fin[k].notna().any()]
+    table = fin.groupby(keys).agg(
+        final_mean=(metric, "mean"), final_std=(metric, "std"), best_mean=("best", "mean"), seeds=("trial", "count"), steps=(STEP, "max")
+    ).reset_index()
+    if "aggregator" in keys:
+        if keys == ["aggregator"]:
+            ref = table.loc[table["aggregator"] == "omniscient", "final_mean"]
+            table["gap_to_omniscient"] = (ref.iloc[0] - table["final_mean"]) if len(ref) else np.nan
+        else:
+            other = [k for k in keys if k != "aggregator"]
+            ref = table[table["aggregator"] == "omniscient"].set_index(other)["final_mean"]
+            table["gap_to_omniscient"] = table.apply(lambda r: ref.get(tuple(r[k] for k in other) if len(other) > 1 else r[other[0]], np.nan) - r["final_mean"], axis=1)
+    for c in ("final_mean", "final_std", "best_mean", "gap_to_omniscient"):
+        if c in table.columns:
+            table[c] = 100 * table[c]
+    return table

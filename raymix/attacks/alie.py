@@ -1,0 +1,51 @@
+"""A Little Is Enough (Baruch, Baruch & Goldberg, NeurIPS 2019)."""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import torch
+
+from raymix.attacks.base import ATTACKS, AdversaryView, Attack, real_arg, spec_text
+
+__all__ = ["ALIE", "alie_z"]
+
+
+def alie_z(n: int, f: int) -> float:
+    """z_max of ALIE: s = floor(n/2 + 1) - f supporters needed, z = Phi^-1((n - s) / n)."""
+    s = math.floor(n / 2 + 1) - f
+    if not 0 < s < n:
+        raise ValueError(
+            f"attack alie cannot derive z with n={n}, f={f}: s = floor(n/2+1) - f = {s} must satisfy 0 < s < n "
+            f"(f too large for ALIE's majority argument; pass a fixed z instead)"
+        )
+    return NormalDist().inv_cdf((n - s) / n)
+
+
+@ATTACKS.register("alie")
+class ALIE(Attack):
+    """``alie(z=none)``: every Byzantine row is ``mu - z * sigma`` (per coordinate mean and
+    standard deviation of the visible honest rows; sigma uses the unbiased estimator, 0 when
+    a single row is visible). ``z=none`` derives z from (n, f) with :func:`alie_z`."""
+
+    name = "alie"
+
+    def __init__(self, z: float | None = None):
+        self.z = None if z is None else real_arg(self.name, "z", z)
+        self._args = {"z": z}
+        self.spec = spec_text(self.name, self._args)
+
+    def check(self, n: int, f: int) -> None:
+        super().check(n, f)
+        if self.z is None and f > 0:
+            alie_z(n, f)
+
+    def z_for(self, n: int, f: int) -> float:
+        return self.z if self.z is not None else alie_z(n, f)
+
+    def craft(self, view: AdversaryView) -> torch.Tensor:
+        z = self.z_for(view.n, view.f)
+        mu = view.honest.mean(dim=0)
+        sigma = view.honest.std(dim=0, correction=1) if view.k >= 2 else torch.zeros_like(mu)
+        row = mu - z * sigma
+        return row.unsqueeze(0).expand(view.f, -1).clone()

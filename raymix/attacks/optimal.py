@@ -1,0 +1,269 @@
+"""Optimised tailored attacks: against one known rule, and against a MixTailor pool whose
+members (and weights) are known but whose per-step draw is not (MixTailor, appendix A.4, P3).
+
+Both search a scalar lambda for crafted rows B(lambda) = a + lambda * v (all f rows equal):
+
+- ``search=epsilon``: a = 0, v = -mean(honest)                    (IPM with epsilon = lambda)
+- ``search=sign``:    a = 0, v = -sign(mean) * ||mean||_2 / sqrt(d) (Fang's direction, norm-matched)
+- ``search=alie``:    a = mean, v = -std(honest)                   (ALIE with z = lambda)
+
+and pick the lambda minimising the damage objective, i.e. the inner product of the aggregate of
+G(lambda) = [visible honest; B(lambda)] with the visible honest mean mu:
+``optimal``: <rule(G), mu>; ``pool_aware``: E_{rule ~ pool}[<rule(G), mu>] (``expected``) or
+max_{rule in pool} <rule(G), mu> (``worst``, a robust attack against the least-hurt member).
+
+Grid: the given list, or log-spaced points from 1e-3 to 1e3 (all powers of ten included), then
+``refine`` rounds of ``refine_points`` log-spaced points between the best point's grid
+neighbours. A non-finite objective value counts as +inf (never chosen); ties go to the
+smaller lambda.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from raymix.attacks.base import (
+    ATTACKS,
+    AdversaryView,
+    Attack,
+    check_simulation,
+    choice_arg,
+    grid_arg,
+    int_arg,
+    spec_text,
+)
+from raymix.spec import parse_spec
+
+__all__ = ["Optimal", "PoolAware", "crafted_direction", "lambda_search", "default_grid"]
+
+SEARCHES = ("epsilon", "sign", "alie")
+
+
+def default_grid(per_decade: int, lo_exp: int = -3, hi_exp: int = 3) -> tuple[float, ...]:
+    """Log-spaced 10^lo_exp .. 10^hi_exp, per_decade points a decade; powers of ten exact."""
+    out = []
+    for i in range((hi_exp - lo_exp) * per_decade + 1):
+        q, r = divmod(i, per_decade)
+        out.append(float(10.0 ** (lo_exp + q)) if r == 0 else float(10.0 ** (lo_exp + i / per_decade)))
+    return tuple(out)
+
+
+def crafted_direction(view: AdversaryView, search: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, v) with crafted row a + lambda * v for the given search family."""
+    H = view.honest
+    mu = H.mean(dim=0)
+    if search == "epsilon":
+        return torch.zeros_like(mu), -mu
+    if search == "sign":
+        scale = torch.linalg.vector_norm(mu) / math.sqrt(view.d)
+        return torch.zeros_like(mu), -torch.sign(mu) * scale
+    sigma = H.std(dim=0, correction=1) if view.k >= 2 else torch.zeros_like(mu)
+    return mu, -sigma
+
+
+def _refine_points(grid: tuple[float, ...], i: int, points: int) -> list[float]:
+    lo = grid[max(i - 1, 0)]
+    hi = grid[min(i + 1, len(grid) - 1)]
+    if hi <= lo:
+        return []
+    if lo > 0:
+        pts = np.logspace(math.log10(lo), math.log10(hi), points + 2)[1:-1]
+    else:
+        pts = np.linspace(lo, hi, points + 2)[1:-1]
+    return [float(x) for x in pts]
+
+
+def lambda_search(
+    objective: Callable[[float], float],
+    grid: tuple[float, ...],
+    refine: int,
+    refine_points: int,
+) -> tuple[float, float, dict[float, float]]:
+    """Minimise ``objective`` over ``grid`` then ``refine`` rounds around the best point.
+    Returns (best lambda, best value, every evaluated value)."""
+    table: dict[float, float] = {}
+
+    def value(lam: float) -> float:
+        if lam not in table:
+            v = objective(lam)
+            table[lam] = v if math.isfinite(v) else math.inf
+        return table[lam]
+
+    current = tuple(sorted(set(grid)))
+    for lam in current:
+        value(lam)
+    for _ in range(refine):
+        best = min(current, key=lambda x: (table[x], x))
+        i = current.index(best)
+        pts = _refine_points(current, i, refine_points)
+        for lam in pts:
+            value(lam)
+        lo, hi = current[max(i - 1, 0)], current[min(i + 1, len(current) - 1)]
+        current = tuple(sorted({lo, hi, best, *pts}))
+    best = min(table, key=lambda x: (table[x], x))
+    return best, table[best], table
+
+
+def _rows(a: torch.Tensor, v: torch.Tensor, lam: float, f: int) -> torch.Tensor:
+    return (a + lam * v).unsqueeze(0).expand(f, -1)
+
+
+def _inner(out: torch.Tensor, mu64: torch.Tensor) -> float:
+    return float(out.double() @ mu64)
+
+
+class _Searching(Attack):
+    per_decade = 10
+
+    def _init_search(self, search, grid, refine, refine_points) -> None:
+        self.search = choice_arg(self.name, "search", search, SEARCHES)
+        g = grid_arg(self.name, "grid", grid)
+        self.grid = g if g is not None else default_grid(self.per_decade)
+        self.refine = int_arg(self.name, "refine", refine, 0)
+        self.refine_points = int_arg(self.name, "refine_points", refine_points, 1)
+        self.last_lambda: float | None = None
+        self.last_value: float | None = None
+
+    def _objective(self, view: AdversaryView) -> Callable[[float], float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def optimise(self, view: AdversaryView) -> tuple[float, float, dict[float, float]]:
+        """(best lambda, its objective value, every evaluated (lambda, value)) for this view."""
+        return lambda_search(self._objective(view), self.grid, self.refine, self.refine_points)
+
+    def craft(self, view: AdversaryView) -> torch.Tensor:
+        lam, val, _ = self.optimise(view)
+        self.last_lambda, self.last_value = lam, val
+        a, v = crafted_direction(view, self.search)
+        return _rows(a, v, lam, view.f).clone()
+
+
+@ATTACKS.register("optimal")
+class Optimal(_Searching):
+    """``optimal(rule=krum, search=epsilon, grid=none, refine=3, refine_points=9)``: the most
+    damaging lambda against ONE known rule (full knowledge of the rule and honest gradients).
+    Cost: (61 + 9 * refine = 88) rule calls per step with the default grid."""
+
+    name = "optimal"
+
+    def __init__(self, rule="krum", search: str = "epsilon", grid=None, refine: int = 3, refine_points: int = 9):
+        from raymix.rules.base import build_rule
+
+        try:
+            self.rule = build_rule(rule)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"attack {self.name}: bad rule {rule!r}: {exc}") from None
+        self.rule_spec = self.rule.spec
+        self._init_search(search, grid, refine, refine_points)
+        self._args = {"rule": parse_spec(self.rule.spec), "search": self.search, "grid": grid, "refine": refine, "refine_points": refine_points}
+        self.spec = spec_text(self.name, self._args)
+
+    def check(self, n: int, f: int) -> None:
+        super().check(n, f)
+        self.rule.check(n, f)
+
+    def _objective(self, view: AdversaryView) -> Callable[[float], float]:
+        H, f = view.honest, view.f
+        check_simulation(self.spec, self.rule, view)
+        mu64 = H.mean(dim=0).double()
+        a, v = crafted_direction(view, self.search)
+
+        def obj(lam: float) -> float:
+            G = torch.cat([H, _rows(a, v, lam, f)], dim=0)
+            return _inner(self.rule(G, f), mu64)
+
+        return obj
+
+
+def pool_distribution(pool) -> list[tuple[str, float]]:
+    """(distinct member spec, probability) from a public pool description: duplicates merged,
+    weights None = uniform over the listed members."""
+    members = list(pool.members)
+    w = [1.0] * len(members) if pool.weights is None else [float(x) for x in pool.weights]
+    total = sum(w)
+    out: dict[str, float] = {}
+    for m, x in zip(members, w):
+        out[m] = out.get(m, 0.0) + x / total
+    return list(out.items())
+
+
+@ATTACKS.register("pool_aware")
+class PoolAware(_Searching):
+    """``pool_aware(objective=expected, search=epsilon, grid=none, refine=3, refine_points=6)``:
+    the attacker knows the pool's members and weights (``view.pool``), not the draw, and picks
+    lambda minimising E_{rule~pool}[<rule(G(lambda)), mu>] (``expected``, MixTailor P3) or
+    max_{rule in pool, weight > 0} <rule(G(lambda)), mu> (``worst``).
+
+    Each DISTINCT member is evaluated once per lambda and weighted by its total probability
+    (the paper pool's 16 comed entries are one evaluation). Members that cannot run on the
+    simulated (k + f) rows are left out and the rest renormalised. Cost per step:
+    (#lambda) x (#distinct members) rule calls: 25 + 6 * refine = 43 lambdas with the default grid
+    (4 points a decade), times 49 for the paper pool.
+    """
+
+    name = "pool_aware"
+    uses_pool = True
+    per_decade = 4
+
+    def __init__(self, objective: str = "expected", search: str = "epsilon", grid=None, refine: int = 3, refine_points: int = 6):
+        self.objective = choice_arg(self.name, "objective", objective, ("expected", "worst"))
+        self._init_search(search, grid, refine, refine_points)
+        self._args = {"objective": self.objective, "search": self.search, "grid": grid, "refine": refine, "refine_points": refine_points}
+        self.spec = spec_text(self.name, self._args)
+        self._rules: dict = {}
+
+    def _rule(self, spec: str):
+        rule = self._rules.get(spec)
+        if rule is None:
+            from raymix.rules.base import build_rule
+
+            rule = self._rules[spec] = build_rule(spec)
+        return rule
+
+    def members_for(self, view: AdversaryView) -> list[tuple[object, float]]:
+        """(rule, probability) for the distinct pool members that can run on k + f rows."""
+        if view.pool is None:
+            raise ValueError(f"attack {self.spec} is pool-aware: it needs view.pool, got None")
+        m = view.k + view.f
+        kept, dropped = [], []
+        for spec, p in pool_distribution(view.pool):
+            if p <= 0:
+                continue
+            rule = self._rule(spec)
+            try:
+                rule.check(m, view.f)
+            except ValueError:
+                dropped.append(spec)
+                continue
+            kept.append((rule, p))
+        if not kept:
+            raise ValueError(f"attack {self.spec}: no pool member can run on {m} rows with f={view.f} (all of {dropped})")
+        total = sum(p for _, p in kept)
+        return [(r, p / total) for r, p in kept]
+
+    def _objective(self, view: AdversaryView) -> Callable[[float], float]:
+        H, f = view.honest, view.f
+        members = self.members_for(view)
+        mu64 = H.mean(dim=0).double()
+        a, v = crafted_direction(view, self.search)
+        worst = self.objective == "worst"
+
+        def obj(lam: float) -> float:
+            G = torch.cat([H, _rows(a, v, lam, f)], dim=0)
+            vals = [(_inner(rule(G, f), mu64), p) for rule, p in members]
+            if worst:
+                return max(x for x, _ in vals)
+            return math.fsum(x * p for x, p in vals)
+
+        return obj
+
+    def pool_values(self, view: AdversaryView, lam: float) -> dict[str, float]:
+        """<rule(G(lambda)), mu> for each distinct member (diagnostics and tests)."""
+        H, f = view.honest, view.f
+        mu64 = H.mean(dim=0).double()
+        a, v = crafted_direction(view, self.search)
+        G = torch.cat([H, _rows(a, v, lam, f)], dim=0)
+        return {rule.spec: _inner(rule(G, f), mu64) for rule, _ in self.members_for(view)}

@@ -1,0 +1,353 @@
+"""One experiment configuration: :class:`ExperimentConfig`.
+
+Built the same way from YAML (:meth:`ExperimentConfig.from_yaml`), from command-line flags
+(``raymix run``; flags override the YAML) and from a Ray Tune ``param_space`` dict
+(:meth:`ExperimentConfig.from_dict`). Every field is validated at construction, and every
+impossible combination (a pool member whose precondition fails for n and f, f >= n/2, an
+unknown dataset/rule/attack, a missing data directory, ...) is refused with a message
+naming it, before any actor starts. Validation never starts Ray.
+
+See docs/runtime.md for the meaning of every field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["ExperimentConfig", "DATASETS", "PARTITIONS", "MODELS", "MODES", "SPEC_FIELDS"]
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
+PARTITIONS = ("iid", "label_sorted", "dirichlet")
+MODELS = ("auto", "paper_cnn", "mlp", "logreg")
+MODES = ("gradient", "model")
+# Fields whose value is a spec string; from_dict also accepts {"name": ..., **args} for them.
+SPEC_FIELDS = ("aggregator", "attack")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    # data
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    train_limit: int | None = None
+    model: str = "auto"
+    # workers and threat model
+    n: int = 12
+    f: int = 2
+    aggregator: str = "mixtailor"
+    drop_invalid: bool = False
+    attack: str = "ipm(epsilon=0.1)"
+    attack_knowledge: "str | int" = "all"
+    # training
+    mode: str = "gradient"
+    local_steps: int = 1
+    steps: int = 100
+    batch_size: int = 50
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    resampling: int = 0
+    # evaluation and records
+    eval_every: int = 10
+    eval_test_limit: int | None = None
+    diagnostics: bool = False
+    # execution
+    workers_per_actor: int = 1
+    num_gpus_per_worker: "str | float" = "auto"
+    num_cpus_per_worker: "str | float" = "auto"
+    seed: int = 0
+    checkpoint_every: int = 0
+    output_dir: str | None = None
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        """From a flat or nested dict (a Tune ``param_space`` sample, a YAML mapping).
+
+        Nested dicts are allowed in two forms: a section whose keys are fields
+        (``{"optimizer": {"lr": 0.01, "momentum": 0.9}}``), and a spec field given as a mapping
+        (``{"attack": {"name": "ipm", "epsilon": 0.1}}`` is ``"ipm(epsilon=0.1)"``). Unknown
+        keys are an error naming them."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"an experiment config must be a mapping, got {type(d).__name__}")
+        flat: dict[str, Any] = {}
+        unknown: list[str] = []
+        _flatten_into(d, "", flat, unknown)
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s): {', '.join(sorted(unknown))}; known fields: {', '.join(cls.field_names())}"
+            )
+        return cls(**{k: _plain(v) for k, v in flat.items()})
+
+    @classmethod
+    def from_yaml(cls, path: "str | Path", overrides: Mapping[str, Any] | None = None) -> "ExperimentConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no config file at {path}")
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: a config file holds a mapping of field: value")
+        # A sweep-style file ({experiment: {...}}) is accepted for its experiment section.
+        if set(data) >= {"experiment"} and set(data) <= {"name", "description", "experiment", "search", "run"}:
+            data = data["experiment"] or {}
+        merged = dict(data)
+        if overrides:
+            flat: dict[str, Any] = {}
+            unknown: list[str] = []
+            _flatten_into(merged, "", flat, unknown)
+            if unknown:
+                raise ValueError(f"{path}: unknown config key(s): {', '.join(sorted(unknown))}")
+            flat.update(overrides)
+            merged = flat
+        try:
+            return cls.from_dict(merged)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat dict of plain values; ``from_dict(to_dict())`` gives an equal config."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def model_name(self) -> str:
+        if self.model != "auto":
+            return self.model
+        from raymix.models import default_model
+
+        return default_model(self.dataset)
+
+    @property
+    def is_omniscient(self) -> bool:
+        return self.aggregator.strip() == "omniscient"
+
+    @property
+    def num_honest(self) -> int:
+        return self.n - self.f
+
+    @property
+    def knowledge(self) -> int:
+        """How many honest gradients the adversary sees each step."""
+        return self.num_honest if self.attack_knowledge == "all" else int(self.attack_knowledge)
+
+    def build_pool(self):
+        """The aggregator's pool for this n and f (None for ``omniscient``); resampling wraps
+        every member as ``bucketing(s=resampling, rule=<member>)``."""
+        return make_pool(self.aggregator, self.n, self.f, self.resampling, self.drop_invalid)
+
+    def build_attack(self):
+        from raymix.attacks import build_attack
+
+        return build_attack(self.attack)
+
+
+# ---------------------------------------------------------------------------- helpers
+def make_pool(aggregator: str, n: int, f: int, resampling: int = 0, drop_invalid: bool = False):
+    """The pool ``aggregator`` names, restricted to n and f (None for ``omniscient``)."""
+    if str(aggregator).strip() == "omniscient":
+        return None
+    from raymix.pool import MixTailorPool
+
+    pool = MixTailorPool.from_spec(aggregator)
+    if resampling > 1:
+        from raymix.rules.base import build_rule
+
+        rules = [build_rule(f"bucketing(s={resampling}, rule={r.spec})") for r in pool.rules]
+        pool = MixTailorPool(rules, pool.families, pool.weights, name=pool.name)
+    return pool.restricted(n, f, drop_invalid)
+
+
+def _flatten_into(d: Mapping[str, Any], prefix: str, out: dict[str, Any], unknown: list[str]) -> None:
+    names = set(ExperimentConfig.field_names())
+    for key, value in d.items():
+        key = str(key)
+        if key in names:
+            if key in SPEC_FIELDS and isinstance(value, Mapping):
+                value = _spec_from_mapping(key, value)
+            if key in out:
+                raise ValueError(f"config field {key!r} is given twice")
+            out[key] = value
+        elif isinstance(value, Mapping):
+            _flatten_into(value, f"{prefix}{key}.", out, unknown)
+        else:
+            unknown.append(prefix + key)
+
+
+def _spec_from_mapping(key: str, value: Mapping[str, Any]) -> str:
+    from raymix.spec import Spec
+
+    if "name" not in value:
+        raise ValueError(f"config field {key!r} given as a mapping needs a 'name' (e.g. {{name: ipm, epsilon: 0.1}}), got {dict(value)}")
+    args = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in value.items() if k != "name")
+    return str(Spec(str(value["name"]), args))
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars (Tune samples them) to Python numbers."""
+    try:
+        import numpy as np
+
+        if isinstance(v, np.bool_):
+            return bool(v)
+        if isinstance(v, np.integer):
+            return int(v)
+        if isinstance(v, np.floating):
+            return float(v)
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _set(cfg: ExperimentConfig, name: str, value: Any) -> None:
+    object.__setattr__(cfg, name, value)
+
+
+def _validate(c: ExperimentConfig) -> None:
+    def err(msg: str) -> ValueError:
+        return ValueError(f"invalid experiment config: {msg}")
+
+    def need_int(name: str, lo: int, optional: bool = False) -> None:
+        v = getattr(c, name)
+        if optional and v is None:
+            return
+        if not _is_int(v) or v < lo:
+            raise err(f"{name} must be an integer >= {lo}{' or none' if optional else ''}, got {v!r}")
+        _set(c, name, int(v))
+
+    def need_num(name: str, lo: float, strict: bool) -> None:
+        v = getattr(c, name)
+        if not _is_num(v) or v < lo or (strict and v == lo):
+            raise err(f"{name} must be a number {'>' if strict else '>='} {lo:g}, got {v!r}")
+        _set(c, name, float(v))
+
+    def need_choice(name: str, options) -> None:
+        v = getattr(c, name)
+        if not isinstance(v, str) or v not in options:
+            raise err(f"unknown {name} {v!r}; known: {', '.join(options)}")
+
+    def need_bool(name: str) -> None:
+        if not isinstance(getattr(c, name), bool):
+            raise err(f"{name} must be true or false, got {getattr(c, name)!r}")
+
+    # scalars first: cheap, and later checks rely on them
+    need_choice("dataset", DATASETS)
+    need_choice("partition", PARTITIONS)
+    need_num("dirichlet_alpha", 0.0, True)
+    need_int("train_limit", 1, optional=True)
+    need_choice("model", MODELS)
+    need_int("n", 1)
+    if not _is_int(c.f):
+        raise err(f"f must be an integer >= 0, got {c.f!r}")
+    if c.f < 0:
+        raise err(f"f must be >= 0 (the number of Byzantine workers), got {c.f}")
+    _set(c, "f", int(c.f))
+    if 2 * c.f >= c.n:
+        raise err(f"f={c.f} Byzantine workers out of n={c.n}: f must be < n/2")
+    need_bool("drop_invalid")
+    need_choice("mode", MODES)
+    need_int("local_steps", 1)
+    need_int("steps", 1)
+    need_int("batch_size", 1)
+    need_num("lr", 0.0, True)
+    need_num("momentum", 0.0, False)
+    need_num("weight_decay", 0.0, False)
+    need_int("resampling", 0)
+    need_int("eval_every", 1)
+    need_int("eval_test_limit", 1, optional=True)
+    need_bool("diagnostics")
+    need_int("workers_per_actor", 1)
+    for name in ("num_gpus_per_worker", "num_cpus_per_worker"):
+        v = getattr(c, name)
+        if v == "auto":
+            continue
+        if not _is_num(v) or v < 0 or (name == "num_cpus_per_worker" and v == 0):
+            raise err(f"{name} must be 'auto' or a number {'> 0' if name == 'num_cpus_per_worker' else '>= 0'}, got {v!r}")
+        _set(c, name, float(v))
+    need_int("seed", 0)
+    need_int("checkpoint_every", 0)
+    if c.data_dir is not None and not isinstance(c.data_dir, str):
+        _set(c, "data_dir", str(c.data_dir))
+    if c.output_dir is not None and not isinstance(c.output_dir, str):
+        _set(c, "output_dir", str(c.output_dir))
+    if c.checkpoint_every > 0 and c.output_dir is None:
+        raise err("checkpoint_every > 0 needs an output_dir (checkpoints go to output_dir/checkpoints)")
+    if c.mode == "model" and c.momentum != 0.0:
+        raise err(
+            "mode=model applies w += aggregated update with no server optimizer: set momentum to 0 "
+            f"(got {c.momentum}); the local steps are plain SGD with lr"
+        )
+    if c.mode == "gradient" and c.local_steps != 1:
+        raise err(f"local_steps={c.local_steps} only applies with mode=model")
+
+    # attack knowledge
+    k = c.attack_knowledge
+    if isinstance(k, str) and k.strip().isdigit():
+        k = int(k)
+    if k != "all":
+        if not _is_int(k) or not (0 <= k <= c.n - c.f):
+            raise err(f"attack_knowledge must be 'all' or an integer in 0..n-f={c.n - c.f}, got {c.attack_knowledge!r}")
+        k = int(k)
+    _set(c, "attack_knowledge", k)
+
+    # specs: the aggregator / pool, then the attack (their constructors validate their arguments)
+    from raymix.spec import SpecError, parse_spec
+
+    for name in SPEC_FIELDS:
+        v = getattr(c, name)
+        if not isinstance(v, str):
+            raise err(f"{name} must be a spec string, got {v!r}")
+        try:
+            _set(c, name, str(parse_spec(v)))
+        except SpecError as exc:
+            raise err(f"{name}: {exc}") from None
+    try:
+        c.build_pool()
+    except (SpecError, ValueError, TypeError) as exc:
+        raise err(f"aggregator {c.aggregator!r}: {exc}") from None
+    try:
+        attack = c.build_attack()
+        if hasattr(attack, "check"):
+            attack.check(c.n, c.f)
+    except (SpecError, ValueError, TypeError) as exc:
+        raise err(f"attack {c.attack!r}: {exc}") from None
+    if c.f > 0 and getattr(attack, "crafts_gradients", True) and not c.is_omniscient:
+        need = getattr(attack, "min_visible", 0)
+        if c.knowledge < need:
+            raise err(f"attack {c.attack} needs at least {need} visible honest gradient(s); attack_knowledge={c.attack_knowledge}")
+
+    # data and model (only checked against what exists: nothing is loaded)
+    if c.dataset != "synthetic":
+        from raymix.data import check_data_available, resolve_data_dir
+
+        try:
+            check_data_available(c.dataset, resolve_data_dir(c.data_dir))
+        except (FileNotFoundError, ValueError) as exc:
+            raise err(f"dataset {c.dataset!r}: {exc}") from None

@@ -1,0 +1,378 @@
+"""Datasets, worker partitions and per-step batch sampling (plain PyTorch, no Ray).
+
+Everything is decoded once into ready, normalised tensors (no PIL per image): MNIST-style
+idx files are parsed with numpy, CIFAR-10 pickles are converted as one array. All
+randomness comes from named seed streams (:mod:`raymix.seeding`), so a dataset subset, a
+partition or a worker's batch at a step depends only on (seed, names, step).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import pickle
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from raymix.seeding import numpy_generator, torch_generator
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONS",
+    "TensorDataset",
+    "resolve_data_dir",
+    "check_data_available",
+    "load_dataset",
+    "partition",
+    "sample_batches",
+    "read_idx",
+]
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
+PARTITIONS = ("iid", "label_sorted", "dirichlet")
+
+# name -> (folder under data_dir, mean per channel, std per channel)
+_IDX_DATASETS = {
+    "mnist": ("MNIST", (0.1307,), (0.3081,)),
+    "fashion_mnist": ("FashionMNIST", (0.2860,), (0.3530,)),
+}
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST = ("test_batch",)
+_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+_CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+# synthetic: 10 classes, (1, 16, 16) (the smallest square input paper_cnn accepts)
+SYNTHETIC_SHAPE = (1, 16, 16)
+SYNTHETIC_TRAIN = 2000
+SYNTHETIC_TEST = 500
+SYNTHETIC_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class TensorDataset:
+    """A decoded, normalised dataset: x (N, C, H, W) float32, y (N,) int64."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.x_train.shape[1:])  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- locating data
+def resolve_data_dir(configured: "str | os.PathLike | None" = None) -> pathlib.Path:
+    """The data directory: ``configured`` > env ``RAYMIX_DATA_DIR`` > ``~/.cache/raymix/data``."""
+    if configured is not None and str(configured) != "":
+        return pathlib.Path(configured).expanduser()
+    env = os.environ.get("RAYMIX_DATA_DIR")
+    if env:
+        return pathlib.Path(env).expanduser()
+    return pathlib.Path("~/.cache/raymix/data").expanduser()
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+
+
+def _find(path: pathlib.Path) -> "pathlib.Path | None":
+    """``path`` or ``path.gz``, whichever exists."""
+    if path.is_file():
+        return path
+    gz = path.with_name(path.name + ".gz")
+    return gz if gz.is_file() else None
+
+
+def _expected_files(name: str, root: pathlib.Path) -> list[pathlib.Path]:
+    if name in _IDX_DATASETS:
+        raw = root / _IDX_DATASETS[name][0] / "raw"
+        return [raw / f for pair in _IDX_FILES.values() for f in pair]
+    if name == "cifar10":
+        return [root / _CIFAR_FOLDER / f for f in _CIFAR_TRAIN + _CIFAR_TEST]
+    return []
+
+
+def _missing_files(name: str, root: pathlib.Path) -> list[pathlib.Path]:
+    return [p for p in _expected_files(name, root) if _find(p) is None]
+
+
+def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None) -> None:
+    """Cheap existence check (reads nothing). ValueError for an unknown name,
+    FileNotFoundError naming the directory searched, the files expected and the fix."""
+    _check_name(name)
+    if name == "synthetic":
+        return
+    root = resolve_data_dir(data_dir)
+    missing = _missing_files(name, root)
+    if not missing:
+        return
+    source = (
+        "the data_dir argument" if data_dir not in (None, "")
+        else "$RAYMIX_DATA_DIR" if os.environ.get("RAYMIX_DATA_DIR") else "the default (~/.cache/raymix/data)"
+    )
+    gz_note = " (each may also be gzipped, with a .gz suffix)" if name in _IDX_DATASETS else ""
+    raise FileNotFoundError(
+        f"dataset {name!r} not found under data directory {root} (from {source}); "
+        f"missing {len(missing)} file(s){gz_note}: {', '.join(str(p) for p in missing)}. "
+        f"Fix: point RAYMIX_DATA_DIR (or the data_dir setting) at a directory holding "
+        f"{_expected_files(name, pathlib.Path('<dir>'))[0].parent}/..., "
+        f"or call with download=True on a machine with internet access."
+    )
+
+
+# ----------------------------------------------------------------------------- readers
+def read_idx(path: "str | os.PathLike") -> np.ndarray:
+    """Parse an idx file (optionally .gz): big-endian header (magic, dims), uint8 payload."""
+    path = pathlib.Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        buf = fh.read()
+    magic = int.from_bytes(buf[0:4], "big")
+    dtype_code, ndim = (magic >> 8) & 0xFF, magic & 0xFF
+    if dtype_code != 0x08 or magic >> 16 != 0:
+        raise ValueError(f"{path}: not a uint8 idx file (magic {magic:#x})")
+    dims = tuple(int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    count = int(np.prod(dims)) if dims else 0
+    if len(buf) - offset != count:
+        raise ValueError(f"{path}: payload has {len(buf) - offset} bytes, header says {count}")
+    return np.frombuffer(buf, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _normalise(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> float32, (x/255 - mean) / std per channel."""
+    x = x_uint8.to(torch.float32).div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def _load_idx_dataset(name: str, root: pathlib.Path, download: bool) -> tuple[torch.Tensor, ...]:
+    folder, mean, std = _IDX_DATASETS[name]
+    if _missing_files(name, root):
+        if not download:
+            check_data_available(name, str(root))  # raises the explanatory error
+        import torchvision
+
+        cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+        root.mkdir(parents=True, exist_ok=True)
+        out = []
+        for train in (True, False):
+            ds = cls(root=str(root), train=train, download=True)
+            out += [ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)]
+        xtr, ytr, xte, yte = out
+    else:
+        raw = root / folder / "raw"
+        arrays = [read_idx(_find(raw / f)) for split in ("train", "test") for f in _IDX_FILES[split]]
+        xtr, ytr, xte, yte = (torch.from_numpy(a.copy()) for a in arrays)
+        xtr, xte = xtr.unsqueeze(1), xte.unsqueeze(1)
+        ytr, yte = ytr.to(torch.int64), yte.to(torch.int64)
+    return _normalise(xtr, mean, std), ytr, _normalise(xte, mean, std), yte
+
+
+def _load_cifar10(root: pathlib.Path, download: bool) -> tuple[torch.Tensor, ...]:
+    if _missing_files("cifar10", root):
+        if not download:
+            check_data_available("cifar10", str(root))
+        import torchvision
+
+        root.mkdir(parents=True, exist_ok=True)
+        out = []
+        for train in (True, False):
+            ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=True)
+            out += [torch.from_numpy(np.ascontiguousarray(ds.data)), torch.as_tensor(ds.targets, dtype=torch.int64)]
+        xtr, ytr, xte, yte = out
+    else:
+        def read(files):
+            xs, ys = [], []
+            for f in files:
+                with open(root / _CIFAR_FOLDER / f, "rb") as fh:
+                    d = pickle.load(fh, encoding="latin1")
+                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64))
+            return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+        (xtr, ytr), (xte, yte) = read(_CIFAR_TRAIN), read(_CIFAR_TEST)
+        # pickles are already (N, 3, 32, 32); the torchvision path gives (N, 32, 32, 3)
+        return _normalise(xtr, _CIFAR_MEAN, _CIFAR_STD), ytr, _normalise(xte, _CIFAR_MEAN, _CIFAR_STD), yte
+    xtr, xte = xtr.permute(0, 3, 1, 2).contiguous(), xte.permute(0, 3, 1, 2).contiguous()
+    return _normalise(xtr, _CIFAR_MEAN, _CIFAR_STD), ytr, _normalise(xte, _CIFAR_MEAN, _CIFAR_STD), yte
+
+
+def _synthetic(seed: int) -> tuple[torch.Tensor, ...]:
+    """10 class prototypes (fixed by ``seed``), each sample = 0.2 * prototype + N(0, 1)
+    noise, then standardised. Learnable (a linear model can reach ~90%+), not trivial."""
+    c, h, w = SYNTHETIC_SHAPE
+    d = c * h * w
+    protos = torch.randn(SYNTHETIC_CLASSES, d, generator=torch_generator(seed, "synthetic", "prototypes"))
+
+    def split(n: int, part: str):
+        g = torch_generator(seed, "synthetic", part)
+        y = torch.randint(0, SYNTHETIC_CLASSES, (n,), generator=g, dtype=torch.int64)
+        x = 0.2 * protos[y] + torch.randn(n, d, generator=g)
+        return x, y
+
+    xtr, ytr = split(SYNTHETIC_TRAIN, "train")
+    xte, yte = split(SYNTHETIC_TEST, "test")
+    mu, sd = xtr.mean(), xtr.std()
+    norm = lambda x: ((x - mu) / sd).to(torch.float32).reshape(-1, c, h, w).contiguous()  # noqa: E731
+    return norm(xtr), ytr, norm(xte), yte
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, limit: "int | None", seed: int, part: str):
+    if limit is None or limit >= x.shape[0]:
+        return x, y
+    if limit < 1:
+        raise ValueError(f"{part}_limit must be >= 1, got {limit}")
+    idx = torch.randperm(x.shape[0], generator=torch_generator(seed, "subset", part))[:limit]
+    return x[idx].contiguous(), y[idx].contiguous()
+
+
+def load_dataset(
+    name: str,
+    data_dir: "str | os.PathLike | None" = None,
+    download: bool = False,
+    train_limit: "int | None" = None,
+    test_limit: "int | None" = None,
+    seed: int = 0,
+) -> TensorDataset:
+    """Load ``name`` as ready tensors. ``train_limit``/``test_limit`` keep the first k samples
+    after a shuffle seeded by ``seed`` (no stratification). ``seed`` also fixes the synthetic data."""
+    _check_name(name)
+    root = resolve_data_dir(data_dir)
+    if name in _IDX_DATASETS:
+        xtr, ytr, xte, yte = _load_idx_dataset(name, root, download)
+        num_classes = 10
+    elif name == "cifar10":
+        xtr, ytr, xte, yte = _load_cifar10(root, download)
+        num_classes = 10
+    else:
+        xtr, ytr, xte, yte = _synthetic(seed)
+        num_classes = SYNTHETIC_CLASSES
+    xtr, ytr = _subset(xtr, ytr, train_limit, seed, "train")
+    xte, yte = _subset(xte, yte, test_limit, seed, "test")
+    return TensorDataset(name, xtr, ytr, xte, yte, num_classes)
+
+
+# ----------------------------------------------------------------------------- partitions
+def partition(
+    labels: torch.Tensor,
+    num_workers: int,
+    kind: str = "iid",
+    seed: int = 0,
+    alpha: float = 0.5,
+    num_classes: "int | None" = None,
+) -> list[torch.Tensor]:
+    """Split sample indices among ``num_workers`` (honest) workers; one int64 index tensor each.
+
+    * ``iid``: seeded shuffle, equal shards of ``N // num_workers`` (the remainder is dropped).
+    * ``label_sorted`` (MixTailor's non-iid): worker i holds class ``i mod num_classes``; the
+      workers sharing a class split its samples (in index order) into contiguous, near-equal
+      parts. With fewer workers than classes the remaining classes are unused. Deterministic
+      (``seed`` unused). ValueError if a worker would get no samples.
+    * ``dirichlet``: for each class, proportions ~ Dir(alpha) over workers (seeded) split the
+      shuffled class indices. Every worker is made non-empty by a deterministic repair: while a
+      worker is empty it takes one sample (the last) from the currently largest shard.
+      Requires N >= num_workers.
+    """
+    if kind not in PARTITIONS:
+        raise ValueError(f"unknown partition kind {kind!r}; known kinds: {', '.join(PARTITIONS)}")
+    if int(num_workers) != num_workers or num_workers < 1:
+        raise ValueError(f"num_workers must be a positive integer, got {num_workers}")
+    num_workers = int(num_workers)
+    labels = torch.as_tensor(labels).to(torch.int64).reshape(-1).cpu()
+    n = labels.numel()
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if n else 0
+
+    if kind == "iid":
+        size = n // num_workers
+        if size < 1:
+            raise ValueError(f"iid partition of {n} samples over {num_workers} workers leaves workers empty")
+        perm = torch.randperm(n, generator=torch_generator(seed, "partition", "iid"))
+        return [perm[i * size : (i + 1) * size].clone() for i in range(num_workers)]
+
+    if kind == "label_sorted":
+        if num_classes < 1:
+            raise ValueError("label_sorted partition needs at least one class")
+        shards: list[torch.Tensor] = [torch.empty(0, dtype=torch.int64)] * num_workers
+        for c in range(min(num_classes, num_workers)):
+            holders = list(range(c, num_workers, num_classes))
+            idx = torch.nonzero(labels == c).reshape(-1)
+            for w, part in zip(holders, torch.tensor_split(idx, len(holders))):
+                if part.numel() == 0:
+                    raise ValueError(
+                        f"label_sorted: class {c} has {idx.numel()} samples, too few for its {len(holders)} worker(s)"
+                    )
+                shards[w] = part.clone()
+        return shards
+
+    # dirichlet
+    if not alpha > 0:
+        raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
+    if n < num_workers:
+        raise ValueError(f"dirichlet partition of {n} samples over {num_workers} workers leaves workers empty")
+    rng = numpy_generator(seed, "partition", "dirichlet")
+    lab = labels.numpy()
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_workers)]
+    for c in range(num_classes):
+        idx = np.flatnonzero(lab == c)
+        if idx.size == 0:
+            continue
+        idx = rng.permutation(idx)
+        p = rng.dirichlet(np.full(num_workers, float(alpha)))
+        cuts = (np.cumsum(p)[:-1] * idx.size).astype(np.int64)
+        for w, chunk in enumerate(np.split(idx, cuts)):
+            parts[w].append(chunk)
+    out = [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in parts]
+    for w in range(num_workers):
+        if out[w].size == 0:
+            donor = max(range(num_workers), key=lambda j: (out[j].size, -j))
+            out[w], out[donor] = out[donor][-1:], out[donor][:-1]
+    return [torch.from_numpy(o.astype(np.int64)) for o in out]
+
+
+# ----------------------------------------------------------------------------- batches
+def sample_batches(
+    shard_indices: Sequence[torch.Tensor],
+    batch_size: int,
+    seed: int,
+    step: int,
+    worker_ids: Sequence[int],
+) -> torch.Tensor:
+    """(W, B) dataset indices: row j is worker ``worker_ids[j]``'s batch at ``step``, drawn from
+    ``shard_indices[j]`` WITHOUT replacement (with replacement only if the shard is smaller
+    than the batch), from the stateless stream ``torch_generator(seed, "batch", worker, step)``,
+    so a retried or resumed step draws the same batch whatever else was packed with it."""
+    if len(shard_indices) != len(worker_ids):
+        raise ValueError(f"{len(shard_indices)} shards but {len(worker_ids)} worker ids")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows = []
+    for shard, wid in zip(shard_indices, worker_ids):
+        shard = torch.as_tensor(shard, dtype=torch.int64)
+        m = shard.numel()
+        if m == 0:
+            raise ValueError(f"worker {wid} has an empty shard")
+        g = torch_generator(seed, "batch", int(wid), int(step))
+        if m >= batch_size:
+            pos = torch.randperm(m, generator=g)[:batch_size]
+        else:
+            pos = torch.randint(0, m, (batch_size,), generator=g)
+        rows.append(shard[pos.to(shard.device)])
+    if not rows:
+        return torch.empty(0, batch_size, dtype=torch.int64)
+    return torch.stack(rows)

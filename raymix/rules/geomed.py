@@ -1,0 +1,90 @@
+"""Geometric median by smoothed Weiszfeld, with an l^p generalization."""
+from __future__ import annotations
+
+import torch
+
+from raymix.rules import _kernels as K
+from raymix.rules._common import check, float_arg, int_arg, need_more_than_2f, p_arg, spec_text
+from raymix.rules.base import RULES, Rule
+
+__all__ = ["geometric_median", "weiszfeld_coefficients"]
+
+DEFAULTS = {"p": 2, "nu": 1e-6, "iters": 100, "tol": 1e-6}
+
+
+def weiszfeld_coefficients(Kg: torch.Tensor, nu: float, iters: int, tol: float) -> torch.Tensor:
+    """Smoothed Weiszfeld for l2 run entirely on the (m, m) float64 Gram matrix of m finite
+    rows: the iterate is z = sum_i alpha_i x_i, so ||x_i - z||^2 = K_ii - 2 (K alpha)_i +
+    alpha' K alpha and each step costs O(m^2), not O(m d). Starts at the mean; returns alpha."""
+    m = Kg.shape[0]
+    alpha = torch.full((m,), 1.0 / m, dtype=torch.float64, device=Kg.device)
+    diag = torch.diagonal(Kg)
+    for _ in range(iters):
+        Ka = Kg @ alpha
+        dist = (diag - 2 * Ka + alpha @ Ka).clamp_min(0).sqrt()
+        w = 1.0 / dist.clamp_min(nu)
+        new = w / w.sum()
+        step = new - alpha
+        dz2 = float((step @ (Kg @ step)).clamp_min(0))
+        z2 = float((new @ (Kg @ new)).clamp_min(0))
+        alpha = new
+        if dz2 <= tol * tol * z2:
+            break
+    return alpha
+
+
+def _geomed(G, f, p=2.0, nu=1e-6, iters=100, tol=1e-6, generator=None) -> torch.Tensor:
+    if p == 2:
+        Kf, bad = K.gram(G)
+        if bool(bad.any()):
+            rows = torch.nonzero(~bad).flatten()
+            alpha = weiszfeld_coefficients(Kf[rows][:, rows], nu, iters, tol)
+            return K.combine_rows(G, alpha, rows)
+        return K.combine_rows(G, weiszfeld_coefficients(Kf, nu, iters, tol))
+    bad = K.bad_rows(G)
+    rows = torch.nonzero(~bad).flatten() if bool(bad.any()) else None
+    m = G.shape[0] if rows is None else int(rows.numel())
+    z = K.combine_rows(G, torch.full((m,), 1.0 / m, dtype=torch.float64), rows)
+    for _ in range(iters):
+        dist = K.lp_dist_to(G, z, p, rows)
+        w = 1.0 / dist.clamp_min(nu)  # rows at infinite distance get weight 0
+        total = w.sum()
+        if not bool(torch.isfinite(total)) or float(total) <= 0:
+            break
+        new = K.combine_rows(G, w / total, rows)
+        dz = float(torch.linalg.vector_norm((new - z).to(torch.float64)))
+        zn = float(torch.linalg.vector_norm(new.to(torch.float64)))
+        z = new
+        if dz <= tol * zn:
+            break
+    return z
+
+
+def geometric_median(G: torch.Tensor, f: int, p: float = 2, nu: float = 1e-6, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Smoothed Weiszfeld from the mean of the finite rows: z <- sum_i w_i x_i / sum_i w_i,
+    w_i = 1 / max(nu, ||x_i - z||_p), until ||z_new - z||_2 <= tol ||z_new||_2 or ``iters``
+    steps. For p = 2 the classic geometric median; for p != 2 the fixed point of the same
+    iteration with l^p distances. Needs n > 2f."""
+    p, nu, iters, tol = _args(p, nu, iters, tol)
+    check("geomed", G, f, need_more_than_2f)
+    return _geomed(G, f, p, nu, iters, tol)
+
+
+def _args(p, nu, iters, tol):
+    return (
+        p_arg("geomed", p),
+        float_arg("geomed", "nu", nu, 0.0, strict=True),
+        int_arg("geomed", "iters", iters, 1),
+        float_arg("geomed", "tol", tol, 0.0, strict=False),
+    )
+
+
+@RULES.register("geomed")
+def _geomed_factory(p=2, nu=1e-6, iters=100, tol=1e-6) -> Rule:
+    pv, nuv, itv, tolv = _args(p, nu, iters, tol)
+    return Rule(
+        spec_text("geomed", {"p": p, "nu": nu, "iters": iters, "tol": tol}, DEFAULTS),
+        "geomed",
+        lambda G, f, generator=None: _geomed(G, f, pv, nuv, itv, tolv),
+        need_more_than_2f,
+    )

@@ -1,0 +1,70 @@
+"""Ray resources for the simulation's actors: fractional GPUs when the cluster has GPUs,
+fractional CPUs otherwise. Nothing here changes results, only placement and speed."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_device"]
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    num_cpus: float
+    num_gpus: float
+
+
+def actor_groups(num_workers: int, workers_per_actor: int) -> list[list[int]]:
+    """Logical worker ids 0..num_workers-1 packed into consecutive groups."""
+    return [list(range(i, min(i + workers_per_actor, num_workers))) for i in range(0, num_workers, workers_per_actor)]
+
+
+def _round_down(x: float) -> float:
+    # Ray accepts fractional resources to 4 decimal places.
+    return math.floor(x * 10_000) / 10_000
+
+
+def _frac(per_worker: float, workers: int) -> float:
+    total = per_worker * workers
+    if total > 1:  # Ray takes fractions below 1 or whole numbers
+        return float(math.ceil(total - 1e-9))
+    return max(_round_down(total), 0.0001) if total > 0 else 0.0
+
+
+def plan_resources(config, cluster: dict[str, float], num_actors: int) -> tuple[float, float]:
+    """(cpus, gpus) per logical worker for ``config`` on a cluster with ``cluster``
+    resources (``ray.cluster_resources()``) and ``num_actors`` simulation actors.
+
+    - GPUs, ``"auto"``: 1/n of a GPU per worker when the cluster has GPUs, else 0.
+    - CPUs, ``"auto"``: the cluster's CPUs shared evenly by the actors (at most 1 per worker),
+      so a whole simulation fits on a laptop whatever n is.
+    """
+    gpus = float(cluster.get("GPU", 0) or 0)
+    if config.num_gpus_per_worker == "auto":
+        gpu_per_worker = (1.0 / config.n) if gpus > 0 else 0.0
+    else:
+        gpu_per_worker = float(config.num_gpus_per_worker)
+    if config.num_cpus_per_worker == "auto":
+        cpus = float(cluster.get("CPU", 1) or 1)
+        cpu_per_worker = min(1.0, cpus / max(num_actors, 1) / config.workers_per_actor)
+    else:
+        cpu_per_worker = float(config.num_cpus_per_worker)
+    return cpu_per_worker, gpu_per_worker
+
+
+def resources_for(cpu_per_worker: float, gpu_per_worker: float, workers: int) -> ActorResources:
+    return ActorResources(num_cpus=_frac(cpu_per_worker, max(workers, 1)), num_gpus=_frac(gpu_per_worker, max(workers, 1)))
+
+
+def actor_device() -> str:
+    """The torch device an actor should use: a GPU when Ray assigned it one."""
+    import ray
+    import torch
+
+    try:
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:  # outside a Ray worker
+        gpus = []
+    if gpus and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"

@@ -1,0 +1,385 @@
+"""Ray Tune sweeps: one YAML, one command, each trial one simulation in its own placement group.
+
+A sweep YAML holds three sections::
+
+    name: fig1_mnist_iid
+    experiment:            # the base ExperimentConfig (any field)
+      dataset: mnist
+      n: 12
+      ...
+    search:                # Tune axes over ExperimentConfig fields
+      seed: {grid_search: [0, 1, 2]}
+      attack: {grid_search: ["ipm(epsilon=0.1)", "ipm(epsilon=10)"]}
+      aggregator: {grid_search: [omniscient, krum, comed, mixtailor]}
+      lr: {loguniform: [1.0e-4, 1.0e-2]}
+    run:                   # how Tune runs it
+      storage_path: ~/ray_results
+      max_concurrent_trials: 4
+      max_failures: 2
+      num_samples: 1
+
+Every trial's config is validated (``ExperimentConfig.from_dict``) before Tune starts, so
+a bad axis value fails the whole sweep at once rather than one trial an hour in.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from raymix.config import ExperimentConfig
+
+__all__ = ["SweepConfig", "load_sweep", "run_sweep", "trial_resources", "expand_grid"]
+
+_SAMPLERS = {
+    "grid_search": None,
+    "choice": "choice",
+    "uniform": "uniform",
+    "loguniform": "loguniform",
+    "randint": "randint",
+    "quniform": "quniform",
+}
+_RUN_KEYS = {
+    "storage_path",
+    "max_concurrent_trials",
+    "max_failures",
+    "num_samples",
+    "checkpoint_every",
+    "trial_cpus",
+    "metric",
+    "mode",
+}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    experiment: Mapping[str, Any]
+    search: Mapping[str, Any] = field(default_factory=dict)
+    run: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        where = f"sweep {self.name!r}" + (f" ({self.source})" if self.source else "")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"{where}: 'name' must be a non-empty string")
+        unknown_run = set(self.run) - _RUN_KEYS
+        if unknown_run:
+            raise ValueError(f"{where}: unknown run setting(s) {sorted(unknown_run)}; known: {sorted(_RUN_KEYS)}")
+        for key, axis in self.search.items():
+            if isinstance(axis, Mapping):
+                if len(axis) != 1 or next(iter(axis)) not in _SAMPLERS:
+                    raise ValueError(f"{where}: axis {key!r} must be a value or one of {{{', '.join(_SAMPLERS)}: ...}}, got {dict(axis)}")
+        # Validate every grid point now: one ExperimentConfig per combination (sampled axes at their bounds).
+        for point in expand_grid(self.experiment, self.search):
+            try:
+                # Trials get their output_dir from Tune; a placeholder lets checkpoint_every validate.
+                ExperimentConfig.from_dict({**point, "output_dir": point.get("output_dir") or "<trial dir>"})
+            except (ValueError, TypeError, FileNotFoundError) as exc:
+                raise ValueError(f"{where}: trial config {_short(point, self.search)} is invalid: {exc}") from exc
+
+    # -- overrides ---------------------------------------------------------------------
+    def scaled(self, steps: int | None = None, seeds: int | None = None, set_values: Mapping[str, Any] | None = None) -> "SweepConfig":
+        """The same sweep shrunk or grown without editing the YAML: ``steps`` replaces the
+        experiment's step count (eval and checkpoint intervals are clipped to it), ``seeds``
+        replaces the seed axis by seeds 0..seeds-1, ``set_values`` sets experiment fields."""
+        exp = dict(self.experiment)
+        search = dict(self.search)
+        if set_values:
+            for k, v in set_values.items():
+                search.pop(k, None)
+                exp[k] = v
+        if steps is not None:
+            exp["steps"] = int(steps)
+            for k in ("eval_every", "checkpoint_every"):
+                if k in exp and exp[k] and int(exp[k]) > steps:
+                    exp[k] = int(steps)
+        if seeds is not None:
+            search.pop("seed", None)
+            exp.pop("seed", None)
+            search["seed"] = {"grid_search": list(range(int(seeds)))}
+        return replace(self, experiment=exp, search=search)
+
+    def param_space(self) -> dict[str, Any]:
+        from ray import tune
+
+        space: dict[str, Any] = dict(self.experiment)
+        for key, axis in self.search.items():
+            if isinstance(axis, Mapping):
+                kind, args = next(iter(axis.items()))
+                space[key] = tune.grid_search(list(args)) if kind == "grid_search" else getattr(tune, _SAMPLERS[kind])(*args)
+            else:
+                space[key] = axis
+        return space
+
+
+def _short(point: Mapping[str, Any], search: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={point[k]!r}" for k in search if k in point) + "}"
+
+
+def expand_grid(experiment: Mapping[str, Any], search: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every grid point (sampled axes at each of their bounds/choices) as a full config dict."""
+    keys, options = [], []
+    for key, axis in search.items():
+        if isinstance(axis, Mapping):
+            kind, args = next(iter(axis.items()))
+            values = list(args) if kind in ("grid_search", "choice") else list(args[:2])
+        else:
+            values = [axis]
+        keys.append(key)
+        options.append(values)
+    points = []
+    for combo in itertools.product(*options) if keys else [()]:
+        point = copy.deepcopy(dict(experiment))
+        point.update(dict(zip(keys, combo)))
+        points.append(point)
+    return points
+
+
+def load_sweep(path: "str | os.PathLike") -> SweepConfig:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no sweep file at {path}")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: a sweep file holds a mapping with name, experiment, search and run")
+    unknown = set(data) - {"name", "description", "experiment", "search", "run"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected name, description, experiment, search, run")
+    return SweepConfig(
+        name=data.get("name") or path.stem,
+        experiment=data.get("experiment") or {},
+        search=data.get("search") or {},
+        run=data.get("run") or {},
+        source=str(path),
+    )
+
+
+# ---------------------------------------------------------------------------- resources
+def trial_actor_resources(config: ExperimentConfig, cluster: Mapping[str, float], cpus_per_trial: float) -> list[dict[str, float]]:
+    """The resources of each actor one trial starts, as the runtime will request them.
+
+    The trial's CPU budget is shared evenly by its logical workers (honest, the Byzantine
+    ones, and the aggregator counted as one); GPUs follow the config (``auto``: 1/n of a GPU
+    per worker when the cluster has GPUs)."""
+    from raymix.runtime.resources import actor_groups, resources_for
+
+    has_byz = config.f > 0 and not config.is_omniscient
+    gpus = float(cluster.get("GPU", 0) or 0)
+    gpu_w = (1.0 / config.n if gpus > 0 else 0.0) if config.num_gpus_per_worker == "auto" else float(config.num_gpus_per_worker)
+    cpu_w = cpus_per_trial / (config.num_honest + (config.f if has_byz else 0) + 1)
+    if config.num_cpus_per_worker != "auto":
+        cpu_w = float(config.num_cpus_per_worker)
+    sizes = [len(g) for g in actor_groups(config.num_honest, config.workers_per_actor)]
+    if has_byz:
+        sizes.append(config.f)
+    sizes.append(1)  # the aggregator
+    out = []
+    for k in sizes:
+        r = resources_for(cpu_w, gpu_w, k)
+        out.append({"CPU": r.num_cpus, **({"GPU": r.num_gpus} if r.num_gpus else {})})
+    return out
+
+
+def trial_resources(config: ExperimentConfig, cluster: Mapping[str, float], cpus_per_trial: float, driver_cpus: float = 0.05):
+    """One placement group per trial: bundle 0 for the trial's driver (the Tune function),
+    then one bundle per simulation actor. A trial starts only when all of its actors fit, so
+    concurrent trials never oversubscribe the cluster or deadlock half-started."""
+    from ray import tune
+
+    bundles = [{"CPU": driver_cpus}] + trial_actor_resources(config, cluster, cpus_per_trial)
+    return tune.PlacementGroupFactory(bundles, strategy="PACK")
+
+
+def pinned_worker_resources(config: ExperimentConfig, cluster: Mapping[str, float], cpus_per_trial: float) -> dict[str, float]:
+    """Explicit per-worker resources so the runtime asks for exactly what the bundles hold."""
+    res = trial_actor_resources(config, cluster, cpus_per_trial)
+    has_byz = config.f > 0 and not config.is_omniscient
+    cpu_w = cpus_per_trial / (config.num_honest + (config.f if has_byz else 0) + 1) if config.num_cpus_per_worker == "auto" else config.num_cpus_per_worker
+    gpu = max((b.get("GPU", 0.0) for b in res), default=0.0)
+    gpu_w = (1.0 / config.n if gpu > 0 else 0.0) if config.num_gpus_per_worker == "auto" else config.num_gpus_per_worker
+    return {"num_cpus_per_worker": float(cpu_w), "num_gpus_per_worker": float(gpu_w)}
+
+
+# ---------------------------------------------------------------------------- the trial
+class FailOnceHook:
+    """Fault injection for testing recovery: raise at ``step`` the first time any trial whose
+    config matches ``match`` gets there (a marker file remembers it across retries)."""
+
+    def __init__(self, marker: "str | os.PathLike", step: int, match: Mapping[str, Any] | None = None):
+        self.marker, self.step, self.match = str(marker), int(step), dict(match or {})
+
+    def on_step(self, step: int, context) -> None:
+        if step != self.step or os.path.exists(self.marker):
+            return
+        cfg = context.config.to_dict()
+        if all(cfg.get(k) == v for k, v in self.match.items()):
+            Path(self.marker).write_text(str(step))
+            raise RuntimeError(f"injected failure at step {step}")
+
+
+class _TuneReporter:
+    """Reports each evaluation to Tune; at checkpoint steps the report carries the checkpoint
+    the runtime has just written, so Tune can restore a failed trial from it."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.placement: dict[str, Any] = {}
+
+    def on_step(self, step: int, context) -> None:
+        if self.placement or context.aggregator is None:
+            return
+        # Once per trial: where did our actors land? (tested: all inside the trial's group)
+        import ray
+        from ray.util import get_current_placement_group
+
+        pg = get_current_placement_group()
+        handles = list(context.honest_workers) + [context.aggregator] + ([context.byzantine] if context.byzantine is not None else [])
+        where = ray.get([h.where.remote() for h in handles])
+        own = pg.id.hex() if pg is not None else None
+        self.placement = {
+            "actors": len(where),
+            "actors_in_trial_placement_group": sum(1 for w in where if own is not None and w["placement_group"] == own),
+            "devices": ",".join(sorted({w["device"] for w in where})),
+        }
+
+    def on_checkpoint(self, step: int, path: "str | os.PathLike") -> None:
+        from ray import tune
+
+        self._report(self._pending, tune.Checkpoint.from_directory(str(path)))
+        self._pending = None
+
+    _pending = None
+
+    def on_eval(self, record: dict) -> None:
+        if self._pending is not None:
+            self._report(self._pending)
+        self._pending = record
+        every = self.config.checkpoint_every
+        if not (every and record["step"] % every == 0):
+            self._report(record)
+            self._pending = None
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self._report(self._pending)
+            self._pending = None
+
+    def _report(self, record: dict, checkpoint=None) -> None:
+        from ray import tune
+
+        metrics = {k: v for k, v in record.items() if v is not None}
+        metrics.update(self.placement)
+        tune.report(metrics, checkpoint=checkpoint)
+
+
+def _trainable(params: dict, hooks: "list | None" = None) -> None:
+    from ray import tune
+
+    from raymix.runtime import run_experiment
+
+    out = Path(tune.get_context().get_trial_dir()) / "raymix"
+    config = ExperimentConfig.from_dict({**params, "output_dir": str(out)})
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        # Tune hands back the checkpoint it last got from this trial: put it where the runtime
+        # resumes from, and the records written after it are truncated away.
+        with checkpoint.as_directory() as d:
+            import json
+
+            step = json.loads((Path(d) / "meta.json").read_text())["step"]
+            dest = out / "checkpoints" / f"step_{step:06d}"
+            if not dest.exists():
+                shutil.copytree(d, dest)
+    reporter = _TuneReporter(config)
+    run_experiment(config, resume=checkpoint is not None, hooks=[reporter] + list(hooks or []))
+    reporter.flush()
+
+
+# ---------------------------------------------------------------------------- the sweep
+def _absolute_data_dir(exp: dict) -> dict:
+    """Trials run in other working directories (and on other hosts): pin the data directory
+    to an absolute path now, where the user's relative path and environment mean something."""
+    from raymix.data import resolve_data_dir
+
+    exp = dict(exp)
+    if exp.get("dataset", "synthetic") != "synthetic":
+        exp["data_dir"] = str(Path(resolve_data_dir(exp.get("data_dir"))).expanduser().resolve())
+    return exp
+
+
+def run_sweep(
+    sweep: "SweepConfig | str | os.PathLike",
+    resume: bool = False,
+    storage_path: "str | None" = None,
+    address: "str | None" = None,
+    hooks: "list | None" = None,
+    verbose: int = 1,
+):
+    """Run (or, with ``resume``, continue) a sweep; returns Tune's ``ResultGrid``.
+
+    ``resume`` restores the sweep from ``storage_path/name`` with ``Tuner.restore``:
+    finished trials are kept as they are, unfinished and errored ones continue from their
+    last checkpoint."""
+    import ray
+    from ray import tune
+
+    if not isinstance(sweep, SweepConfig):
+        sweep = load_sweep(sweep)
+    run = dict(sweep.run)
+    storage = str(Path(storage_path or run.get("storage_path") or "~/ray_results").expanduser().resolve())
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address) if address else ray.init()
+        started = True
+    try:
+        cluster = ray.cluster_resources()
+        concurrency = run.get("max_concurrent_trials") or None
+        cpus_per_trial = float(run.get("trial_cpus") or max(0.5, float(cluster.get("CPU", 1)) / (concurrency or 1)))
+        base = ExperimentConfig.from_dict({**_absolute_data_dir(sweep.experiment), **_resolved_point(sweep), "output_dir": "/tmp"})
+        pinned = pinned_worker_resources(base, cluster, cpus_per_trial)
+        space = sweep.param_space()
+        space.update(_absolute_data_dir({k: v for k, v in space.items() if k in ("dataset", "data_dir") and not isinstance(v, dict)}))
+        space.update(pinned)
+        resources = trial_resources(ExperimentConfig.from_dict({**base.to_dict(), **pinned}), cluster, cpus_per_trial)
+        trainable = tune.with_resources(tune.with_parameters(_trainable, hooks=hooks), resources)
+        if resume:
+            path = Path(storage) / sweep.name
+            if not path.exists():
+                raise FileNotFoundError(f"no sweep to resume at {path}")
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True, param_space=space)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(num_samples=int(run.get("num_samples", 1)), max_concurrent_trials=concurrency),
+                run_config=tune.RunConfig(
+                    name=sweep.name,
+                    storage_path=storage,
+                    failure_config=tune.FailureConfig(max_failures=int(run.get("max_failures", 0))),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=verbose,
+                ),
+            )
+        return tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _resolved_point(sweep: SweepConfig) -> dict[str, Any]:
+    """The first grid point: a representative trial for sizing the placement group (every
+    trial of a sweep has the same n, f and packing unless those are axes; then the largest
+    is taken)."""
+    points = expand_grid(sweep.experiment, sweep.search)
+    cfgs = [ExperimentConfig.from_dict({**p, "output_dir": "/tmp", **_absolute_data_dir(p)}) for p in points]
+    big = max(cfgs, key=lambda c: (c.n, c.f, -c.workers_per_actor))
+    return {k: getattr(big, k) for k in ("n", "f", "workers_per_actor", "aggregator")}

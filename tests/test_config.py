@@ -1,0 +1,159 @@
+"""ExperimentConfig: one object from YAML, flags and Tune dicts; every impossible
+combination refused before any actor starts (and without starting Ray)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from raymix.cli import build_run_parser, config_from_args
+from raymix.config import ExperimentConfig
+from raymix.runtime.resources import actor_groups, plan_resources, resources_for
+
+
+def test_defaults_are_the_paper_setting():
+    c = ExperimentConfig()
+    assert (c.n, c.f, c.batch_size, c.lr, c.momentum, c.weight_decay) == (12, 2, 50, 0.001, 0.9, 1e-4)
+    assert c.aggregator == "mixtailor" and c.attack == "ipm(epsilon=0.1)"
+
+
+def test_to_dict_round_trips():
+    c = ExperimentConfig(n=7, f=1, attack="alie", attack_knowledge=3, aggregator="mixtailor(exclude=[bulyan])", seed=4,
+                         eval_test_limit=100, resampling=1, num_gpus_per_worker=0.25, output_dir="/tmp/x", checkpoint_every=5)
+    d = c.to_dict()
+    assert ExperimentConfig.from_dict(d) == c
+    assert set(d) == set(ExperimentConfig.field_names())
+
+
+def test_from_dict_nested_sections_and_spec_mappings():
+    c = ExperimentConfig.from_dict({
+        "dataset": "synthetic",
+        "optimizer": {"lr": 0.01, "momentum": 0.5},
+        "threat": {"n": 7, "f": 1, "attack": {"name": "ipm", "epsilon": 10}},
+    })
+    assert (c.lr, c.momentum, c.n, c.f) == (0.01, 0.5, 7, 1)
+    assert c.attack == "ipm(epsilon=10)"
+
+
+def test_from_dict_unknown_keys_are_named():
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): bogus, optimizer.lrate"):
+        ExperimentConfig.from_dict({"bogus": 1, "optimizer": {"lrate": 0.1}})
+
+
+def test_from_dict_accepts_numpy_scalars():
+    import numpy as np
+
+    c = ExperimentConfig.from_dict({"lr": np.float64(0.01), "seed": np.int64(3), "n": np.int32(7), "f": 1})
+    assert c.lr == 0.01 and c.seed == 3 and isinstance(c.seed, int) and c.n == 7
+
+
+def test_yaml_and_flags_override(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({"n": 7, "f": 1, "steps": 5, "attack": "ipm(epsilon=0.1)", "lr": 0.01}))
+    assert ExperimentConfig.from_yaml(path) == ExperimentConfig(n=7, f=1, steps=5, lr=0.01)
+    args = build_run_parser().parse_args(
+        ["--config", str(path), "--n", "12", "--f", "2", "--attack", "ipm(epsilon=10)", "--batch-size", "8",
+         "--eval_test_limit", "none", "--diagnostics", "true", "--attack-knowledge", "4"])
+    c = config_from_args(args)
+    assert (c.n, c.f, c.attack, c.batch_size, c.steps, c.lr, c.diagnostics, c.attack_knowledge) == (12, 2, "ipm(epsilon=10)", 8, 5, 0.01, True, 4)
+
+
+def test_sweep_style_yaml_reads_the_experiment_section(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "experiment": {"n": 7, "f": 1}, "search": {"seed": {"grid_search": [0, 1]}}}))
+    assert ExperimentConfig.from_yaml(path).n == 7
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n=6, f=1, aggregator="mixtailor"), r"16 of 64 members fail.*bulyan.*n >= 4f\+3 = 7"),
+    (dict(n=10, f=2, aggregator="bulyan(select=krum, agg=comed)"), r"bulyan.*n >= 4f\+3 = 11"),
+    (dict(n=12, f=6), r"f must be < n/2"),
+    (dict(n=12, f=7), r"f must be < n/2"),
+    (dict(f=-1), r"f must be >= 0"),
+    (dict(dataset="imagenet"), r"unknown dataset 'imagenet'"),
+    (dict(aggregator="krumm"), r"unknown rule 'krumm'"),
+    (dict(aggregator="mixtailor(exclude=[nope])"), r"unknown rule class"),
+    (dict(attack="nope"), r"unknown attack 'nope'"),
+    (dict(attack="ipm(epsilon=abc)"), r"epsilon must be a number"),
+    (dict(partition="sorted"), r"unknown partition 'sorted'"),
+    (dict(partition="dirichlet", dirichlet_alpha=0), r"dirichlet_alpha must be a number > 0"),
+    (dict(model="resnet"), r"unknown model 'resnet'"),
+    (dict(dataset="mnist", data_dir="/nonexistent/raymix-data"), r"dataset 'mnist'.*not found"),
+    (dict(steps=0), r"steps must be an integer >= 1"),
+    (dict(lr=0), r"lr must be a number > 0"),
+    (dict(lr=-0.1), r"lr must be a number > 0"),
+    (dict(lr="fast"), r"lr must be a number"),
+    (dict(batch_size=0), r"batch_size must be an integer >= 1"),
+    (dict(momentum=-0.1), r"momentum must be a number >= 0"),
+    (dict(eval_every=0), r"eval_every must be an integer >= 1"),
+    (dict(eval_test_limit=0), r"eval_test_limit must be an integer >= 1 or none"),
+    (dict(workers_per_actor=0), r"workers_per_actor"),
+    (dict(num_gpus_per_worker=-1), r"num_gpus_per_worker must be 'auto' or a number"),
+    (dict(num_cpus_per_worker=0), r"num_cpus_per_worker"),
+    (dict(mode="federated"), r"unknown mode"),
+    (dict(mode="model"), r"mode=model .* momentum to 0"),
+    (dict(local_steps=3), r"local_steps=3 only applies with mode=model"),
+    (dict(attack_knowledge=11), r"attack_knowledge must be 'all' or an integer in 0..n-f=10"),
+    (dict(attack_knowledge="some"), r"attack_knowledge"),
+    (dict(attack_knowledge=0), r"needs at least 1 visible honest gradient"),
+    (dict(checkpoint_every=5), r"checkpoint_every > 0 needs an output_dir"),
+    (dict(seed=-1), r"seed must be an integer >= 0"),
+    (dict(steps=2.5), r"steps must be an integer"),
+    (dict(diagnostics="yes"), r"diagnostics must be true or false"),
+    (dict(resampling=3, n=7, f=1, aggregator="krum"), r"bucketing"),
+])
+def test_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ExperimentConfig(**kwargs)
+
+
+def test_drop_invalid_runs_without_the_failing_members():
+    c = ExperimentConfig(n=6, f=1, aggregator="mixtailor", drop_invalid=True)
+    pool = c.build_pool()
+    assert len(pool) == 48 and "bulyan" not in pool.families and len(pool.dropped) == 16
+
+
+def test_omniscient_and_resampling_pools():
+    assert ExperimentConfig(aggregator="omniscient").build_pool() is None
+    pool = ExperimentConfig(n=12, f=1, aggregator="pool(members=[krum, comed])", resampling=2).build_pool()
+    assert [r.spec for r in pool.rules] == ["bucketing(s=2, rule=krum)", "bucketing(s=2, rule=comed)"]
+    assert pool.families == ("krum", "comed")
+
+
+def test_mnist_config_accepted_when_present(mnist_dir):
+    assert ExperimentConfig(dataset="mnist", data_dir=mnist_dir).model_name == "paper_cnn"
+
+
+def test_validation_does_not_start_or_import_ray():
+    code = (
+        "import sys\n"
+        "from raymix.config import ExperimentConfig\n"
+        "ExperimentConfig(n=7, f=1, aggregator='mixtailor', attack='alie')\n"
+        "try:\n    ExperimentConfig(n=6, f=1)\nexcept ValueError:\n    pass\n"
+        "print('ray' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_resources_gpu_fractions_and_packing():
+    c = ExperimentConfig(n=12, f=2, workers_per_actor=5)
+    cpu, gpu = plan_resources(c, {"CPU": 16, "GPU": 1}, num_actors=4)
+    assert gpu == pytest.approx(1 / 12) and cpu == pytest.approx(0.8)
+    assert plan_resources(c, {"CPU": 2}, num_actors=4)[1] == 0.0
+    assert plan_resources(c.replace(num_gpus_per_worker=0.5, num_cpus_per_worker=0.1), {"CPU": 2, "GPU": 1}, 4) == (0.1, 0.5)
+    r = resources_for(1 / 12, 1 / 12, 5)
+    assert r.num_gpus == pytest.approx(0.4166, abs=1e-4) and r.num_gpus < 1
+    assert resources_for(0.5, 0.5, 5).num_gpus == 3.0  # above one GPU: whole GPUs
+    assert actor_groups(10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_cli_help_and_unknown_command():
+    from raymix.cli import main
+
+    assert main(["--help"]) == 0
+    assert main(["frobnicate"]) == 2
+    assert main(["run", "--n", "6", "--f", "3"]) == 2  # refused before anything starts

@@ -1,0 +1,486 @@
+"""Robust aggregation rules against loop-by-definition references, plus properties,
+non-finite inputs, preconditions and spec errors. Small inputs: the file runs in seconds."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raymix.rules import (
+    RULES,
+    Rule,
+    bucket_means,
+    bucketing,
+    build_rule,
+    bulyan,
+    centered_clipping,
+    coordinate_median,
+    geometric_median,
+    krum,
+    mean,
+    multi_krum,
+    nnm,
+    trimmed_mean,
+)
+from raymix.rules import _kernels
+from raymix.spec import SpecError
+
+# ---------------------------------------------------------------------------------------
+# References: Python loops over workers / pairs / coordinates, numpy float64.
+# ---------------------------------------------------------------------------------------
+
+
+def lp(x, y, p):
+    return float(np.sum(np.abs(x - y) ** p) ** (1.0 / p)) if not math.isinf(p) else float(np.max(np.abs(x - y)))
+
+
+def ref_comed(X, f=0):
+    n, d = X.shape
+    out = np.empty(d)
+    for j in range(d):
+        v = sorted(X[:, j])
+        out[j] = v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+    return out
+
+
+def ref_trimmed(X, f):
+    n, d = X.shape
+    return np.array([np.mean(sorted(X[:, j])[f : n - f]) for j in range(d)])
+
+
+def ref_krum_scores(X, f, p=2, shrinking=False):
+    n = X.shape[0]
+    k = max(n - f - 2, min(2, n - 1)) if shrinking else n - f - 2
+    scores = []
+    for i in range(n):
+        ds = sorted(lp(X[i], X[j], p) ** 2 for j in range(n) if j != i)
+        scores.append(sum(ds[:k]))
+    return np.array(scores)
+
+
+def ref_krum(X, f, p=2):
+    return X[int(np.argmin(ref_krum_scores(X, f, p)))]
+
+
+def ref_multi_krum(X, f, m=None, p=2):
+    m = X.shape[0] - f if m is None else m
+    order = np.argsort(ref_krum_scores(X, f, p), kind="stable")[:m]
+    return X[order].mean(0)
+
+
+def ref_geomed(X, f=0, p=2, nu=1e-6, iters=100, tol=1e-6):
+    z = X.mean(0)
+    for _ in range(iters):
+        w = np.array([1.0 / max(nu, lp(x, z, p)) for x in X])
+        new = (w[:, None] * X).sum(0) / w.sum()
+        done = np.linalg.norm(new - z) <= tol * np.linalg.norm(new)
+        z = new
+        if done:
+            break
+    return z
+
+
+def ref_mean(X, f=0):
+    return X.mean(0)
+
+
+REF_BY_NAME = {"krum": ref_krum, "mean": ref_mean, "geomed": ref_geomed, "comed": ref_comed}
+
+
+def ref_bulyan_classic(S, f):
+    theta, d = S.shape
+    beta = theta - 2 * f
+    out = np.empty(d)
+    for j in range(d):
+        v = np.sort(S[:, j])
+        med = 0.5 * (v[(theta - 1) // 2] + v[theta // 2])
+        order = np.argsort(np.abs(v - med), kind="stable")[:beta]
+        out[j] = v[order].mean()
+    return out
+
+
+def ref_bulyan(X, f, select="krum", agg=None):
+    n = X.shape[0]
+    rem = list(range(n))
+    picked = []
+    for _ in range(n - 2 * f):
+        sub = X[rem]
+        if select == "krum":
+            i = int(np.argmin(ref_krum_scores(sub, f, shrinking=True)))
+        else:
+            z = REF_BY_NAME[select](sub, f)
+            i = int(np.argmin([np.linalg.norm(x - z) for x in sub]))
+        picked.append(rem.pop(i))
+    S = X[picked]
+    return ref_bulyan_classic(S, f) if agg is None else REF_BY_NAME[agg](S, f)
+
+
+def ref_cc(X, f, tau, iters, center):
+    z = center.copy()
+    n = X.shape[0]
+    for _ in range(iters):
+        step = np.zeros_like(z)
+        for x in X:
+            r = np.linalg.norm(x - z)
+            step += (x - z) * min(1.0, tau / r) if r > 0 else 0
+        z = z + step / n
+    return z
+
+
+def ref_nnm_mix(X, f):
+    n = X.shape[0]
+    out = np.empty_like(X)
+    for i in range(n):
+        ds = [np.linalg.norm(X[i] - X[j]) for j in range(n)]
+        nb = np.argsort(ds, kind="stable")[: n - f]
+        out[i] = X[nb].mean(0)
+    return out
+
+
+def rand(n, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=dtype)
+
+
+def close(a, b, tol=1e-9):
+    a = a.detach().cpu().double().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+CASES = [(5, 1, 7), (6, 1, 4), (9, 3, 11), (12, 2, 30), (13, 4, 5), (20, 5, 9)]
+
+
+# ---------------------------------------------------------------------------------------
+# Against the references
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,f,d", CASES + [(30, 7, 6), (4, 0, 3)])
+def test_comed_and_trimmed_mean_match_reference(n, f, d):
+    X = rand(n, d, n * 100 + d)
+    close(coordinate_median(X, f), ref_comed(X.numpy()))
+    close(trimmed_mean(X, f), ref_trimmed(X.numpy(), f))
+    close(build_rule("comed")(X, f), ref_comed(X.numpy()))
+    close(mean(X), X.numpy().mean(0))
+
+
+@pytest.mark.parametrize("n,f,d", [c for c in CASES if c[0] >= 2 * c[1] + 3])
+@pytest.mark.parametrize("p", [1, 2, 3, 7.5, 16, math.inf])
+def test_krum_and_multi_krum_match_reference(n, f, d, p):
+    X = rand(n, d, n + d + int(min(p, 99)))
+    close(krum(X, f, p=p), ref_krum(X.numpy(), f, p))
+    close(multi_krum(X, f, p=p), ref_multi_krum(X.numpy(), f, None, p), 1e-9)
+    close(multi_krum(X, f, m=2, p=p), ref_multi_krum(X.numpy(), f, 2, p), 1e-9)
+    close(_kernels.pairwise_sq_dists(X, p), [[lp(a, b, p) ** 2 for b in X.numpy()] for a in X.numpy()], 1e-8)
+
+
+@pytest.mark.parametrize("n,f,d", CASES)
+@pytest.mark.parametrize("p", [1, 2, 3, 16])
+def test_geomed_matches_reference(n, f, d, p):
+    X = rand(n, d, 7 * n + d + p)
+    close(geometric_median(X, f, p=p, tol=1e-12, iters=2000), ref_geomed(X.numpy(), p=p, tol=1e-12, iters=2000), 1e-6)
+    # default settings: same iteration, same stopping rule
+    close(build_rule(f"geomed(p={p})")(X, f), ref_geomed(X.numpy(), p=p), 1e-5)
+
+
+@pytest.mark.parametrize("n,f,d", [(11, 2, 6), (7, 1, 9), (16, 3, 5), (20, 4, 4)])
+@pytest.mark.parametrize("select", ["krum", "mean", "geomed", "comed"])
+@pytest.mark.parametrize("agg", [None, "krum", "mean", "geomed", "comed"])
+def test_bulyan_matches_reference(n, f, d, select, agg):
+    X = rand(n, d, n * 31 + d)
+    spec = f"bulyan(select={select}" + ("" if agg is None else f", agg={agg}") + ")"
+    expect = ref_bulyan(X.numpy(), f, select, agg)
+    close(build_rule(spec)(X, f), expect, 1e-5)
+    close(bulyan(X, f, select=select, agg=agg), expect, 1e-5)
+
+
+def test_bulyan_defaults_and_krum_p():
+    X = rand(11, 8, 5)
+    close(build_rule("bulyan")(X, 2), ref_bulyan(X.numpy(), 2))
+    # krum(p=3) selection: compare with the p=3 Krum picks by hand
+    Xn = X.numpy()
+    rem, picked = list(range(11)), []
+    for _ in range(7):
+        picked.append(rem.pop(int(np.argmin(ref_krum_scores(Xn[rem], 2, 3, shrinking=True)))))
+    close(build_rule("bulyan(select=krum(p=3))")(X, 2), ref_bulyan_classic(Xn[picked], 2))
+
+
+@pytest.mark.parametrize("n,f,d", [(7, 2, 5), (12, 3, 9)])
+@pytest.mark.parametrize("tau,iters", [(0.5, 1), (2.0, 3), (100.0, 2)])
+def test_centered_clipping_matches_reference(n, f, d, tau, iters):
+    X = rand(n, d, n + d)
+    close(centered_clipping(X, f, tau=tau, iters=iters), ref_cc(X.numpy(), f, tau, iters, ref_comed(X.numpy())))
+    c = torch.full((d,), 0.3, dtype=torch.float64)
+    close(centered_clipping(X, f, tau, iters, center=c), ref_cc(X.numpy(), f, tau, iters, c.numpy()))
+    close(build_rule(f"centered_clipping(tau={tau}, iters={iters}, center=zero)")(X, f), ref_cc(X.numpy(), f, tau, iters, np.zeros(d)))
+
+
+@pytest.mark.parametrize("n,f,d", [(7, 2, 5), (12, 3, 9)])
+@pytest.mark.parametrize("inner", ["comed", "mean", "krum"])
+def test_nnm_matches_reference(n, f, d, inner):
+    X = rand(n, d, 3 * n + d)
+    mixed = ref_nnm_mix(X.numpy(), f)
+    if inner == "krum" and n < 2 * f + 3:
+        with pytest.raises(ValueError, match="krum"):
+            build_rule("nnm(rule=krum)").check(n, f)
+        return
+    close(build_rule(f"nnm(rule={inner})")(X, f), REF_BY_NAME[inner](mixed, f))
+    close(nnm(X, f, rule=inner), REF_BY_NAME[inner](mixed, f))
+
+
+@pytest.mark.parametrize("n,s", [(12, 2), (13, 3), (10, 1)])
+def test_bucketing_matches_reference_and_is_deterministic(n, s):
+    X = rand(n, 6, n + s)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    buckets = [perm[i : i + s] for i in range(0, n, s)]
+    means = np.stack([X.numpy()[b].mean(0) for b in buckets])
+    close(bucket_means(X, s), means)
+    rule = build_rule(f"bucketing(s={s}, rule=comed)")
+    close(rule(X, 1), ref_comed(means))
+    close(rule(X, 1), rule(X, 1))
+    g = torch.Generator().manual_seed(5)
+    perm5 = torch.randperm(n, generator=torch.Generator().manual_seed(5)).tolist()
+    means5 = np.stack([X.numpy()[perm5[i : i + s]].mean(0) for i in range(0, n, s)])
+    close(rule(X, 1, generator=g), ref_comed(means5))
+    close(bucketing(X, 1, s=s, rule="comed", generator=torch.Generator().manual_seed(5)), ref_comed(means5))
+
+
+def test_sorting_networks_sort_every_01_input():
+    # 0-1 principle: a comparator network sorts everything iff it sorts all 0/1 inputs.
+    for n in range(1, 14):
+        net = _kernels._batcher(n)
+        for bits in range(1 << n):
+            v = [(bits >> k) & 1 for k in range(n)]
+            for i, j in net:
+                if v[i] > v[j]:
+                    v[i], v[j] = v[j], v[i]
+            assert v == sorted(v), n
+
+
+def test_many_rows_use_the_sort_path():
+    X = rand(40, 9, 1)  # above NETWORK_MAX_ROWS
+    assert X.shape[0] > _kernels.NETWORK_MAX_ROWS
+    close(coordinate_median(X, 5), ref_comed(X.numpy()))
+    close(trimmed_mean(X, 5), ref_trimmed(X.numpy(), 5))
+
+
+# ---------------------------------------------------------------------------------------
+# Properties
+# ---------------------------------------------------------------------------------------
+ROBUST = [
+    "comed",
+    "trimmed_mean",
+    "krum",
+    "krum(p=1)",
+    "krum(p=5)",
+    "multi_krum",
+    "geomed",
+    "geomed(p=1)",
+    "geomed(p=16)",
+    "bulyan",
+    "bulyan(select=comed, agg=geomed)",
+    "bulyan(select=geomed, agg=krum)",
+    "bulyan(select=mean, agg=comed)",
+    "bulyan(select=krum(p=3), agg=mean)",
+    "centered_clipping(tau=1.0)",
+    "nnm",
+    "nnm(rule=krum)",
+    "bucketing(s=2, rule=comed)",
+    "bucketing(s=2, rule=geomed)",
+]
+
+
+@pytest.mark.parametrize("spec", [s for s in ROBUST if not s.startswith("bucketing")])
+def test_invariant_to_worker_order(spec):
+    X = rand(11, 13, 2)
+    rule = build_rule(spec)
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(3))
+    close(rule(X[perm], 2), rule(X, 2).numpy(), 1e-7)
+
+
+@pytest.mark.parametrize("p", [1, 2, 4])
+def test_krum_returns_an_input_row(p):
+    X = rand(9, 5, p)
+    out = krum(X, 2, p=p)
+    assert any(torch.equal(out, row) for row in X)
+
+
+@pytest.mark.parametrize("spec", ROBUST)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_concentrated_inputs_stay_near_the_mean_and_keep_dtype(spec, dtype):
+    mu = rand(1, 50, 9, dtype)
+    X = mu + 0.01 * rand(11, 50, 10, dtype)
+    out = build_rule(spec)(X, 1)
+    assert out.dtype == dtype and out.shape == (50,) and out.device == X.device
+    assert float((out - X.mean(0)).abs().max()) < 0.05
+
+
+BAD_KINDS = {
+    "nan": [math.nan, math.nan],
+    "+inf": [math.inf, math.inf],
+    "-inf": [-math.inf, -math.inf],
+    "1e38": [1e38, -1e38],
+    "mixed": [math.nan, math.inf],
+    "mixed2": [-math.inf, 1e38],
+}
+
+
+@pytest.mark.parametrize("spec", ROBUST)
+@pytest.mark.parametrize("kind", list(BAD_KINDS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_rows_are_survived(spec, kind, dtype):
+    n, f, d = 11, 2, 20
+    honest = 1.0 + 0.05 * rand(n - f, d, 4, dtype)
+    X = torch.empty(n, d, dtype=dtype)
+    bad_at = [1, 6]
+    X[[i for i in range(n) if i not in bad_at]] = honest
+    for pos, v in zip(bad_at, BAD_KINDS[kind]):
+        X[pos] = v
+    if kind == "mixed":  # a row with a single NaN among honest-looking values
+        X[bad_at[0]] = honest[0]
+        X[bad_at[0], 3] = math.nan
+    out = build_rule(spec)(X, f)
+    assert out.dtype == dtype
+    assert bool(torch.isfinite(out).all()), (spec, kind, out)
+    assert float((out - honest.mean(0)).abs().max()) < 0.2, (spec, kind)
+
+
+def test_krum_never_returns_a_nan_row():
+    X = rand(9, 4, 0, torch.float32)
+    X[0] = math.nan
+    X[1] = 0.0  # NaN-adjacent: a NaN distance must not look small
+    out = krum(X, 2)
+    assert torch.isfinite(out).all()
+
+
+def test_mean_is_not_robust():
+    X = rand(5, 3, 0)
+    X[0] = math.nan
+    assert torch.isnan(build_rule("mean")(X, 1)).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Preconditions and spec errors
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "spec,n,f,needs",
+    [
+        ("comed", 4, 2, "n > 2f"),
+        ("trimmed_mean", 6, 3, "n > 2f"),
+        ("krum", 6, 2, "n >= 2f+3 = 7"),
+        ("krum(p=3)", 6, 2, "n >= 2f+3"),
+        ("multi_krum", 6, 2, "n >= 2f+3"),
+        ("multi_krum(m=9)", 10, 2, "m <= n-f = 8"),
+        ("geomed", 4, 2, "n > 2f"),
+        ("bulyan", 10, 2, "n >= 4f+3 = 11"),
+        ("bulyan(select=geomed, agg=comed)", 14, 3, "n >= 4f+3 = 15"),
+        ("centered_clipping", 4, 2, "n > 2f"),
+        ("nnm", 4, 2, "n > 2f"),
+        ("nnm(rule=krum)", 6, 2, "n >= 2f+3"),
+        ("bucketing(s=2, rule=krum)", 12, 2, "ceil(n/s) = 6 buckets"),
+    ],
+)
+def test_precondition_errors_name_rule_n_f_and_need(spec, n, f, needs):
+    rule = build_rule(spec)
+    with pytest.raises(ValueError) as err:
+        rule(torch.zeros(n, 3), f)
+    msg = str(err.value)
+    assert spec in msg and f"n={n}" in msg and f"f={f}" in msg and needs in msg, msg
+    with pytest.raises(ValueError):
+        rule.check(n, f)
+
+
+def test_plain_functions_check_preconditions():
+    X = torch.zeros(6, 2)
+    for call, name in [
+        (lambda: krum(X, 2), "krum"),
+        (lambda: multi_krum(X, 2), "multi_krum"),
+        (lambda: coordinate_median(X, 3), "comed"),
+        (lambda: trimmed_mean(X, 3), "trimmed_mean"),
+        (lambda: geometric_median(X, 3), "geomed"),
+        (lambda: bulyan(X, 1), "bulyan"),
+        (lambda: centered_clipping(X, 3), "centered_clipping"),
+        (lambda: nnm(X, 3), "nnm"),
+        (lambda: bucketing(X, 2, s=2), "bucketing"),
+    ]:
+        with pytest.raises(ValueError, match=f"rule {name} cannot run with n=6"):
+            call()
+
+
+def test_bulyan_runs_at_its_bound_with_krum_on_the_shrinking_set():
+    # n = 4f+3: the last Krum rounds see 2f+1 < 2f+3 rows; the outer bound is what counts.
+    for f in (1, 2, 3):
+        X = rand(4 * f + 3, 5, f)
+        assert torch.isfinite(build_rule("bulyan")(X, f)).all()
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("nosuch", "unknown rule 'nosuch'"),
+        ("krum(q=3)", "bad arguments for rule 'krum(q=3)'"),
+        ("krum(p=0.5)", "p must be >= 1"),
+        ("krum(p=true)", "p must be a number"),
+        ("krum(p='two')", "p must be a number"),
+        ("geomed(nu=0)", "nu must be > 0"),
+        ("geomed(nu=-1)", "nu must be > 0"),
+        ("geomed(iters=0)", "iters must be >= 1"),
+        ("geomed(iters=2.5)", "iters must be an integer"),
+        ("geomed(tol=-1)", "tol must be >= 0"),
+        ("bucketing(s=0)", "s must be >= 1"),
+        ("bucketing(s=1.5)", "s must be an integer"),
+        ("bucketing(rule=nosuch)", "unknown rule 'nosuch'"),
+        ("bucketing(rule=3)", "rule must be a rule spec"),
+        ("bulyan(select=krum(p=0))", "p must be >= 1"),
+        ("bulyan(agg=median)", "unknown rule 'median'"),
+        ("bulyan(select=krum, how=1)", "bad arguments"),
+        ("multi_krum(m=0)", "m must be >= 1"),
+        ("centered_clipping(tau=0)", "tau must be > 0"),
+        ("centered_clipping(iters=0)", "iters must be >= 1"),
+        ("nnm(rule=krum(p=-1))", "p must be >= 1"),
+        ("comed(p=2)", "bad arguments"),
+    ],
+)
+def test_bad_specs_give_clear_value_errors(spec, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_rule(spec)
+
+
+@pytest.mark.parametrize(
+    "spec,family",
+    [
+        ("mean", "mean"),
+        ("comed", "comed"),
+        ("trimmed_mean", "trimmed_mean"),
+        ("krum(p=3)", "krum"),
+        ("multi_krum(m=4)", "multi_krum"),
+        ("geomed(p=2, nu=0.001)", "geomed"),
+        ("bulyan(select=krum(p=3), agg=comed)", "bulyan"),
+        ("bulyan(agg=comed, select=geomed(p=2))", "bulyan"),
+        ("centered_clipping(tau=1.5, iters=2)", "centered_clipping"),
+        ("nnm(rule=krum)", "nnm"),
+        ("bucketing(s=2, rule=krum)", "bucketing"),
+    ],
+)
+def test_canonical_spec_and_family(spec, family):
+    rule = build_rule(spec.replace(", ", " ,  "))
+    assert isinstance(rule, Rule) and rule.spec == spec and rule.family == family
+    assert build_rule(rule.spec).spec == spec
+    assert RULES.build(spec).family == family
+
+
+def test_every_rule_is_registered():
+    assert set(RULES.names()) >= {
+        "mean", "comed", "trimmed_mean", "krum", "multi_krum", "geomed", "bulyan",
+        "centered_clipping", "nnm", "bucketing",
+    }
+
+
+def test_rules_work_on_float32_and_float64_and_big_values():
+    for dtype in (torch.float32, torch.float64):
+        X = 1e15 * rand(11, 6, 1, dtype)  # squares overflow float32 Gram? no: 1e30 * 6
+        for spec in ("krum(p=16)", "geomed(p=16)", "krum", "geomed"):
+            out = build_rule(spec)(X, 2)
+            assert out.dtype == dtype and torch.isfinite(out).all()
+        # tiny values: l^16 distances must not underflow to zero
+        Y = 1e-6 * rand(11, 6, 2, dtype)
+        D = _kernels.pairwise_sq_dists(Y, 16.0)
+        assert (D + torch.eye(11, dtype=torch.float64) > 0).all()

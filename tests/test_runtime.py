@@ -1,0 +1,227 @@
+"""The simulation runtime with real Ray actors on one shared local Ray (tests/conftest.py).
+
+A handful of small runs (synthetic data, tiny MLP, few steps, packed workers) are made once
+per module and inspected by several tests each: the base run, a repeat (determinism), a run
+whose worker actor is killed, an interrupted-then-resumed run, an unpacked run (packing),
+model-aggregation mode, a label-sorted omniscient run, an MNIST slice and a CLI run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from raymix.config import ExperimentConfig
+from raymix.runtime import Hook, run_experiment
+from raymix.runtime.checkpoint import latest_checkpoint, load_checkpoint
+from raymix.runtime.records import read_records, strip_timings
+
+BASE = dict(
+    dataset="synthetic", n=7, f=1, aggregator="mixtailor", attack="ipm(epsilon=0.1)", steps=6, eval_every=1,
+    batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-4, workers_per_actor=3, seed=3, checkpoint_every=3,
+    diagnostics=True,
+)
+
+
+def cfg(tmp: Path, **kw) -> ExperimentConfig:
+    return ExperimentConfig(**{**BASE, "output_dir": str(tmp), **kw})
+
+
+def same_records(a: list[dict], b: list[dict], tol: float = 0.0) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        ra, rb = strip_timings(ra), strip_timings(rb)
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            va, vb = ra[k], rb[k]
+            if isinstance(va, float) and isinstance(vb, float) and tol > 0:
+                assert va == pytest.approx(vb, rel=tol, abs=tol), (ra["step"], k)
+            else:
+                assert va == vb, (ra["step"], k, va, vb)
+
+
+class FileWatcher(Hook):
+    """on_eval: the records of every evaluation so far are already on disk."""
+
+    def __init__(self, out: Path):
+        self.out, self.seen = out, []
+
+    def on_eval(self, record):
+        self.seen.append(record["step"])
+        jl = (self.out / "records.jsonl").read_text().splitlines()
+        rows = list(csv.DictReader(open(self.out / "progress.csv")))
+        assert len(jl) == len(self.seen) and len(rows) == len(self.seen)
+        assert json.loads(jl[-1])["step"] == record["step"] and int(rows[-1]["step"]) == record["step"]
+
+
+@pytest.fixture(scope="module")
+def base_run(ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    watcher = FileWatcher(out)
+    result = run_experiment(cfg(out), hooks=[watcher])
+    return result, watcher
+
+
+# --------------------------------------------------------------------------- base run
+def test_base_run_records(base_run):
+    result, watcher = base_run
+    recs = result.records
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6] == watcher.seen
+    assert read_records(result.output_dir) == json.loads(json.dumps(recs))  # what was written is what was returned
+    for r in recs:
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and math.isfinite(r["test_loss"]) and math.isfinite(r["train_loss"])
+        assert sum(r["drawn"].values()) == 1 and sum(r["drawn_family"].values()) == 1  # eval_every=1
+        assert set(r["drawn_family"]) <= {"comed", "krum", "geomed", "bulyan"}
+        for key in ("cosine", "inner_product", "norm_ratio", "time_gradients", "time_attack", "time_aggregation",
+                    "time_update", "time_wait", "steps_per_second"):
+            assert key in r
+        # diagnostics: the paper pool's 64 members, weighted by multiplicity (comed 16 times)
+        assert r["diag_members_family"] == {"comed": 16.0, "krum": 16.0, "geomed": 16.0, "bulyan": 16.0}
+        fooled = sum(r["diag_fooled_family"].values())
+        assert r["diag_fooled_fraction"] == pytest.approx(fooled / 64)
+    assert result.final_accuracy == recs[-1]["test_accuracy"]
+
+
+def test_progress_csv_and_config_json(base_run):
+    result, _ = base_run
+    out = result.output_dir
+    rows = list(csv.DictReader(open(out / "progress.csv")))
+    assert len(rows) == 6
+    cols = rows[0].keys()
+    for c in ("step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio",
+              "drawn_family.krum", "drawn_family.bulyan", "drawn.comed", "drawn.krum(p=1)", "diag_fooled_fraction",
+              "diag_fooled_family.krum", "time_gradients", "time_wait", "steps_per_second"):
+        assert c in cols, c
+    assert ExperimentConfig.from_dict(json.load(open(out / "config.json"))) == result.config
+
+
+def test_checkpoints_are_plain_directories(base_run):
+    result, _ = base_run
+    ck = latest_checkpoint(result.output_dir)
+    assert ck.name == "step_000006"
+    state = load_checkpoint(ck)
+    assert state["step"] == 6 and state["records"] == 6 and state["weights"].dim() == 1
+    assert "momentum_buffer" in str(state["optimizer"])
+    assert (result.output_dir / "checkpoints" / "step_000003" / "meta.json").exists()
+
+
+def test_determinism_same_seed_same_records(base_run, tmp_path):
+    again = run_experiment(cfg(tmp_path))
+    same_records(base_run[0].records, again.records)
+
+
+def test_killed_worker_is_restarted_and_curve_matches(base_run, tmp_path):
+    import ray
+
+    killed = []
+
+    def kill(step, ctx):
+        if step in (2, 4):  # an honest worker, then the adversary
+            target = ctx.honest_workers[0] if step == 2 else ctx.byzantine
+            ray.kill(target, no_restart=False)
+            killed.append(step)
+
+    result = run_experiment(cfg(tmp_path), hooks=[kill])
+    assert killed == [2, 4]
+    same_records(base_run[0].records, result.records)
+
+
+def test_resume_matches_uninterrupted(base_run, tmp_path):
+    class Interrupt(RuntimeError):
+        pass
+
+    def stop(step, ctx):
+        if step == 6:
+            raise Interrupt("simulated preemption")
+
+    c = cfg(tmp_path)
+    with pytest.raises(Interrupt):
+        run_experiment(c, hooks=[stop])
+    written = read_records(tmp_path)
+    assert len(written) >= 4  # records after the step-3 checkpoint exist and must be truncated
+    assert latest_checkpoint(tmp_path).name == "step_000003"
+    resumed = run_experiment(c, resume=True)
+    assert resumed.resumed_from == 3
+    same_records(base_run[0].records, read_records(tmp_path))
+    same_records(base_run[0].records, resumed.records)
+    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_different_config(base_run, tmp_path):
+    import shutil
+
+    shutil.copytree(base_run[0].output_dir / "checkpoints", tmp_path / "checkpoints")
+    with pytest.raises(ValueError, match=r"config differs in \['lr'\]"):
+        run_experiment(cfg(tmp_path, lr=0.1), resume=True)
+
+
+def test_packing_changes_speed_not_results(base_run, tmp_path):
+    unpacked = run_experiment(cfg(tmp_path, workers_per_actor=1, diagnostics=False))
+    base = [{k: v for k, v in r.items() if not k.startswith("diag_")} for r in base_run[0].records]
+    same_records(base, unpacked.records, tol=1e-4)
+
+
+def test_model_aggregation_mode_runs_and_differs(base_run, tmp_path):
+    result = run_experiment(cfg(tmp_path, mode="model", local_steps=2, momentum=0.0, diagnostics=False, checkpoint_every=0))
+    recs = result.records
+    assert len(recs) == 6 and all(math.isfinite(r["test_loss"]) for r in recs)
+    assert [r["test_loss"] for r in recs] != [r["test_loss"] for r in base_run[0].records]
+
+
+def test_label_sorted_omniscient_run(ray_session, tmp_path):
+    import ray
+
+    labels = {}
+
+    def grab(step, ctx):
+        if step == 1:
+            labels["honest"] = sum(ray.get([h.labels.remote() for h in ctx.honest_workers]), [])
+            labels["byz"] = ctx.byzantine
+
+    c = ExperimentConfig(dataset="synthetic", n=12, f=2, partition="label_sorted", aggregator="omniscient",
+                         attack="ipm(epsilon=10)", steps=3, eval_every=3, batch_size=8, workers_per_actor=5,
+                         output_dir=str(tmp_path))
+    result = run_experiment(c, hooks=[grab])
+    assert len(labels["honest"]) == 10 and all(len(ls) == 1 for ls in labels["honest"])
+    assert sorted(ls[0] for ls in labels["honest"]) == list(range(10))
+    assert labels["byz"] is None  # the omniscient baseline never asks the adversary
+    assert result.records[-1]["drawn"] == {"omniscient": 3}
+    assert result.records[-1]["cosine"] == pytest.approx(1.0)
+
+
+def test_mnist_slice_end_to_end(ray_session, mnist_dir, tmp_path):
+    c = ExperimentConfig(dataset="mnist", data_dir=mnist_dir, train_limit=2000, eval_test_limit=500, n=12, f=2,
+                         aggregator="mixtailor", attack="ipm(epsilon=0.1)", steps=20, eval_every=10, batch_size=50,
+                         lr=0.05, workers_per_actor=5, diagnostics=True, output_dir=str(tmp_path))
+    result = run_experiment(c)
+    recs = result.records
+    assert [r["step"] for r in recs] == [10, 20]
+    assert sum(recs[-1]["drawn"].values()) == 10
+    assert recs[-1]["test_accuracy"] > 0.2  # learning (chance is 0.1)
+    assert recs[-1]["test_loss"] < recs[0]["test_loss"]
+    assert set(recs[-1]["diag_members_family"]) == {"comed", "krum", "geomed", "bulyan"}
+
+
+def test_cli_run_label_flip(ray_session, tmp_path, capsys):
+    from raymix.cli import main
+
+    rc = main(["run", "--dataset", "synthetic", "--n", "5", "--f", "1", "--aggregator", "comed", "--attack", "label_flip",
+               "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--workers-per-actor", "4",
+               "--output-dir", str(tmp_path)])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "final test accuracy" in cap.out
+    assert "step 1/2" in cap.err and "steps/s" in cap.err
+    assert len(read_records(tmp_path)) == 2
+
+
+def test_python_dash_m_raymix():
+    out = subprocess.run([sys.executable, "-m", "raymix", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "run" in out.stdout and "demo" in out.stdout
