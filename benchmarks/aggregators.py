@@ -5,11 +5,10 @@
     python benchmarks/aggregators.py --memory   # also peak extra RSS per rule (subprocesses)
 
 For each case (n workers, d coordinates, f = the largest f for which every pool member is
-valid, i.e. n >= 4f+3) every distinct spec of the paper pool is timed on the same random
-input (median milliseconds per call) and reported as a ratio to ``mean`` on that input.
-``mean`` is timed before and after the rules and its median is used, to be fair to a
-machine shared with other jobs. "pool draw" is the average cost of one draw from the
-64-entry pool (comed counts 16 times), also as a ratio to mean.
+valid, i.e. n >= 4f+3) every distinct spec of the paper pool (and a few other rules) is
+timed on the same random float32 input (median and minimum milliseconds per call) and
+reported as a ratio to ``mean`` on that input, timed just before it. "pool draw" is the
+average ratio of one draw from the 64-entry pool (comed counts 16 times).
 """
 from __future__ import annotations
 
@@ -58,20 +57,32 @@ def run_case(n: int, d: int, repeats: int, budget_s: float, specs: list[str]) ->
     f = f_for(n)
     g = torch.Generator().manual_seed(n * 1_000_003 + d)
     G = torch.randn(n, d, generator=g)
-    mean_samples = time_call(lambda: G.mean(0), max(repeats, 5), budget_s)
-    times, mins = {}, {}
+    mean_fn = lambda: G.mean(0)  # noqa: E731
+    mean_samples = time_call(mean_fn, max(repeats, 5), budget_s)
+    times, mins, ratio, ratio_min = {}, {}, {}, {}
     for spec in specs:
         rule = build_rule(spec)
         t0 = time.perf_counter()
+        # mean is timed again right before each rule: the ratio compares neighbours in
+        # time, which matters on a machine shared with other jobs.
+        local = time_call(mean_fn, 3, 0.5)
         samples = time_call(lambda: rule(G, f), repeats, budget_s)
+        mean_samples += local
         times[spec], mins[spec] = statistics.median(samples), min(samples)
-        print(f"  n={n} d={d} f={f} {spec:42s} {times[spec]:10.2f} ms (min {mins[spec]:.2f})  ({time.perf_counter() - t0:.1f} s)", flush=True)
-    mean_samples += time_call(lambda: G.mean(0), max(repeats, 5), budget_s)
+        ratio[spec] = times[spec] / statistics.median(local)
+        ratio_min[spec] = mins[spec] / min(local)
+        print(
+            f"  n={n} d={d} f={f} {spec:42s} {times[spec]:10.2f} ms (min {mins[spec]:.2f}) "
+            f"{ratio[spec]:7.1f}x / {ratio_min[spec]:7.1f}x  ({time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
     pool = [s for s, _ in paper_pool_specs()]
     return {
-        "n": n, "d": d, "f": f, "times": times, "mins": mins,
+        "n": n, "d": d, "f": f, "times": times, "mins": mins, "ratio": ratio, "ratio_min": ratio_min,
         "mean_ms": statistics.median(mean_samples), "mean_min": min(mean_samples),
-        "pool_ms": sum(times[s] for s in pool) / len(pool), "pool_min": sum(mins[s] for s in pool) / len(pool),
+        "pool_ms": sum(times[s] for s in pool) / len(pool),
+        "pool_ratio": sum(ratio[s] for s in pool) / len(pool),
+        "pool_ratio_min": sum(ratio_min[s] for s in pool) / len(pool),
     }
 
 
@@ -118,22 +129,21 @@ def main(argv=None) -> int:
         results.append(run_case(n, d, repeats, budget, specs))
 
     print()
-    print("Cells: ratio to mean from medians / from minima (median ms per call).")
+    print("Cells: time / time of mean, from medians / from minima (median ms per call).")
+    print("mean is re-timed just before each rule and each ratio uses those neighbouring timings.")
     print()
     print("| spec | " + " | ".join(f"n={r['n']}, d={r['d']:,}, f={r['f']}" for r in results) + " |")
     print("|---|" + "---|" * len(results))
     print("| mean | " + " | ".join(f"1x (median {r['mean_ms']:.3g} ms, min {r['mean_min']:.3g} ms)" for r in results) + " |")
-
-    def cell(med, mn, r):
-        return f"{med / r['mean_ms']:.1f}x / {mn / r['mean_min']:.1f}x ({med:.3g} ms)"
-
     for spec in specs[1:]:
-        print(f"| {spec} | " + " | ".join(cell(r["times"][spec], r["mins"][spec], r) for r in results) + " |")
-    print("| **pool draw (average over the 64)** | " + " | ".join("**" + cell(r["pool_ms"], r["pool_min"], r) + "**" for r in results) + " |")
+        print(f"| {spec} | " + " | ".join(
+            f"{r['ratio'][spec]:.1f}x / {r['ratio_min'][spec]:.1f}x ({r['times'][spec]:.3g} ms)" for r in results) + " |")
+    print("| **pool draw (average over the 64)** | " + " | ".join(
+        f"**{r['pool_ratio']:.1f}x / {r['pool_ratio_min']:.1f}x** ({r['pool_ms']:.3g} ms)" for r in results) + " |")
     for cls in ("comed", "krum", "geomed", "bulyan"):
         members = [s for s, c in paper_pool_specs() if c == cls]
         print(f"| class {cls} (average over its 16) | " + " | ".join(
-            cell(sum(r["times"][s] for s in members) / 16, sum(r["mins"][s] for s in members) / 16, r) for r in results) + " |")
+            f"{sum(r['ratio'][s] for s in members) / 16:.1f}x / {sum(r['ratio_min'][s] for s in members) / 16:.1f}x" for r in results) + " |")
 
     if args.memory:
         n, d = 12, 11_700_000

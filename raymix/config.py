@@ -152,7 +152,7 @@ class ExperimentConfig:
 
     def build_pool(self):
         """The aggregator's pool for this n and f (None for ``omniscient``); resampling wraps
-        every member as ``bucketing(s=resampling, rule=<member>)``."""
+        every member as ``resampling(s=resampling, rule=<member>)``."""
         return make_pool(self.aggregator, self.n, self.f, self.resampling, self.drop_invalid)
 
     def build_attack(self):
@@ -172,7 +172,7 @@ def make_pool(aggregator: str, n: int, f: int, resampling: int = 0, drop_invalid
     if resampling > 1:
         from raymix.rules.base import build_rule
 
-        rules = [build_rule(f"bucketing(s={resampling}, rule={r.spec})") for r in pool.rules]
+        rules = [build_rule(f"resampling(s={resampling}, rule={r.spec})") for r in pool.rules]
         pool = MixTailorPool(rules, pool.families, pool.weights, name=pool.name)
     return pool.restricted(n, f, drop_invalid)
 

@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verbose", action="store_true", help="print every member's inner product")
     args = ap.parse_args(argv)
+    # Rules on one step's gradients are many small kernels: one thread beats two here.
+    torch.set_num_threads(1)
 
     pool = MixTailorPool.from_spec(args.pool, args.n, args.f, drop_invalid=True)
     attacks = [build_attack(a) for a in (args.attack or DEFAULT_ATTACKS)]
@@ -103,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{dataset}: {honest.shape[0]} honest gradients of d={honest.shape[1]} in {time.perf_counter() - t0:.1f} s; "
           f"pool {pool.name!r}: {len(pool)} members {pool.class_counts()}" + (f", dropped {len(pool.dropped)}" if pool.dropped else ""))
     classes = [c for c in PAPER_CLASSES if c in pool.families] or sorted(set(pool.families))
-    print("\nFraction of each class's members fooled (output against the honest mean), and inner products")
-    print("<aggregate, honest mean> / ||honest mean||^2 (1 = the honest mean itself; < 0 = fooled):\n")
-    header = f"{'attack':40s}" + "".join(f"{c:>9s}" for c in classes) + f"{'krum':>9s}{'comed':>9s}{'E[pool]':>9s}{'worst':>9s}"
+    print("\nPer class: the fraction of its members the attack fooled (output against the honest mean).")
+    print("ip: <aggregate, honest mean> / ||honest mean||^2 for krum(p=2), comed, the pool's expectation")
+    print("over its draw, and its worst member (1 = the honest mean itself; < 0 = fooled):\n")
+    header = f"{'attack':40s}" + "".join(f"{c:>9s}" for c in classes) + f"{'ip krum':>9s}{'ip comed':>9s}{'E[pool]':>9s}{'worst':>9s}"
     print(header)
     print("-" * len(header))
     gen_seed = stream_seed(args.seed, "demo", "adversary")

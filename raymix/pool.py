@@ -203,8 +203,10 @@ class MixTailorPool:
             i = int(torch.multinomial(self._probs, 1, generator=generator).item())
         return Draw(i, self.rules[i].spec, self.families[i])
 
-    def aggregate(self, draw: Draw, G: torch.Tensor, f: int) -> torch.Tensor:
-        return self.rules[draw.index](G, f)
+    def aggregate(self, draw: Draw, G: torch.Tensor, f: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Apply the drawn member; ``generator`` (the aggregator's, for this step) feeds
+        randomized members such as resampling and bucketing."""
+        return self.rules[draw.index](G, f, generator=generator)
 
     def probabilities(self) -> np.ndarray:
         if self.weights is None:

@@ -164,22 +164,39 @@ def load_sweep(path: "str | os.PathLike") -> SweepConfig:
 
 
 # ---------------------------------------------------------------------------- resources
-def trial_actor_resources(config: ExperimentConfig, cluster: Mapping[str, float], cpus_per_trial: float) -> list[dict[str, float]]:
-    """The resources of each actor one trial starts, as the runtime will request them.
+DRIVER_CPUS = 0.05  # the trial's own function: it only submits tasks and waits
 
-    The trial's CPU budget is shared evenly by its logical workers (honest, the Byzantine
-    ones, and the aggregator counted as one); GPUs follow the config (``auto``: 1/n of a GPU
-    per worker when the cluster has GPUs)."""
+
+def per_worker_resources(config: ExperimentConfig, cluster: Mapping[str, float], cpus_per_trial: float) -> dict[str, float]:
+    """Explicit ``num_cpus_per_worker``/``num_gpus_per_worker`` for a trial, so that the
+    runtime's actors ask for exactly what the trial's bundles hold: the CPU budget is split
+    evenly over the trial's actors (packed honest groups, the adversary, the aggregator);
+    GPUs follow the config (``auto``: 1/n of a GPU per worker when the cluster has GPUs)."""
+    from raymix.runtime.resources import actor_groups
+
+    groups = actor_groups(config.num_honest, config.workers_per_actor)
+    has_byz = config.f > 0 and not config.is_omniscient
+    num_actors = len(groups) + int(has_byz) + 1
+    if config.num_cpus_per_worker == "auto":
+        per_actor = min(1.0, max(cpus_per_trial - DRIVER_CPUS, 0.01) / num_actors)
+        cpu_w = per_actor / max(len(g) for g in groups)
+    else:
+        cpu_w = float(config.num_cpus_per_worker)
+    if config.num_gpus_per_worker == "auto":
+        gpu_w = 1.0 / config.n if float(cluster.get("GPU", 0) or 0) > 0 else 0.0
+    else:
+        gpu_w = float(config.num_gpus_per_worker)
+    return {"num_cpus_per_worker": cpu_w, "num_gpus_per_worker": gpu_w}
+
+
+def trial_actor_resources(config: ExperimentConfig) -> list[dict[str, float]]:
+    """The resources each actor of a trial asks for, computed as the runtime computes them
+    (``config`` carries explicit per-worker resources, see :func:`per_worker_resources`)."""
     from raymix.runtime.resources import actor_groups, resources_for
 
-    has_byz = config.f > 0 and not config.is_omniscient
-    gpus = float(cluster.get("GPU", 0) or 0)
-    gpu_w = (1.0 / config.n if gpus > 0 else 0.0) if config.num_gpus_per_worker == "auto" else float(config.num_gpus_per_worker)
-    cpu_w = cpus_per_trial / (config.num_honest + (config.f if has_byz else 0) + 1)
-    if config.num_cpus_per_worker != "auto":
-        cpu_w = float(config.num_cpus_per_worker)
+    cpu_w, gpu_w = float(config.num_cpus_per_worker), float(config.num_gpus_per_worker)
     sizes = [len(g) for g in actor_groups(config.num_honest, config.workers_per_actor)]
-    if has_byz:
+    if config.f > 0 and not config.is_omniscient:
         sizes.append(config.f)
     sizes.append(1)  # the aggregator
     out = []
@@ -189,41 +206,39 @@ def trial_actor_resources(config: ExperimentConfig, cluster: Mapping[str, float]
     return out
 
 
-def trial_resources(config: ExperimentConfig, cluster: Mapping[str, float], cpus_per_trial: float, driver_cpus: float = 0.05):
+def trial_resources(config: ExperimentConfig):
     """One placement group per trial: bundle 0 for the trial's driver (the Tune function),
     then one bundle per simulation actor. A trial starts only when all of its actors fit, so
     concurrent trials never oversubscribe the cluster or deadlock half-started."""
     from ray import tune
 
-    bundles = [{"CPU": driver_cpus}] + trial_actor_resources(config, cluster, cpus_per_trial)
-    return tune.PlacementGroupFactory(bundles, strategy="PACK")
-
-
-def pinned_worker_resources(config: ExperimentConfig, cluster: Mapping[str, float], cpus_per_trial: float) -> dict[str, float]:
-    """Explicit per-worker resources so the runtime asks for exactly what the bundles hold."""
-    res = trial_actor_resources(config, cluster, cpus_per_trial)
-    has_byz = config.f > 0 and not config.is_omniscient
-    cpu_w = cpus_per_trial / (config.num_honest + (config.f if has_byz else 0) + 1) if config.num_cpus_per_worker == "auto" else config.num_cpus_per_worker
-    gpu = max((b.get("GPU", 0.0) for b in res), default=0.0)
-    gpu_w = (1.0 / config.n if gpu > 0 else 0.0) if config.num_gpus_per_worker == "auto" else config.num_gpus_per_worker
-    return {"num_cpus_per_worker": float(cpu_w), "num_gpus_per_worker": float(gpu_w)}
+    return tune.PlacementGroupFactory([{"CPU": DRIVER_CPUS}] + trial_actor_resources(config), strategy="PACK")
 
 
 # ---------------------------------------------------------------------------- the trial
-class FailOnceHook:
-    """Fault injection for testing recovery: raise at ``step`` the first time any trial whose
-    config matches ``match`` gets there (a marker file remembers it across retries)."""
+class InjectedFailure:
+    """Fault injection for testing recovery: raise at ``step`` in trials whose config matches
+    ``match``, either once (``once_marker``: a file that remembers it across retries) or for
+    as long as ``while_exists`` exists (an outage the test lifts by deleting the file)."""
 
-    def __init__(self, marker: "str | os.PathLike", step: int, match: Mapping[str, Any] | None = None):
-        self.marker, self.step, self.match = str(marker), int(step), dict(match or {})
+    def __init__(self, step: int, match: Mapping[str, Any] | None = None, once_marker: "str | None" = None, while_exists: "str | None" = None):
+        if (once_marker is None) == (while_exists is None):
+            raise ValueError("give exactly one of once_marker and while_exists")
+        self.step, self.match = int(step), dict(match or {})
+        self.once_marker = None if once_marker is None else str(once_marker)
+        self.while_exists = None if while_exists is None else str(while_exists)
 
     def on_step(self, step: int, context) -> None:
-        if step != self.step or os.path.exists(self.marker):
+        if step != self.step:
             return
         cfg = context.config.to_dict()
-        if all(cfg.get(k) == v for k, v in self.match.items()):
-            Path(self.marker).write_text(str(step))
-            raise RuntimeError(f"injected failure at step {step}")
+        if not all(cfg.get(k) == v for k, v in self.match.items()):
+            return
+        if self.once_marker is not None and not os.path.exists(self.once_marker):
+            Path(self.once_marker).write_text(str(step))
+            raise RuntimeError(f"injected failure at step {step} (once)")
+        if self.while_exists is not None and os.path.exists(self.while_exists):
+            raise RuntimeError(f"injected failure at step {step} (while {self.while_exists} exists)")
 
 
 class _TuneReporter:
@@ -345,11 +360,11 @@ def run_sweep(
         concurrency = run.get("max_concurrent_trials") or None
         cpus_per_trial = float(run.get("trial_cpus") or max(0.5, float(cluster.get("CPU", 1)) / (concurrency or 1)))
         base = ExperimentConfig.from_dict({**_absolute_data_dir(sweep.experiment), **_resolved_point(sweep), "output_dir": "/tmp"})
-        pinned = pinned_worker_resources(base, cluster, cpus_per_trial)
+        pinned = per_worker_resources(base, cluster, cpus_per_trial)
         space = sweep.param_space()
         space.update(_absolute_data_dir({k: v for k, v in space.items() if k in ("dataset", "data_dir") and not isinstance(v, dict)}))
         space.update(pinned)
-        resources = trial_resources(ExperimentConfig.from_dict({**base.to_dict(), **pinned}), cluster, cpus_per_trial)
+        resources = trial_resources(base.replace(**pinned))
         trainable = tune.with_resources(tune.with_parameters(_trainable, hooks=hooks), resources)
         if resume:
             path = Path(storage) / sweep.name
@@ -383,3 +398,56 @@ def _resolved_point(sweep: SweepConfig) -> dict[str, Any]:
     cfgs = [ExperimentConfig.from_dict({**p, "output_dir": "/tmp", **_absolute_data_dir(p)}) for p in points]
     big = max(cfgs, key=lambda c: (c.n, c.f, -c.workers_per_actor))
     return {k: getattr(big, k) for k in ("n", "f", "workers_per_actor", "aggregator")}
+
+
+# ---------------------------------------------------------------------------- command line
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set takes key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="raymix sweep", description="Run a Ray Tune sweep from a YAML in tune_configs/")
+    ap.add_argument("sweep", help="the sweep YAML (e.g. tune_configs/quick.yaml)")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are not re-run)")
+    ap.add_argument("--steps", type=int, help="override the step count of every trial")
+    ap.add_argument("--seeds", type=int, help="replace the seed axis by seeds 0..SEEDS-1")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set an experiment field for every trial (repeatable)")
+    ap.add_argument("--storage-path", help="where Tune writes results (default: the YAML's run.storage_path, else ~/ray_results)")
+    ap.add_argument("--max-concurrent", type=int, help="trials at once (default: the YAML's run.max_concurrent_trials)")
+    ap.add_argument("--address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    ap.add_argument("--report", action="store_true", help="write `raymix report` into the sweep directory when done")
+    args = ap.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep)
+        if args.steps or args.seeds or args.set:
+            sweep = sweep.scaled(steps=args.steps, seeds=args.seeds, set_values=_parse_set(args.set))
+        if args.max_concurrent:
+            sweep = replace(sweep, run={**sweep.run, "max_concurrent_trials": args.max_concurrent})
+        # Re-validate after the overrides (SweepConfig validates at construction).
+        sweep = SweepConfig(sweep.name, sweep.experiment, sweep.search, sweep.run, sweep.source)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"raymix sweep: {exc}", file=sys.stderr)
+        return 2
+    grid = run_sweep(sweep, resume=args.resume, storage_path=args.storage_path, address=args.address)
+    errors = sum(1 for r in grid if r.error is not None)
+    path = Path(grid.experiment_path)
+    print(f"{len(grid)} trials ({errors} errored) in {path}")
+    for r in grid:
+        m = r.metrics or {}
+        cfg = r.config or {}
+        print(f"  {cfg.get('aggregator', '?'):40s} {cfg.get('attack', '?'):30s} seed={cfg.get('seed', '?')}  "
+              f"step={m.get('step', '-')}  test_accuracy={m.get('test_accuracy', float('nan')):.4f}")
+    if args.report:
+        from raymix.analysis.report import write_report
+
+        print(write_report(path))
+    return 1 if errors else 0

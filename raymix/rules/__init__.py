@@ -10,7 +10,7 @@ from raymix.rules.krum import krum, krum_scores, multi_krum
 from raymix.rules.geomed import geometric_median
 from raymix.rules.bulyan import bulyan, bulyan_classic_agg, bulyan_select
 from raymix.rules.clipping import centered_clipping, nearest_neighbour_mixing, nnm
-from raymix.rules.bucketing import bucket_means, bucketing
+from raymix.rules.bucketing import bucket_means, bucketing, resample_means, resampling
 
 __all__ = [
     "RULES",
@@ -32,4 +32,6 @@ __all__ = [
     "nearest_neighbour_mixing",
     "bucketing",
     "bucket_means",
+    "resampling",
+    "resample_means",
 ]

@@ -380,14 +380,15 @@ def pairwise_sq_dists(G: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def bad_rows(G: torch.Tensor) -> torch.Tensor:
-    """Rows whose sum is not finite: NaN/Inf entries, or values that overflow when summed."""
-    return ~torch.isfinite(G.sum(1, dtype=torch.float64) if G.dtype != torch.float64 else G.sum(1))
+    """Rows whose sum (in G's dtype, no copy) is not finite: NaN/Inf entries, or values so
+    large that they overflow when summed (such as 1e38 in float32)."""
+    return ~torch.isfinite(G.sum(1))
 
 
 def combine_rows(G: torch.Tensor, alpha: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """sum_i alpha_i G[rows[i]] as a (d,) tensor of G's dtype, by column chunks (never
     touching rows outside ``rows``, so a NaN row with weight 0 cannot poison the result)."""
-    a = alpha.to(G.dtype)
+    a = alpha.to(device=G.device, dtype=G.dtype)
     if rows is None:
         return a @ G
     out = torch.empty(G.shape[1], dtype=G.dtype, device=G.device)

@@ -54,7 +54,7 @@ def bulyan_select(G: torch.Tensor, f: int, select: Rule, generator=None) -> torc
             Ks = Kf[idx][:, idx]
             m = len(rem)
             if g is None:
-                alpha = torch.full((m,), 1.0 / m, dtype=torch.float64)
+                alpha = torch.full((m,), 1.0 / m, dtype=torch.float64, device=Ks.device)
             else:
                 alpha = weiszfeld_coefficients(Ks, float(g["nu"]), int(g["iters"]), float(g["tol"]))
             Ka = Ks @ alpha

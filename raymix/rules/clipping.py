@@ -6,7 +6,7 @@ import torch
 from raymix.rules import _kernels as K
 from raymix.rules._common import check, float_arg, int_arg, need_more_than_2f, rule_arg, spec_text
 from raymix.rules.base import RULES, Rule
-from raymix.spec import Spec, SpecError
+from raymix.spec import Spec
 
 __all__ = ["centered_clipping", "nnm", "nearest_neighbour_mixing"]
 
@@ -75,7 +75,7 @@ def _nnm_mix(G: torch.Tensor, f: int) -> torch.Tensor:
     Kf, bad = K.gram(G)
     D2 = K.sq_dists_from_gram(Kf, bad)
     nb = torch.topk(D2, n - f, dim=1, largest=False, sorted=True).indices
-    M = torch.zeros(n, n, dtype=torch.float64)
+    M = torch.zeros(n, n, dtype=torch.float64, device=D2.device)
     M.scatter_(1, nb, 1.0 / (n - f))
     if not bool(bad.any()):
         return M.to(G.dtype) @ G

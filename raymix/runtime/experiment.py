@@ -186,6 +186,18 @@ def _columns(pool, diagnostics: bool) -> list[str]:
     return cols
 
 
+def _check_fits(cfg: ExperimentConfig, cluster: dict, plan: list) -> None:
+    """Refuse a plan whose actors cannot all be placed at once (they would wait forever)."""
+    for key, attr in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        need = sum(getattr(r, attr) for r in plan)
+        have = float(cluster.get(key, 0) or 0)
+        if need > have + 1e-6:
+            raise ValueError(
+                f"the simulation's {len(plan)} actors need {need:g} {key}s in all but the Ray cluster has {have:g}: "
+                f"lower num_{key.lower()}s_per_worker (now {getattr(cfg, f'num_{key.lower()}s_per_worker')!r}, per logical "
+                f"worker; an actor of w workers asks for w times it) or set it to 'auto'")
+
+
 # ---------------------------------------------------------------------------- the run
 def run_experiment(
     config: "ExperimentConfig | dict",
@@ -259,6 +271,8 @@ def run_experiment(
         num_actors = len(groups) + 1 + int(has_byz)
         cpu_w, gpu_w = plan_resources(cfg, ray.cluster_resources(), num_actors)
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+        _check_fits(cfg, ray.cluster_resources(), [resources_for(cpu_w, gpu_w, len(ids)) for ids in groups]
+                    + ([resources_for(cpu_w, gpu_w, cfg.f)] if has_byz else []) + [resources_for(cpu_w, gpu_w, 1)])
         honest = []
         for ids in groups:
             res = resources_for(cpu_w, gpu_w, len(ids))

@@ -1,0 +1,126 @@
+"""Analysis: the loader, the plots, ``raymix report`` and the notebooks, on a real sweep."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pd = pytest.importorskip("pandas", reason="the analysis extra (pandas) is not installed")
+plt = pytest.importorskip("matplotlib.pyplot", reason="the analysis extra (matplotlib) is not installed")
+
+from raymix.analysis import final_records, load_results  # noqa: E402
+from raymix.analysis import plots  # noqa: E402
+from raymix.analysis.report import write_report  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def results(small_sweep):
+    return load_results(small_sweep["root"])
+
+
+def test_loader_gives_one_row_per_trial_and_evaluation(results, small_sweep):
+    cfg = small_sweep["config"]
+    evals = cfg["steps"] // cfg["eval_every"]
+    assert results["trial"].nunique() == 2
+    assert len(results) == 2 * evals  # retried/resumed reports de-duplicated by step
+    assert sorted(results["aggregator"].unique()) == ["krum", "mixtailor"]
+    for col in ("attack", "attack_name", "epsilon", "seed", "f", "n", "step", "test_accuracy", "train_loss", "cosine", "pool"):
+        assert col in results.columns, col
+    assert set(results["attack_name"]) == {"ipm"} and set(results["epsilon"]) == {0.1}
+    assert set(results["f"]) == {1} and set(results["n"]) == {7}
+    assert results.loc[results["aggregator"] == "mixtailor", "pool"].unique().tolist() == ["full"]
+    fam = [c for c in results.columns if c.startswith("drawn_family")]
+    assert fam, results.columns
+    per_trial = results.groupby("trial")["step"].apply(list)
+    assert all(steps == list(range(cfg["eval_every"], cfg["steps"] + 1, cfg["eval_every"])) for steps in per_trial)
+    fin = final_records(results)
+    assert len(fin) == 2 and set(fin["step"]) == {cfg["steps"]}
+
+
+def test_loader_reads_a_copied_directory_without_ray(small_sweep, tmp_path):
+    copy = tmp_path / "copied"
+    shutil.copytree(small_sweep["root"], copy)
+    code = (
+        "import sys, json; from raymix.analysis import load_results; df = load_results(sys.argv[1]);"
+        "print(json.dumps([len(df), df['trial'].nunique(), 'ray' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, check=True)
+    rows, trials, ray_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert trials == 2 and rows > 0 and ray_loaded is False
+
+
+def test_loader_tolerates_a_half_written_line(small_sweep, tmp_path):
+    copy = tmp_path / "running"
+    shutil.copytree(small_sweep["root"], copy)
+    some = next(copy.rglob("result.json"))
+    with open(some, "a") as fh:
+        fh.write('{"step": 99, "test_acc')  # a trial still writing
+    df = load_results(copy)
+    assert 99 not in set(df["step"])
+
+
+def _image_has_content(path: Path) -> None:
+    img = plt.imread(path)
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    # Not a blank canvas: many distinct colours (lines, bands, text).
+    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
+
+
+def test_plots_render_from_real_results(results, tmp_path):
+    for name, fn in [
+        ("accuracy", plots.accuracy_curves),
+        ("ablation", plots.ablation_bars),
+        ("drawn", plots.drawn_classes),
+        ("fooled", plots.fooled_fraction),
+    ]:
+        fig = fn(results, out=tmp_path / name)
+        plt.close(fig)
+        assert (tmp_path / f"{name}.svg").stat().st_size > 1000
+        _image_has_content(tmp_path / f"{name}.png")
+    table = plots.summary_table(results)
+    assert set(table["aggregator"]) == {"krum", "mixtailor"}
+    assert {"final_mean", "best_mean", "seeds", "steps"} <= set(table.columns)
+    assert (table["best_mean"] >= table["final_mean"] - 1e-9).all()
+
+
+def test_drawn_classes_counts_match_the_pool(results):
+    mt = results[results["aggregator"] == "mixtailor"]
+    fam = [c for c in mt.columns if c.startswith("drawn_family.")]
+    assert mt[fam].fillna(0).sum(axis=1).eq(2).all()  # eval_every = 2 draws per record
+    kr = results[results["aggregator"] == "krum"]
+    assert kr["drawn_family.krum"].eq(2).all()
+
+
+def test_report_end_to_end(small_sweep, tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "raymix", "report", str(small_sweep["root"]), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "report.md").read_text()
+    assert "## Summary" in md and "| krum |" in md.replace("| ipm(epsilon=0.1) ", "| ")
+    for name in ("accuracy", "drawn_classes", "fooled"):
+        assert f"({name}.png)" in md
+        _image_has_content(out / f"{name}.png")
+        assert (out / f"{name}.svg").exists()
+    assert (out / "summary.csv").exists()
+
+
+@pytest.mark.parametrize("notebook", ["paper_figures.ipynb", "ablation.ipynb"])
+def test_notebooks_run_headless(notebook, small_sweep, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    path = REPO / "analysis" / notebook
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks with outputs cleared"
+    monkeypatch.setenv("RAYMIX_SWEEP_DIR", str(small_sweep["root"]))
+    monkeypatch.setenv("RAYMIX_FIGURE_DIR", str(tmp_path))
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert list(tmp_path.glob("*.png")), "the notebook drew no figure"
