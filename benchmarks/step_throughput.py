@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import os
 import sys
 import tempfile
@@ -86,7 +87,7 @@ def pick_dataset(data_dir: str | None) -> tuple[str, str | None]:
         return "synthetic", None
 
 
-def single_process(cfg, steps: int, warmup: int) -> dict:
+def single_process(cfg, steps: int, warmup: int, repeats: int = 1) -> dict:
     """The reference: one process, one honest gradient at a time, the same pool and attack."""
     from raymix.attacks import AdversaryView
     from raymix.data import load_dataset, partition, sample_batches
@@ -104,10 +105,10 @@ def single_process(cfg, steps: int, warmup: int) -> dict:
     h = cfg.num_honest
     parts = partition(data.y_train, h, cfg.partition, seed=cfg.seed)
     ids = list(range(h))
-    t_start = None
-    for step in range(1, warmup + steps + 1):
-        if step == warmup + 1:
-            t_start = time.perf_counter()
+    marks = {}
+    for step in range(1, warmup + repeats * steps + 1):
+        if step > warmup and (step - warmup - 1) % steps == 0:
+            marks[step] = time.perf_counter()
         idx = sample_batches(parts, cfg.batch_size, stream_seed(cfg.seed, "batches"), step, ids)
         seeds = [stream_seed(cfg.seed, "dropout", i, step) for i in ids]
         H, _ = comp.gradients_loop(w.detach(), data.x_train[idx], data.y_train[idx], seeds)
@@ -117,23 +118,25 @@ def single_process(cfg, steps: int, warmup: int) -> dict:
         agg = pool.rules[draw.index](G, cfg.f, generator=torch_generator(cfg.seed, "aggregator", "resample", step))
         w.grad = agg
         opt.step()
-    wall = time.perf_counter() - t_start
-    return {"steps_per_second": steps / wall, "steps": steps}
+    ends = sorted(marks)[1:] + [None]
+    end_time = time.perf_counter()
+    rates = [steps / ((marks[e] if e else end_time) - marks[b]) for b, e in zip(sorted(marks), ends)]
+    return {"steps_per_second": statistics.median(rates), "rates": rates, "steps": steps}
 
 
-def raymix_run(cfg, steps: int, warmup: int) -> dict:
+def raymix_run(cfg, steps: int, warmup: int, repeats: int = 1) -> dict:
     from raymix.runtime import run_experiment
 
     warmup = max(warmup, 1)
-    warmup = steps * math.ceil(warmup / steps)  # evaluate only at the end of warm-up and of the timed window
-    total = warmup + steps
+    warmup = steps * math.ceil(warmup / steps)  # evaluate only at the ends of warm-up and of each timed window
+    total = warmup + repeats * steps
     result = run_experiment(cfg.replace(steps=total, eval_every=steps))
     recs = {r["step"]: r for r in result.records}
-    a, b = recs[warmup], recs[total]
-    sps = (total - warmup) / (b["wall_time"] - a["wall_time"])
+    rates = [steps / (recs[s]["wall_time"] - recs[s - steps]["wall_time"]) for s in range(warmup + steps, total + 1, steps)]
+    sps = statistics.median(rates)
     parts = {k: sum(r[k] for r in result.records if r["step"] > warmup) / max(1, len([r for r in result.records if r["step"] > warmup]))
              for k in ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait")}
-    return {"steps_per_second": sps, "steps": steps, "timings": parts, "final_accuracy": result.final_accuracy}
+    return {"steps_per_second": sps, "rates": rates, "steps": steps, "timings": parts, "final_accuracy": result.final_accuracy}
 
 
 def main(argv=None) -> int:
@@ -148,12 +151,14 @@ def main(argv=None) -> int:
     ap.add_argument("--scaling-steps", type=int, default=6)
     ap.add_argument("--scaling-actors", type=int, default=2, help="honest actors in the scaling runs")
     ap.add_argument("--scaling-aggregator", default=None, help="pool for the scaling runs (default: --aggregator)")
-    ap.add_argument("--quick", action="store_true", help="--steps 10 --warmup 5 --scaling-steps 4")
+    ap.add_argument("--repeats", type=int, default=3, help="timed windows per measurement (median reported); the "
+                    "single-process loop is measured before AND after raymix, as the machine's load varies")
+    ap.add_argument("--quick", action="store_true", help="--steps 10 --warmup 5 --repeats 2 --scaling-steps 4")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup, args.scaling_steps = 10, 5, 4
+        args.steps, args.warmup, args.repeats, args.scaling_steps = 10, 5, 2, 4
 
     import ray
 
@@ -166,19 +171,26 @@ def main(argv=None) -> int:
     )
     out: dict = {"dataset": dataset, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:]}
     with PeakRSS() as mem:
-        single = single_process(base, args.steps, args.warmup)
+        single = single_process(base, args.steps, args.warmup, args.repeats)
     out["single"] = {**single, "peak_rss_mb": mem.peak / 2**20}
-    print(f"single process : {single['steps_per_second']:.2f} steps/s  (peak RSS {mem.peak / 2**20:.0f} MiB)", flush=True)
+    print(f"single process : {single['steps_per_second']:.2f} steps/s (windows: {', '.join(f'{r:.2f}' for r in single['rates'])}; "
+          f"peak RSS {mem.peak / 2**20:.0f} MiB)", flush=True)
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         with PeakRSS() as mem:
-            rm = raymix_run(base, args.steps, args.warmup)
+            rm = raymix_run(base, args.steps, args.warmup, args.repeats)
         out["raymix"] = {**rm, "peak_rss_mb": mem.peak / 2**20}
-        ratio = rm["steps_per_second"] / single["steps_per_second"]
-        out["ratio"] = ratio
         print(f"raymix ({math.ceil(10 / args.workers_per_actor)} actors x {args.workers_per_actor} workers): "
-              f"{rm['steps_per_second']:.2f} steps/s  (peak RSS all processes {mem.peak / 2**20:.0f} MiB)  ratio {ratio:.2f}x", flush=True)
+              f"{rm['steps_per_second']:.2f} steps/s (windows: {', '.join(f'{r:.2f}' for r in rm['rates'])}; "
+              f"peak RSS all processes {mem.peak / 2**20:.0f} MiB)", flush=True)
+        after = single_process(base, args.steps, args.warmup, args.repeats)
+        out["single_after"] = after
+        print(f"single process, again: {after['steps_per_second']:.2f} steps/s (windows: {', '.join(f'{r:.2f}' for r in after['rates'])})", flush=True)
+        ref = statistics.median(single["rates"] + after["rates"])
+        ratio = rm["steps_per_second"] / ref
+        out["ratio"] = ratio
+        print(f"ratio raymix / single (median of all single windows {ref:.2f}): {ratio:.2f}x", flush=True)
         print("  per-step seconds: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in rm["timings"].items()), flush=True)
         out["scaling"] = []
         for n in [int(x) for x in args.scaling.split(",") if x.strip()]:

@@ -81,9 +81,12 @@ class SweepConfig:
         for point in expand_grid(self.experiment, self.search):
             try:
                 # Trials get their output_dir from Tune; a placeholder lets checkpoint_every validate.
-                ExperimentConfig.from_dict({**point, "output_dir": point.get("output_dir") or "<trial dir>"})
+                cfg = ExperimentConfig.from_dict({**point, "output_dir": point.get("output_dir") or "<trial dir>"})
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 raise ValueError(f"{where}: trial config {_short(point, self.search)} is invalid: {exc}") from exc
+            if cfg.checkpoint_every and cfg.checkpoint_every % cfg.eval_every:
+                # Each checkpoint goes to Tune with the evaluation of its step.
+                raise ValueError(f"{where}: checkpoint_every={cfg.checkpoint_every} must be a multiple of eval_every={cfg.eval_every}")
 
     # -- overrides ---------------------------------------------------------------------
     def scaled(self, steps: int | None = None, seeds: int | None = None, set_values: Mapping[str, Any] | None = None) -> "SweepConfig":
@@ -97,10 +100,14 @@ class SweepConfig:
                 search.pop(k, None)
                 exp[k] = v
         if steps is not None:
-            exp["steps"] = int(steps)
-            for k in ("eval_every", "checkpoint_every"):
-                if k in exp and exp[k] and int(exp[k]) > steps:
-                    exp[k] = int(steps)
+            steps = int(steps)
+            exp["steps"] = steps
+            if int(exp.get("eval_every") or 1) > steps:
+                exp["eval_every"] = steps
+            every = int(exp.get("eval_every") or 1)
+            if int(exp.get("checkpoint_every") or 0) > steps:
+                # The last evaluation at or before the end: a checkpoint goes with an evaluation.
+                exp["checkpoint_every"] = max(every, steps // every * every)
         if seeds is not None:
             search.pop("seed", None)
             exp.pop("seed", None)
@@ -269,6 +276,9 @@ class _TuneReporter:
     def on_checkpoint(self, step: int, path: "str | os.PathLike") -> None:
         from ray import tune
 
+        # checkpoint_every is a multiple of eval_every (SweepConfig checks), so the record
+        # of this very step is the one waiting.
+        assert self._pending is not None and self._pending["step"] == step, (step, self._pending)
         self._report(self._pending, tune.Checkpoint.from_directory(str(path)))
         self._pending = None
 

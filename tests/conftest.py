@@ -32,3 +32,52 @@ def mnist_dir() -> str:
     if not raw.is_dir():
         pytest.skip(f"MNIST not available: {raw} does not exist (set RAYMIX_TEST_MNIST_DIR to a directory holding MNIST/raw)")
     return str(MNIST_DIR)
+
+
+SMALL_SWEEP = dict(
+    dataset="synthetic", n=7, f=1, model="mlp", attack="ipm(epsilon=0.1)", steps=6, eval_every=2, checkpoint_every=2,
+    batch_size=16, lr=0.05, workers_per_actor=6, diagnostics=True, seed=0,
+)
+
+
+@pytest.fixture(scope="session")
+def small_sweep(ray_session, tmp_path_factory):
+    """One real Tune sweep (2 trials, placement groups, checkpoints), a failure retried from
+    its checkpoint, an errored trial, then ``resume``: inspected by test_sweep.py and
+    test_analysis.py. About a minute on 2 cores."""
+    import json
+
+    from raymix.sweep import InjectedFailure, SweepConfig, run_sweep
+
+    root = tmp_path_factory.mktemp("sweeps")
+    sweep = SweepConfig(
+        name="small",
+        experiment=SMALL_SWEEP,
+        search={"aggregator": {"grid_search": ["mixtailor", "krum"]}},
+        run={"max_concurrent_trials": 1, "max_failures": 1},
+    )
+    marker, block = root / "failed_once", root / "outage"
+    block.write_text("the krum trial fails at step 3 while this file exists")
+    hooks = [
+        InjectedFailure(5, {"aggregator": "mixtailor"}, once_marker=str(marker)),
+        InjectedFailure(3, {"aggregator": "krum"}, while_exists=str(block)),
+    ]
+    grid = run_sweep(sweep, storage_path=str(root), hooks=hooks, verbose=0)
+    trial_dirs = sorted(p.parent for p in (root / "small").rglob("params.json"))
+    by_agg = {json.loads((d / "params.json").read_text())["aggregator"]: d for d in trial_dirs}
+    errored = {r.config["aggregator"]: r.error is not None for r in grid}
+    before = {
+        "krum_errored": errored["krum"],
+        "mixtailor_errored": errored["mixtailor"],
+        "mixtailor_result": (by_agg["mixtailor"] / "result.json").read_text(),
+    }
+    block.unlink()  # the outage is over: resume the sweep
+    resumed = run_sweep(sweep, resume=True, storage_path=str(root), hooks=hooks, verbose=0)
+    return {
+        "root": root / "small",
+        "trial_dirs": trial_dirs,
+        "config": SMALL_SWEEP,
+        "fail_once_marker": str(marker),
+        "before_resume": before,
+        "resumed_grid": resumed,
+    }

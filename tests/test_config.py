@@ -102,7 +102,7 @@ def test_sweep_style_yaml_reads_the_experiment_section(tmp_path):
     (dict(seed=-1), r"seed must be an integer >= 0"),
     (dict(steps=2.5), r"steps must be an integer"),
     (dict(diagnostics="yes"), r"diagnostics must be true or false"),
-    (dict(resampling=3, n=7, f=1, aggregator="krum"), r"bucketing"),
+    (dict(resampling=3, n=6, f=1, aggregator="bulyan(select=krum, agg=comed)"), r"resampling.*n >= 4f\+3"),
 ])
 def test_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -118,7 +118,7 @@ def test_drop_invalid_runs_without_the_failing_members():
 def test_omniscient_and_resampling_pools():
     assert ExperimentConfig(aggregator="omniscient").build_pool() is None
     pool = ExperimentConfig(n=12, f=1, aggregator="pool(members=[krum, comed])", resampling=2).build_pool()
-    assert [r.spec for r in pool.rules] == ["bucketing(s=2, rule=krum)", "bucketing(s=2, rule=comed)"]
+    assert [r.spec for r in pool.rules] == ["resampling(s=2, rule=krum)", "resampling(s=2, rule=comed)"]
     assert pool.families == ("krum", "comed")
 
 
@@ -157,3 +157,12 @@ def test_cli_help_and_unknown_command():
     assert main(["--help"]) == 0
     assert main(["frobnicate"]) == 2
     assert main(["run", "--n", "6", "--f", "3"]) == 2  # refused before anything starts
+
+
+def test_demo_subcommand_delegates_to_raymix_demo(capsys):
+    from raymix.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    assert "raymix demo" in capsys.readouterr().out

@@ -225,3 +225,8 @@ def test_cli_run_label_flip(ray_session, tmp_path, capsys):
 def test_python_dash_m_raymix():
     out = subprocess.run([sys.executable, "-m", "raymix", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "run" in out.stdout and "demo" in out.stdout
+
+
+def test_resource_plan_that_cannot_fit_is_refused(ray_session, tmp_path):
+    with pytest.raises(ValueError, match=r"actors need 8 CPUs in all but the Ray cluster has 2"):
+        run_experiment(cfg(tmp_path, num_cpus_per_worker=1.0))

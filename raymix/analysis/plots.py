@@ -121,20 +121,23 @@ def drawn_classes(df: pd.DataFrame, out=None, prefix: str = "drawn_family."):
     return _save(fig, out)
 
 
-def fooled_fraction(df: pd.DataFrame, out=None, prefix: str = "fooled_family."):
-    """The fraction of pool members the attack fooled over time, by class."""
-    cols = _prefixed(df, prefix)
+def fooled_fraction(df: pd.DataFrame, out=None, fooled: str = "diag_fooled_family.", members: str = "diag_members_family."):
+    """The fraction of pool members the attack fooled over time, by class (the runtime's
+    diagnostics: every member applied to the evaluation step's inputs)."""
+    cols = _prefixed(df, fooled)
     if not cols:
-        raise ValueError(f"no columns starting with {prefix!r}: were diagnostics on?")
+        raise ValueError(f"no columns starting with {fooled!r}: run with diagnostics: true")
+    families = [c[len(fooled):] for c in cols]
     key = _panel_key(df)
     panels = sorted(df[key].dropna().unique(), key=str) if key else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
         sub = df if panel is None else df[df[key] == panel]
         sub = sub.dropna(subset=cols, how="all")
-        means = sub.groupby(STEP)[cols].mean()
-        for c in cols:
-            ax.plot(means.index, means[c], label=c[len(prefix):])
+        for fam in families:
+            frac = sub[fooled + fam] / sub[members + fam]
+            means = frac.groupby(sub[STEP]).mean()
+            ax.plot(means.index, means.values, marker="o", ms=3, label=fam)
         ax.set_title(str(panel) if panel is not None else "", fontsize=10)
         ax.set_xlabel("iteration")
         ax.set_ylim(-0.02, 1.02)

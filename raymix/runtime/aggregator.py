@@ -69,6 +69,11 @@ class Aggregator:
             self.opt.load_state_dict(state["optimizer"])
         return self.weights()
 
+    def where(self) -> dict:
+        from raymix.runtime.resources import actor_placement
+
+        return actor_placement()
+
     def evaluate(self) -> dict[str, float]:
         loss, acc = self.computer.loss_and_accuracy(self.w.detach(), self.x_test, self.y_test)
         return {"test_loss": float(loss), "test_accuracy": float(acc)}

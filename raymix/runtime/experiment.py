@@ -62,6 +62,10 @@ class Hook:
     def on_eval(self, record: dict) -> None:
         pass
 
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """Called after the checkpoint of ``step`` is written to ``path`` (the Tune layer
+        reports it to Tune with that step's record)."""
+
 
 @dataclass
 class RunResult:
@@ -82,19 +86,18 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _split_hooks(hooks: Iterable | None) -> tuple[list[Callable], list[Callable]]:
-    on_step, on_eval = [], []
+def _split_hooks(hooks: Iterable | None) -> tuple[list[Callable], list[Callable], list[Callable]]:
+    on_step, on_eval, on_checkpoint = [], [], []
     for h in hooks or ():
-        if hasattr(h, "on_step") or hasattr(h, "on_eval"):
-            if hasattr(h, "on_step"):
-                on_step.append(h.on_step)
-            if hasattr(h, "on_eval"):
-                on_eval.append(h.on_eval)
+        if any(hasattr(h, m) for m in ("on_step", "on_eval", "on_checkpoint")):
+            for name, into in (("on_step", on_step), ("on_eval", on_eval), ("on_checkpoint", on_checkpoint)):
+                if hasattr(h, name):
+                    into.append(getattr(h, name))
         elif callable(h):
             on_step.append(h)
         else:
-            raise TypeError(f"a hook must be callable or have on_step/on_eval, got {h!r}")
-    return on_step, on_eval
+            raise TypeError(f"a hook must be callable or have on_step/on_eval/on_checkpoint, got {h!r}")
+    return on_step, on_eval, on_checkpoint
 
 
 def _ensure_ray(address: str | None) -> bool:
@@ -215,7 +218,7 @@ def run_experiment(
     import ray
 
     cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
-    on_step, on_eval = _split_hooks(hooks)
+    on_step, on_eval, on_checkpoint = _split_hooks(hooks)
     if progress is not None:
         on_eval.append(progress)
     out = Path(cfg.output_dir) if cfg.output_dir else None
@@ -363,10 +366,12 @@ def run_experiment(
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and out is not None:
                 drain(0)
                 state = ray.get(agg.state.remote())
-                save_checkpoint(checkpoint_dir(out) / f"step_{step:06d}", {
+                path = save_checkpoint(checkpoint_dir(out) / f"step_{step:06d}", {
                     "step": step, "weights": state["weights"], "optimizer": state["optimizer"],
                     "interval": interval.state(), "records": writer.count, "config": cfg.to_dict(),
                 })
+                for cb in on_checkpoint:
+                    cb(step, path)
         drain(0)
         loop = time.perf_counter() - t_loop
         done = cfg.steps - start

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_device"]
+__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_device", "actor_placement"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +68,19 @@ def actor_device() -> str:
     if gpus and torch.cuda.is_available():
         return "cuda"
     return "cpu"
+
+
+def actor_placement() -> dict:
+    """Where the calling actor runs: its placement group (None outside one), node, the GPUs
+    Ray assigned it and the torch device it uses. The Tune layer checks with it that a
+    trial's actors sit in the trial's own placement group."""
+    import ray
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    return {
+        "placement_group": pg.id.hex() if pg is not None else None,
+        "node": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "device": actor_device(),
+    }

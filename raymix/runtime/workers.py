@@ -108,6 +108,11 @@ class HonestWorker:
     def ping(self) -> bool:
         return True
 
+    def where(self) -> dict:
+        from raymix.runtime.resources import actor_placement
+
+        return actor_placement()
+
 
 class ByzantineWorker:
     """The f Byzantine workers, as one actor (the adversary).
@@ -159,3 +164,8 @@ class ByzantineWorker:
 
     def ping(self) -> bool:
         return True
+
+    def where(self) -> dict:
+        from raymix.runtime.resources import actor_placement
+
+        return actor_placement()
