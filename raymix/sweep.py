@@ -374,7 +374,10 @@ def run_sweep(
         space = sweep.param_space()
         space.update(_absolute_data_dir({k: v for k, v in space.items() if k in ("dataset", "data_dir") and not isinstance(v, dict)}))
         space.update(pinned)
-        resources = trial_resources(base.replace(**pinned))
+        # Sized per trial from its own config: an omniscient trial has no adversary actor.
+        def resources(trial_config: dict):
+            return trial_resources(ExperimentConfig.from_dict({**trial_config, "output_dir": "/tmp"}))
+
         trainable = tune.with_resources(tune.with_parameters(_trainable, hooks=hooks), resources)
         if resume:
             path = Path(storage) / sweep.name
@@ -400,13 +403,18 @@ def run_sweep(
             ray.shutdown()
 
 
+def _num_actors(c: ExperimentConfig) -> int:
+    from raymix.runtime.resources import actor_groups
+
+    return len(actor_groups(c.num_honest, c.workers_per_actor)) + int(c.f > 0 and not c.is_omniscient) + 1
+
+
 def _resolved_point(sweep: SweepConfig) -> dict[str, Any]:
-    """The first grid point: a representative trial for sizing the placement group (every
-    trial of a sweep has the same n, f and packing unless those are axes; then the largest
-    is taken)."""
+    """The grid point with the most actors: the CPU budget per actor is sized for it, so
+    every trial fits in its budget."""
     points = expand_grid(sweep.experiment, sweep.search)
     cfgs = [ExperimentConfig.from_dict({**p, "output_dir": "/tmp", **_absolute_data_dir(p)}) for p in points]
-    big = max(cfgs, key=lambda c: (c.n, c.f, -c.workers_per_actor))
+    big = max(cfgs, key=_num_actors)
     return {k: getattr(big, k) for k in ("n", "f", "workers_per_actor", "aggregator")}
 
 

@@ -145,3 +145,19 @@ def test_bad_sweeps_are_refused_before_anything_runs(change, message):
         base[k] = {**base[k], **v}
     with pytest.raises(ValueError, match=message):
         SweepConfig(**base)
+
+
+def test_each_trial_reserves_a_bundle_per_actor_it_starts():
+    from raymix.sweep import trial_resources
+
+    def bundles(**kw):
+        cfg = ExperimentConfig.from_dict({"dataset": "synthetic", "n": 12, "f": 2, "workers_per_actor": 5,
+                                          "num_cpus_per_worker": 0.05, "num_gpus_per_worker": 0.0, **kw})
+        return trial_resources(cfg).bundles
+
+    # driver + 2 honest packs + adversary + aggregator; omniscient starts no adversary.
+    assert len(bundles(aggregator="krum")) == 5
+    assert len(bundles(aggregator="omniscient")) == 4
+    assert bundles(aggregator="krum")[1] == {"CPU": 0.25}  # 5 workers x 0.05
+    gpu = bundles(aggregator="krum", num_gpus_per_worker=1 / 12)
+    assert gpu[1]["GPU"] == pytest.approx(5 / 12, abs=1e-4) and gpu[-1]["GPU"] == pytest.approx(1 / 12, abs=1e-4)

@@ -57,7 +57,7 @@ def accuracy_curves(df: pd.DataFrame, out=None, panel_by: str | None = "auto", m
         sub = df if panel is None else df[df[key] == panel]
         for label, g in sorted(sub.groupby("_label"), key=lambda kv: kv[0]):
             stats = g.groupby(STEP)[metric].agg(["mean", "min", "max", "count"]).reset_index()
-            line, = ax.plot(stats[STEP], 100 * stats["mean"], label=f"{label} (n={int(stats['count'].max())})")
+            line, = ax.plot(stats[STEP], 100 * stats["mean"], label=f"{label} ({int(stats['count'].max())} seed{'s' if stats['count'].max() > 1 else ''})")
             if stats["count"].max() > 1:
                 ax.fill_between(stats[STEP], 100 * stats["min"], 100 * stats["max"], color=line.get_color(), alpha=0.2)
         ax.set_xlabel("iteration")
