@@ -95,15 +95,8 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path: "str | Path", overrides: Mapping[str, Any] | None = None) -> "ExperimentConfig":
-        import yaml
-
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no config file at {path}")
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: a config file holds a mapping of field: value")
+        data = read_yaml_mapping(path, "config file", "a mapping of field: value")
         # A sweep-style file ({experiment: {...}}) is accepted for its experiment section.
         if set(data) >= {"experiment"} and set(data) <= {"name", "description", "experiment", "search", "run"}:
             data = data["experiment"] or {}
@@ -162,6 +155,20 @@ class ExperimentConfig:
 
 
 # ---------------------------------------------------------------------------- helpers
+def read_yaml_mapping(path: "str | Path", what: str, holds: str) -> dict:
+    """A YAML file's top-level mapping, with errors that name the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path}")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: a {what} holds {holds}")
+    return dict(data)
+
+
 def make_pool(aggregator: str, n: int, f: int, resampling: int = 0, drop_invalid: bool = False):
     """The pool ``aggregator`` names, restricted to n and f (None for ``omniscient``)."""
     if str(aggregator).strip() == "omniscient":

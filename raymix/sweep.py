@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from raymix.config import ExperimentConfig
+from raymix.config import ExperimentConfig, read_yaml_mapping
 
 __all__ = ["SweepConfig", "load_sweep", "run_sweep", "trial_resources", "expand_grid"]
 
@@ -152,12 +152,7 @@ def expand_grid(experiment: Mapping[str, Any], search: Mapping[str, Any]) -> lis
 
 def load_sweep(path: "str | os.PathLike") -> SweepConfig:
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no sweep file at {path}")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: a sweep file holds a mapping with name, experiment, search and run")
+    data = read_yaml_mapping(path, "sweep file", "a mapping with name, experiment, search and run")
     unknown = set(data) - {"name", "description", "experiment", "search", "run"}
     if unknown:
         raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected name, description, experiment, search, run")

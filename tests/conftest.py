@@ -11,6 +11,18 @@ REPO = Path(__file__).resolve().parent.parent
 MNIST_DIR = Path(os.environ.get("RAYMIX_TEST_MNIST_DIR", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny ops on a shared, loaded 2-core box run ~10x slower with 2 intra-op threads
+    (barrier waits): modules of small tensor work use one and restore the setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray with 2 CPUs shared by every runtime test (actors ask for fractions)."""

@@ -15,14 +15,7 @@ from raymix.spec import SpecError, parse_spec
 N, F, D, K = 12, 2, 50, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Thousands of tiny (12 x 50) rule calls: intra-op threads only add contention on a
-    shared machine (measured: pool_aware 3 s with 1 thread, 31 s with 2 under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def honest(seed: int = 0, d: int = D, k: int = K, sigma: float = 2.0, dtype=torch.float32) -> torch.Tensor:

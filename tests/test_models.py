@@ -17,14 +17,7 @@ from raymix.models import (
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared, loaded 2-core box run ~10x slower with 2 intra-op threads
-    (barrier waits); use one and restore the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_paper_cnn_sizes():

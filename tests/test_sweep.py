@@ -116,7 +116,8 @@ def test_every_tune_config_parses_and_validates(path, monkeypatch, mnist_dir):
     assert small.experiment["steps"] == 20 and small.search["seed"] == {"grid_search": [0, 1]}
 
 
-def test_paper_settings_in_the_figure_configs():
+def test_paper_settings_in_the_figure_configs(monkeypatch, mnist_dir):
+    monkeypatch.setenv("RAYMIX_DATA_DIR", mnist_dir)
     fig1 = load_sweep(REPO / "tune_configs" / "fig1_mnist_iid.yaml")
     e = fig1.experiment
     assert (e["n"], e["f"], e["lr"], e["momentum"], e["weight_decay"], e["batch_size"]) == (12, 2, 0.001, 0.9, 0.0001, 50)

@@ -276,14 +276,8 @@ def lp_dist_to(G: torch.Tensor, z: torch.Tensor, p: float, rows: torch.Tensor | 
         suspect = ~torch.isfinite(dist) | (dist < 1e-15)
     else:
         S = torch.zeros(n, dtype=torch.float64, device=G.device)
-        csize = max(256, _DIST_BUDGET // max(n, 1))
-        buf = None
-        for a, b in _chunks(G.shape[1], csize):
-            X = G[:, a:b] if rows is None else G[rows, a:b]
-            if buf is None or buf.shape[1] != b - a:
-                buf = torch.empty(n, b - a, dtype=G.dtype, device=G.device)
-            torch.sub(X, z[a:b], out=buf)
-            S += _fast_sum(buf.abs_(), p)
+        for chunk in _abs_diff_chunks(G, z, rows):
+            S += _fast_sum(chunk, p)
         dist, suspect = _from_sums(S, p)
     if bool(suspect.any()):
         which = torch.nonzero(suspect).flatten()
@@ -296,6 +290,15 @@ def lp_dist_to(G: torch.Tensor, z: torch.Tensor, p: float, rows: torch.Tensor | 
 def _lp_dist_to_scaled(G: torch.Tensor, z: torch.Tensor, p: float, rows: torch.Tensor | None) -> torch.Tensor:
     n = G.shape[0] if rows is None else int(rows.numel())
     acc = _LpAccumulator((n,), p, G.device)
+    for chunk in _abs_diff_chunks(G, z, rows):
+        acc.add(chunk)
+    return acc.result()
+
+
+def _abs_diff_chunks(G: torch.Tensor, z: torch.Tensor, rows: torch.Tensor | None):
+    """|G[rows] - z| one block of columns at a time, in one reused buffer (the caller
+    consumes each block before the next overwrites it): memory stays O(n * block)."""
+    n = G.shape[0] if rows is None else int(rows.numel())
     csize = max(256, _DIST_BUDGET // max(n, 1))
     buf = None
     for a, b in _chunks(G.shape[1], csize):
@@ -303,8 +306,7 @@ def _lp_dist_to_scaled(G: torch.Tensor, z: torch.Tensor, p: float, rows: torch.T
         if buf is None or buf.shape[1] != b - a:
             buf = torch.empty(n, b - a, dtype=G.dtype, device=G.device)
         torch.sub(X, z[a:b], out=buf)
-        acc.add(buf.abs_())
-    return acc.result()
+        yield buf.abs_()
 
 
 def lp_pairwise(G: torch.Tensor, p: float) -> torch.Tensor:

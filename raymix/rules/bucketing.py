@@ -64,16 +64,24 @@ def bucketing(G: torch.Tensor, f: int, s: int = 2, rule="krum", generator: torch
     return inner.fn(bucket_means(G, s, generator), f, generator=generator)
 
 
-@RULES.register("bucketing")
-def _bucketing_factory(s=2, rule=None) -> Rule:
-    sv = int_arg("bucketing", "s", s, 1)
-    inner = rule_arg("bucketing", "rule", "krum" if rule is None else rule)
-    return Rule(
-        spec_text("bucketing", {"s": s, "rule": rule}, {"s": 2, "rule": None}),
-        "bucketing",
-        lambda G, f, generator=None: inner.fn(bucket_means(G, sv, generator), f, generator=generator),
-        _requirement(sv, inner),
-    )
+def _mixing_rule(name: str, mix, requirement_of, family_of):
+    """A registered factory for a wrapper that mixes the rows (``mix(G, s, generator)``) and
+    hands them to an inner rule with the same f."""
+
+    def factory(s=2, rule=None) -> Rule:
+        sv = int_arg(name, "s", s, 1)
+        inner = rule_arg(name, "rule", "krum" if rule is None else rule)
+        return Rule(
+            spec_text(name, {"s": s, "rule": rule}, {"s": 2, "rule": None}),
+            family_of(inner),
+            lambda G, f, generator=None: inner.fn(mix(G, sv, generator), f, generator=generator),
+            requirement_of(sv, inner),
+        )
+
+    RULES.register(name, factory)
+
+
+_mixing_rule("bucketing", bucket_means, _requirement, lambda inner: "bucketing")
 
 
 def _resampling_requirement(inner: Rule):
@@ -95,13 +103,5 @@ def resampling(G: torch.Tensor, f: int, s: int = 2, rule="krum", generator: torc
     return inner.fn(resample_means(G, s, generator), f, generator=generator)
 
 
-@RULES.register("resampling")
-def _resampling_factory(s=2, rule=None) -> Rule:
-    sv = int_arg("resampling", "s", s, 1)
-    inner = rule_arg("resampling", "rule", "krum" if rule is None else rule)
-    return Rule(
-        spec_text("resampling", {"s": s, "rule": rule}, {"s": 2, "rule": None}),
-        inner.family,
-        lambda G, f, generator=None: inner.fn(resample_means(G, sv, generator), f, generator=generator),
-        _resampling_requirement(inner),
-    )
+# Resampling keeps n rows: the member stays in its class (a resampled Krum is a Krum).
+_mixing_rule("resampling", resample_means, lambda s, inner: _resampling_requirement(inner), lambda inner: inner.family)
