@@ -53,8 +53,6 @@ _RUN_KEYS = {
     "num_samples",
     "checkpoint_every",
     "trial_cpus",
-    "metric",
-    "mode",
 }
 
 
@@ -73,6 +71,11 @@ class SweepConfig:
         unknown_run = set(self.run) - _RUN_KEYS
         if unknown_run:
             raise ValueError(f"{where}: unknown run setting(s) {sorted(unknown_run)}; known: {sorted(_RUN_KEYS)}")
+        if "checkpoint_every" in self.run:
+            # A run setting for convenience; the trials read it from their experiment config.
+            run = dict(self.run)
+            object.__setattr__(self, "experiment", {**self.experiment, "checkpoint_every": run.pop("checkpoint_every")})
+            object.__setattr__(self, "run", run)
         for key, axis in self.search.items():
             if isinstance(axis, Mapping):
                 if len(axis) != 1 or next(iter(axis)) not in _SAMPLERS:

@@ -162,3 +162,14 @@ def test_each_trial_reserves_a_bundle_per_actor_it_starts():
     assert bundles(aggregator="krum")[1] == {"CPU": 0.25}  # 5 workers x 0.05
     gpu = bundles(aggregator="krum", num_gpus_per_worker=1 / 12)
     assert gpu[1]["GPU"] == pytest.approx(5 / 12, abs=1e-4) and gpu[-1]["GPU"] == pytest.approx(1 / 12, abs=1e-4)
+
+
+def test_run_checkpoint_every_and_scale_overrides():
+    sweep = SweepConfig("s", {"dataset": "synthetic", "n": 7, "f": 1, "steps": 100, "eval_every": 10},
+                        {"seed": {"grid_search": [5, 6, 7]}}, {"checkpoint_every": 50})
+    assert sweep.experiment["checkpoint_every"] == 50 and "checkpoint_every" not in sweep.run
+    small = sweep.scaled(steps=35, seeds=2, set_values={"lr": 0.01})
+    assert small.experiment["steps"] == 35 and small.experiment["lr"] == 0.01
+    assert small.experiment["checkpoint_every"] == 30  # the last evaluation before the end
+    assert small.search["seed"] == {"grid_search": [0, 1]}
+    assert len(expand_grid(small.experiment, small.search)) == 2
