@@ -100,15 +100,24 @@ def ablation_bars(df: pd.DataFrame, out=None, metric: str = ACC):
 
 
 def _prefixed(df: pd.DataFrame, prefix: str) -> list[str]:
-    return [c for c in df.columns if c.startswith(prefix)]
+    order = {f"{prefix}{c}": i for i, c in enumerate(("comed", "krum", "geomed", "bulyan"))}
+    return sorted((c for c in df.columns if c.startswith(prefix)), key=lambda c: (order.get(c, 99), c))
+
+
+def _pool_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """The MixTailor trials (a pool of several rules), or an error saying there are none."""
+    sub = df[df["pool"].notna()] if "pool" in df.columns else df.iloc[0:0]
+    if sub.empty:
+        raise ValueError("no MixTailor trial in these results")
+    return sub
 
 
 def drawn_classes(df: pd.DataFrame, out=None, prefix: str = "drawn_family."):
     """Which rules were drawn, by class, over the run (MixTailor trials only)."""
-    cols = _prefixed(df, prefix)
+    sub = _pool_trials(df)
+    cols = [c for c in _prefixed(sub, prefix) if sub[c].fillna(0).sum() > 0]
     if not cols:
         raise ValueError(f"no columns starting with {prefix!r}: were these MixTailor trials?")
-    sub = df[df[cols].fillna(0).sum(axis=1) > 0]
     per_step = sub.groupby(STEP)[cols].sum()
     frac = per_step.div(per_step.sum(axis=1), axis=0)
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -124,7 +133,8 @@ def drawn_classes(df: pd.DataFrame, out=None, prefix: str = "drawn_family."):
 def fooled_fraction(df: pd.DataFrame, out=None, fooled: str = "diag_fooled_family.", members: str = "diag_members_family."):
     """The fraction of pool members the attack fooled over time, by class (the runtime's
     diagnostics: every member applied to the evaluation step's inputs)."""
-    cols = _prefixed(df, fooled)
+    df = _pool_trials(df)
+    cols = [c for c in _prefixed(df, fooled) if df[c].notna().any()]
     if not cols:
         raise ValueError(f"no columns starting with {fooled!r}: run with diagnostics: true")
     families = [c[len(fooled):] for c in cols]
