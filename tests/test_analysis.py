@@ -60,7 +60,7 @@ def test_loader_reads_a_copied_directory_without_ray(small_sweep, tmp_path):
 def test_loader_tolerates_a_half_written_line(small_sweep, tmp_path):
     copy = tmp_path / "running"
     shutil.copytree(small_sweep["root"], copy)
-    some = next(copy.rglob("result.json"))
+    some = next(copy.rglob("records.jsonl"))
     with open(some, "a") as fh:
         fh.write('{"step": 99, "test_acc')  # a trial still writing
     df = load_results(copy)

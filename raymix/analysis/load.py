@@ -3,8 +3,8 @@
 One row per (trial, evaluation); the trial's config flattened into columns (``aggregator``,
 ``attack``, ``seed``, ``f``, ...) plus derived ``attack_name``/``epsilon``/``pool``; every
 metric the runtime reported (nested dicts flattened with ``.``, e.g. ``drawn_family.krum``).
-Reads the files Tune writes in each trial directory (``params.json``, ``result.json``) and
-nothing else, so it needs no running Ray and works on a sweep that is still running or on a
+Reads the files of each trial directory (``params.json``, and raymix's ``raymix/records.jsonl``
+or else Tune's ``result.json``) and nothing else, so it needs no running Ray and works on a sweep that is still running or on a
 directory copied from a cluster. A trial restored from a checkpoint reports some steps
 twice; the last report of a step wins.
 """
@@ -108,7 +108,10 @@ def load_results(source: "str | os.PathLike | Any", step_column: str = "step") -
                 config = json.load(fh)
         except (FileNotFoundError, json.JSONDecodeError):
             continue
-        results = _read_jsonl(tdir / "result.json")
+        # raymix's own records are complete across retries and resumes (the runtime truncates
+        # them to the checkpoint it resumes from); Tune's result.json may restart after a
+        # restore. Fall back to it for trials written by other tools.
+        results = _read_jsonl(tdir / "raymix" / "records.jsonl") or _read_jsonl(tdir / "result.json")
         if not results:
             continue
         flat_cfg = _flatten(config)
