@@ -181,10 +181,11 @@ def per_worker_resources(config: ExperimentConfig, cluster: Mapping[str, float],
 
     groups = actor_groups(config.num_honest, config.workers_per_actor)
     has_byz = config.f > 0 and not config.is_omniscient
-    num_actors = len(groups) + int(has_byz) + 1
+    sizes = [len(g) for g in groups] + ([config.f] if has_byz else []) + [1]
     if config.num_cpus_per_worker == "auto":
-        per_actor = min(1.0, max(cpus_per_trial - DRIVER_CPUS, 0.01) / num_actors)
-        cpu_w = per_actor / max(len(g) for g in groups)
+        # Every logical worker (and the aggregator) gets the same share of the budget, and
+        # no actor more than one CPU (Ray rounds larger requests up to whole CPUs).
+        cpu_w = min(max(cpus_per_trial - DRIVER_CPUS, 0.01) / sum(sizes), 1.0 / max(sizes))
     else:
         cpu_w = float(config.num_cpus_per_worker)
     if config.num_gpus_per_worker == "auto":
@@ -218,6 +219,20 @@ def trial_resources(config: ExperimentConfig):
     from ray import tune
 
     return tune.PlacementGroupFactory([{"CPU": DRIVER_CPUS}] + trial_actor_resources(config), strategy="PACK")
+
+
+def check_trial_fits(config: ExperimentConfig, cluster: Mapping[str, float]) -> None:
+    """Refuse, before Tune starts, a trial whose placement group the cluster can never hold
+    (Tune would leave it pending forever)."""
+    bundles = [{"CPU": DRIVER_CPUS}] + trial_actor_resources(config)
+    for res in ("CPU", "GPU"):
+        need = sum(b.get(res, 0.0) for b in bundles)
+        have = float(cluster.get(res, 0) or 0)
+        if need > have + 1e-6:
+            raise ValueError(
+                f"a trial needs {need:.4g} {res} (its driver and {len(bundles) - 1} actors) but the cluster has {have:g}: "
+                f"lower num_cpus_per_worker/num_gpus_per_worker or raise workers_per_actor"
+            )
 
 
 # ---------------------------------------------------------------------------- the trial
@@ -372,6 +387,7 @@ def run_sweep(
         space = sweep.param_space()
         space.update(_absolute_data_dir({k: v for k, v in space.items() if k in ("dataset", "data_dir") and not isinstance(v, dict)}))
         space.update(pinned)
+        check_trial_fits(base.replace(**pinned), cluster)
         # Sized per trial from its own config: an omniscient trial has no adversary actor.
         def resources(trial_config: dict):
             return trial_resources(ExperimentConfig.from_dict({**trial_config, "output_dir": "/tmp"}))

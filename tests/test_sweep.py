@@ -173,3 +173,17 @@ def test_run_checkpoint_every_and_scale_overrides():
     assert small.experiment["checkpoint_every"] == 30  # the last evaluation before the end
     assert small.search["seed"] == {"grid_search": [0, 1]}
     assert len(expand_grid(small.experiment, small.search)) == 2
+
+
+@pytest.mark.parametrize("wpa", [1, 3, 5, 10])
+def test_a_trial_fits_its_cpu_budget_whatever_the_packing(wpa):
+    # One actor per worker and f = 2 once asked for 2.16 CPUs of a 2-CPU laptop: pending forever.
+    from raymix.sweep import DRIVER_CPUS, check_trial_fits, per_worker_resources, trial_actor_resources
+
+    cfg = ExperimentConfig.from_dict({"dataset": "synthetic", "n": 12, "f": 2, "workers_per_actor": wpa, "aggregator": "krum"})
+    pinned = per_worker_resources(cfg, {"CPU": 2.0}, 2.0)
+    total = DRIVER_CPUS + sum(b["CPU"] for b in trial_actor_resources(cfg.replace(**pinned)))
+    assert total <= 2.0 + 1e-9, total
+    check_trial_fits(cfg.replace(**pinned), {"CPU": 2.0})
+    with pytest.raises(ValueError, match="the cluster has 1"):
+        check_trial_fits(cfg.replace(num_cpus_per_worker=0.5, num_gpus_per_worker=0.0), {"CPU": 1.0})
