@@ -187,3 +187,15 @@ def test_a_trial_fits_its_cpu_budget_whatever_the_packing(wpa):
     check_trial_fits(cfg.replace(**pinned), {"CPU": 2.0})
     with pytest.raises(ValueError, match="the cluster has 1"):
         check_trial_fits(cfg.replace(num_cpus_per_worker=0.5, num_gpus_per_worker=0.0), {"CPU": 1.0})
+
+
+def test_a_trial_with_one_actor_per_worker_starts(ray_session, tmp_path):
+    # Bundles of different sizes (0.15-CPU workers, a 0.3-CPU adversary): each actor is pinned
+    # to its own bundle, else small actors can fill the adversary's and the trial hangs.
+    from raymix.sweep import run_sweep
+
+    sweep = SweepConfig("unpacked", {"dataset": "synthetic", "model": "mlp", "n": 7, "f": 2, "aggregator": "krum",
+                                     "attack": "alie", "steps": 2, "eval_every": 2, "workers_per_actor": 1}, {}, {})
+    grid = run_sweep(sweep, storage_path=str(tmp_path), verbose=0)
+    assert [r.error for r in grid] == [None]
+    assert grid[0].metrics["step"] == 2 and grid[0].metrics["actors_in_trial_placement_group"] == grid[0].metrics["actors"] == 7  # 5 honest, the adversary, the aggregator

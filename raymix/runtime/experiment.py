@@ -100,6 +100,28 @@ def _split_hooks(hooks: Iterable | None) -> tuple[list[Callable], list[Callable]
     return on_step, on_eval, on_checkpoint
 
 
+def _bundle_assigner() -> Callable[[], dict]:
+    """Inside a placement group (a Tune trial), each actor gets its own bundle, in the order
+    the Tune layer laid them out (bundle 0 is the trial's driver; then the honest packs, the
+    adversary, the aggregator): left to pick any bundle, small actors can fill the one sized
+    for a larger actor, which then never starts. Outside a placement group: no constraint."""
+    from ray.util import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = get_current_placement_group()
+    counter = iter(range(1, 1 << 30))
+
+    def next_bundle() -> dict:
+        if pg is None:
+            return {}
+        index = next(counter)
+        if index >= pg.bundle_count:
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg)}
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)}
+
+    return next_bundle
+
+
 def _ensure_ray(address: str | None) -> bool:
     """Start (or join) Ray if needed; True when this call started it."""
     import ray
@@ -271,6 +293,7 @@ def run_experiment(
         from raymix.runtime.workers import ByzantineWorker, HonestWorker
 
         groups = actor_groups(cfg.num_honest, cfg.workers_per_actor)
+        bundle = _bundle_assigner()
         num_actors = len(groups) + 1 + int(has_byz)
         cpu_w, gpu_w = plan_resources(cfg, ray.cluster_resources(), num_actors)
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
@@ -281,7 +304,7 @@ def run_experiment(
             res = resources_for(cpu_w, gpu_w, len(ids))
             shard_ref = ray.put(shards_of(ids))  # through the object store, once per actor
             keep_refs.append(shard_ref)  # held for the run: a restarted actor re-reads it
-            h = ray.remote(HonestWorker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, **opts).remote(ids, shard_ref, model, run_args)
+            h = ray.remote(HonestWorker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, **opts, **bundle()).remote(ids, shard_ref, model, run_args)
             honest.append(h)
             actors.append(h)
         byz = None
@@ -291,12 +314,12 @@ def run_experiment(
             byz_shards = ray.put(shards_of(byz_ids)) if byz_uses_data else None
             keep_refs.append(byz_shards)
             public = pool.public() if pool is not None else None
-            byz = ray.remote(ByzantineWorker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, **opts).remote(
+            byz = ray.remote(ByzantineWorker).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, **opts, **bundle()).remote(
                 cfg.attack, cfg.n, cfg.f, public, byz_ids, byz_shards, model, run_args)
             actors.append(byz)
         res = resources_for(cpu_w, gpu_w, 1)
         test_ref = ray.put((data.x_test, data.y_test))  # the test set, once
-        agg = ray.remote(Aggregator).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=0).remote(
+        agg = ray.remote(Aggregator).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=0, **bundle()).remote(
             cfg.to_dict(), init_weights, model, test_ref)
         actors.append(agg)
         data = None  # the driver keeps nothing it does not need (the object store has it)
