@@ -177,11 +177,9 @@ def per_worker_resources(config: ExperimentConfig, cluster: Mapping[str, float],
     runtime's actors ask for exactly what the trial's bundles hold: the CPU budget is split
     evenly over the trial's actors (packed honest groups, the adversary, the aggregator);
     GPUs follow the config (``auto``: 1/n of a GPU per worker when the cluster has GPUs)."""
-    from raymix.runtime.resources import actor_groups
+    from raymix.runtime.resources import actor_sizes
 
-    groups = actor_groups(config.num_honest, config.workers_per_actor)
-    has_byz = config.f > 0 and not config.is_omniscient
-    sizes = [len(g) for g in groups] + ([config.f] if has_byz else []) + [1]
+    sizes = actor_sizes(config)
     if config.num_cpus_per_worker == "auto":
         # Every logical worker (and the aggregator) gets the same share of the budget, and
         # no actor more than one CPU (Ray rounds larger requests up to whole CPUs).
@@ -198,15 +196,11 @@ def per_worker_resources(config: ExperimentConfig, cluster: Mapping[str, float],
 def trial_actor_resources(config: ExperimentConfig) -> list[dict[str, float]]:
     """The resources each actor of a trial asks for, computed as the runtime computes them
     (``config`` carries explicit per-worker resources, see :func:`per_worker_resources`)."""
-    from raymix.runtime.resources import actor_groups, resources_for
+    from raymix.runtime.resources import actor_sizes, resources_for
 
     cpu_w, gpu_w = float(config.num_cpus_per_worker), float(config.num_gpus_per_worker)
-    sizes = [len(g) for g in actor_groups(config.num_honest, config.workers_per_actor)]
-    if config.f > 0 and not config.is_omniscient:
-        sizes.append(config.f)
-    sizes.append(1)  # the aggregator
     out = []
-    for k in sizes:
+    for k in actor_sizes(config):
         r = resources_for(cpu_w, gpu_w, k)
         out.append({"CPU": r.num_cpus, **({"GPU": r.num_gpus} if r.num_gpus else {})})
     return out
@@ -417,18 +411,14 @@ def run_sweep(
             ray.shutdown()
 
 
-def _num_actors(c: ExperimentConfig) -> int:
-    from raymix.runtime.resources import actor_groups
-
-    return len(actor_groups(c.num_honest, c.workers_per_actor)) + int(c.f > 0 and not c.is_omniscient) + 1
-
-
 def _resolved_point(sweep: SweepConfig) -> dict[str, Any]:
     """The grid point with the most actors: the CPU budget per actor is sized for it, so
     every trial fits in its budget."""
     points = expand_grid(sweep.experiment, sweep.search)
     cfgs = [ExperimentConfig.from_dict({**p, "output_dir": "/tmp", **_absolute_data_dir(p)}) for p in points]
-    big = max(cfgs, key=_num_actors)
+    from raymix.runtime.resources import actor_sizes
+
+    big = max(cfgs, key=lambda c: len(actor_sizes(c)))
     return {k: getattr(big, k) for k in ("n", "f", "workers_per_actor", "aggregator")}
 
 

@@ -28,7 +28,7 @@ import torch
 from raymix.config import ExperimentConfig
 from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from raymix.runtime.records import RecordWriter
-from raymix.runtime.resources import actor_groups, plan_resources, resources_for
+from raymix.runtime.resources import actor_groups, actor_sizes, plan_resources, resources_for
 from raymix.seeding import stream_seed, torch_generator
 
 __all__ = ["run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS"]
@@ -294,11 +294,10 @@ def run_experiment(
 
         groups = actor_groups(cfg.num_honest, cfg.workers_per_actor)
         bundle = _bundle_assigner()
-        num_actors = len(groups) + 1 + int(has_byz)
-        cpu_w, gpu_w = plan_resources(cfg, ray.cluster_resources(), num_actors)
+        sizes = actor_sizes(cfg)
+        cpu_w, gpu_w = plan_resources(cfg, ray.cluster_resources(), len(sizes))
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
-        _check_fits(cfg, ray.cluster_resources(), [resources_for(cpu_w, gpu_w, len(ids)) for ids in groups]
-                    + ([resources_for(cpu_w, gpu_w, cfg.f)] if has_byz else []) + [resources_for(cpu_w, gpu_w, 1)])
+        _check_fits(cfg, ray.cluster_resources(), [resources_for(cpu_w, gpu_w, k) for k in sizes])
         honest = []
         for ids in groups:
             res = resources_for(cpu_w, gpu_w, len(ids))

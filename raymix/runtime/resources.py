@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_device", "actor_placement"]
+__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_sizes", "actor_device", "actor_placement"]
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,16 @@ class ActorResources:
 def actor_groups(num_workers: int, workers_per_actor: int) -> list[list[int]]:
     """Logical worker ids 0..num_workers-1 packed into consecutive groups."""
     return [list(range(i, min(i + workers_per_actor, num_workers))) for i in range(0, num_workers, workers_per_actor)]
+
+
+def actor_sizes(config) -> list[int]:
+    """Logical workers per actor, in the order the runtime creates the actors (and the Tune
+    layer lays out their bundles): each honest pack, the adversary (f workers; none for
+    omniscient or f = 0), the aggregator (counted as one)."""
+    sizes = [len(g) for g in actor_groups(config.num_honest, config.workers_per_actor)]
+    if config.f > 0 and not config.is_omniscient:
+        sizes.append(config.f)
+    return sizes + [1]
 
 
 def _round_down(x: float) -> float:
