@@ -262,6 +262,7 @@ class _TuneReporter:
     def __init__(self, config: ExperimentConfig):
         self.config = config
         self.placement: dict[str, Any] = {}
+        self._pending: dict | None = None  # a checkpoint step's record, reported with its checkpoint
 
     def on_step(self, step: int, context) -> None:
         if self.placement or context.aggregator is None:
@@ -288,8 +289,6 @@ class _TuneReporter:
         assert self._pending is not None and self._pending["step"] == step, (step, self._pending)
         self._report(self._pending, tune.Checkpoint.from_directory(str(path)))
         self._pending = None
-
-    _pending = None
 
     def on_eval(self, record: dict) -> None:
         if self._pending is not None:
