@@ -177,13 +177,10 @@ def per_worker_resources(config: ExperimentConfig, cluster: Mapping[str, float],
     runtime's actors ask for exactly what the trial's bundles hold: the CPU budget is split
     evenly over the trial's actors (packed honest groups, the adversary, the aggregator);
     GPUs follow the config (``auto``: 1/n of a GPU per worker when the cluster has GPUs)."""
-    from raymix.runtime.resources import actor_sizes
+    from raymix.runtime.resources import actor_sizes, even_cpu_share
 
-    sizes = actor_sizes(config)
     if config.num_cpus_per_worker == "auto":
-        # Every logical worker (and the aggregator) gets the same share of the budget, and
-        # no actor more than one CPU (Ray rounds larger requests up to whole CPUs).
-        cpu_w = min(max(cpus_per_trial - DRIVER_CPUS, 0.01) / sum(sizes), 1.0 / max(sizes))
+        cpu_w = even_cpu_share(max(cpus_per_trial - DRIVER_CPUS, 0.01), actor_sizes(config))
     else:
         cpu_w = float(config.num_cpus_per_worker)
     if config.num_gpus_per_worker == "auto":

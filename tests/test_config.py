@@ -10,7 +10,7 @@ import yaml
 
 from raymix.cli import build_run_parser, config_from_args
 from raymix.config import ExperimentConfig
-from raymix.runtime.resources import actor_groups, plan_resources, resources_for
+from raymix.runtime.resources import actor_groups, actor_sizes, plan_resources, resources_for
 
 
 def test_defaults_are_the_paper_setting():
@@ -141,14 +141,29 @@ def test_validation_does_not_start_or_import_ray():
 
 def test_resources_gpu_fractions_and_packing():
     c = ExperimentConfig(n=12, f=2, workers_per_actor=5)
-    cpu, gpu = plan_resources(c, {"CPU": 16, "GPU": 1}, num_actors=4)
-    assert gpu == pytest.approx(1 / 12) and cpu == pytest.approx(0.8)
-    assert plan_resources(c, {"CPU": 2}, num_actors=4)[1] == 0.0
-    assert plan_resources(c.replace(num_gpus_per_worker=0.5, num_cpus_per_worker=0.1), {"CPU": 2, "GPU": 1}, 4) == (0.1, 0.5)
+    sizes = actor_sizes(c)
+    assert sizes == [5, 5, 2, 1]
+    cpu, gpu = plan_resources(c, {"CPU": 16, "GPU": 1}, sizes)
+    assert gpu == pytest.approx(1 / 12) and cpu == pytest.approx(0.2)  # no actor above one CPU
+    assert plan_resources(c, {"CPU": 2}, sizes)[1] == 0.0
+    assert plan_resources(c.replace(num_gpus_per_worker=0.5, num_cpus_per_worker=0.1), {"CPU": 2, "GPU": 1}, sizes) == (0.1, 0.5)
     r = resources_for(1 / 12, 1 / 12, 5)
     assert r.num_gpus == pytest.approx(0.4166, abs=1e-4) and r.num_gpus < 1
     assert resources_for(0.5, 0.5, 5).num_gpus == 3.0  # above one GPU: whole GPUs
     assert actor_groups(10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@pytest.mark.parametrize("n,f,wpa,aggregator", [(12, 2, 1, "krum"), (12, 2, 5, "mixtailor"), (12, 4, 1, "comed"),
+                                                (12, 2, 1, "omniscient"), (30, 7, 4, "comed"), (5, 0, 1, "mean")])
+@pytest.mark.parametrize("cpus", [2, 3, 16])
+def test_auto_cpus_fit_the_cluster_whatever_the_packing(n, f, wpa, aggregator, cpus):
+    # A laptop's default (one actor per worker, the adversary holding f workers) once asked
+    # for 2.17 of 2 CPUs and `raymix run` refused to start.
+    c = ExperimentConfig(n=n, f=f, workers_per_actor=wpa, aggregator=aggregator, attack="ipm(epsilon=0.1)" if f else "none")
+    sizes = actor_sizes(c)
+    cpu_w, _ = plan_resources(c, {"CPU": cpus}, sizes)
+    asked = [resources_for(cpu_w, 0.0, k).num_cpus for k in sizes]
+    assert sum(asked) <= cpus + 1e-9 and max(asked) <= 1.0 and min(asked) > 0
 
 
 def test_cli_help_and_unknown_command():

@@ -295,7 +295,7 @@ def run_experiment(
         groups = actor_groups(cfg.num_honest, cfg.workers_per_actor)
         bundle = _bundle_assigner()
         sizes = actor_sizes(cfg)
-        cpu_w, gpu_w = plan_resources(cfg, ray.cluster_resources(), len(sizes))
+        cpu_w, gpu_w = plan_resources(cfg, ray.cluster_resources(), sizes)
         opts = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
         _check_fits(cfg, ray.cluster_resources(), [resources_for(cpu_w, gpu_w, k) for k in sizes])
         honest = []

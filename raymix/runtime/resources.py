@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_sizes", "actor_device", "actor_placement"]
+__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_sizes", "even_cpu_share", "actor_device", "actor_placement"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,22 @@ def _frac(per_worker: float, workers: int) -> float:
     return max(_round_down(total), 0.0001) if total > 0 else 0.0
 
 
-def plan_resources(config, cluster: dict[str, float], num_actors: int) -> tuple[float, float]:
+def even_cpu_share(cpus: float, sizes: list[int]) -> float:
+    """CPUs per logical worker when ``cpus`` are shared evenly by actors of ``sizes``
+    logical workers: every worker (and the aggregator) gets the same share, so the actors
+    fit in ``cpus`` in all, and no actor gets more than one CPU (Ray rounds larger requests
+    to whole CPUs, and an actor computes on one thread)."""
+    return min(cpus / max(sum(sizes), 1), 1.0 / max(max(sizes, default=1), 1))
+
+
+def plan_resources(config, cluster: dict[str, float], sizes: list[int]) -> tuple[float, float]:
     """(cpus, gpus) per logical worker for ``config`` on a cluster with ``cluster``
-    resources (``ray.cluster_resources()``) and ``num_actors`` simulation actors.
+    resources (``ray.cluster_resources()``) and actors of ``sizes`` logical workers
+    (:func:`actor_sizes`).
 
     - GPUs, ``"auto"``: 1/n of a GPU per worker when the cluster has GPUs, else 0.
-    - CPUs, ``"auto"``: the cluster's CPUs shared evenly by the actors (at most 1 per worker),
-      so a whole simulation fits on a laptop whatever n is.
+    - CPUs, ``"auto"``: :func:`even_cpu_share` of the cluster's CPUs, so a whole simulation
+      fits on a laptop whatever n, f and the packing are.
     """
     gpus = float(cluster.get("GPU", 0) or 0)
     if config.num_gpus_per_worker == "auto":
@@ -55,8 +64,7 @@ def plan_resources(config, cluster: dict[str, float], num_actors: int) -> tuple[
     else:
         gpu_per_worker = float(config.num_gpus_per_worker)
     if config.num_cpus_per_worker == "auto":
-        cpus = float(cluster.get("CPU", 1) or 1)
-        cpu_per_worker = min(1.0, cpus / max(num_actors, 1) / config.workers_per_actor)
+        cpu_per_worker = even_cpu_share(float(cluster.get("CPU", 1) or 1), sizes)
     else:
         cpu_per_worker = float(config.num_cpus_per_worker)
     return cpu_per_worker, gpu_per_worker
