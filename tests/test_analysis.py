@@ -106,6 +106,10 @@ def test_report_end_to_end(small_sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr
     md = (out / "report.md").read_text()
     assert "## Summary" in md and "| krum |" in md.replace("| ipm(epsilon=0.1) ", "| ")
+    # The report says what was run: the shared settings, what varied, nothing machine-bound.
+    shared = next(line for line in md.splitlines() if line.startswith("Shared by every trial"))
+    assert "`n=7`" in shared and "`f=1`" in shared and "`dataset=" in shared and "data_dir" not in shared
+    assert "Varied: `aggregator`." in md
     for name in ("accuracy", "drawn_classes", "fooled"):
         assert f"({name}.png)" in md
         _image_has_content(out / f"{name}.png")

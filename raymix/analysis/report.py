@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from raymix.analysis import plots
 from raymix.analysis.load import load_results
+from raymix.config import ExperimentConfig
 
 __all__ = ["write_report", "main"]
 
@@ -21,6 +23,24 @@ def _markdown_table(df) -> str:
     return "\n".join(lines)
 
 
+# Where the data sat on the machine that ran the sweep says nothing about the result.
+_MACHINE_FIELDS = {"data_dir", "output_dir"}
+
+
+def settings(df) -> tuple[dict, list[str]]:
+    """The experiment fields every trial shares (name -> value) and the names of those that
+    vary, so a published report says what was run without its YAML at hand."""
+    fields = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in _MACHINE_FIELDS and f.name in df.columns]
+    shared, varied = {}, []
+    for name in fields:
+        values = df[name].dropna().astype(str).unique()
+        if len(values) == 1:
+            shared[name] = df[name].dropna().iloc[0]
+        elif len(values) > 1:
+            varied.append(name)
+    return shared, varied
+
+
 def write_report(sweep_dir: "str | Path", out_dir: "str | Path | None" = None, title: str | None = None) -> Path:
     """Write ``report.md`` and its figures (PNG and SVG) into ``out_dir`` (default: the sweep's
     own ``report/``); return the Markdown file's path."""
@@ -32,6 +52,11 @@ def write_report(sweep_dir: "str | Path", out_dir: "str | Path | None" = None, t
     out.mkdir(parents=True, exist_ok=True)
     title = title or sweep_dir.name
     sections = [f"# {title}", "", f"{df['trial'].nunique()} trials, {len(df)} evaluations, from `{sweep_dir}`.", ""]
+
+    shared, varied = settings(df)
+    sections += ["## Settings", "", "Shared by every trial: " + ", ".join(f"`{k}={v}`" for k, v in shared.items()) + ".", ""]
+    if varied:
+        sections += ["Varied: " + ", ".join(f"`{k}`" for k in varied) + ".", ""]
 
     table = plots.summary_table(df)
     sections += ["## Summary (accuracy in %, mean over seeds)", "", _markdown_table(table), ""]
