@@ -196,34 +196,36 @@ def trial_actor_resources(config: ExperimentConfig) -> list[dict[str, float]]:
     from raymix.runtime.resources import actor_sizes, resources_for
 
     cpu_w, gpu_w = float(config.num_cpus_per_worker), float(config.num_gpus_per_worker)
-    out = []
-    for k in actor_sizes(config):
-        r = resources_for(cpu_w, gpu_w, k)
-        out.append({"CPU": r.num_cpus, **({"GPU": r.num_gpus} if r.num_gpus else {})})
-    return out
+    return [resources_for(cpu_w, gpu_w, k).bundle() for k in actor_sizes(config)]
+
+
+def trial_bundles(config: ExperimentConfig) -> list[dict[str, float]]:
+    """A trial's placement-group bundles: bundle 0 for the trial's driver (the Tune function),
+    then one per simulation actor, in the order the runtime pins its actors to them."""
+    return [{"CPU": DRIVER_CPUS}] + trial_actor_resources(config)
 
 
 def trial_resources(config: ExperimentConfig):
-    """One placement group per trial: bundle 0 for the trial's driver (the Tune function),
-    then one bundle per simulation actor. A trial starts only when all of its actors fit, so
-    concurrent trials never oversubscribe the cluster or deadlock half-started."""
+    """One placement group per trial (:func:`trial_bundles`). A trial starts only when all of
+    its actors fit, so concurrent trials never oversubscribe the cluster or deadlock half-started."""
     from ray import tune
 
-    return tune.PlacementGroupFactory([{"CPU": DRIVER_CPUS}] + trial_actor_resources(config), strategy="PACK")
+    return tune.PlacementGroupFactory(trial_bundles(config), strategy="PACK")
 
 
 def check_trial_fits(config: ExperimentConfig, cluster: Mapping[str, float]) -> None:
     """Refuse, before Tune starts, a trial whose placement group the cluster can never hold
     (Tune would leave it pending forever)."""
-    bundles = [{"CPU": DRIVER_CPUS}] + trial_actor_resources(config)
-    for res in ("CPU", "GPU"):
-        need = sum(b.get(res, 0.0) for b in bundles)
-        have = float(cluster.get(res, 0) or 0)
-        if need > have + 1e-6:
-            raise ValueError(
-                f"a trial needs {need:.4g} {res} (its driver and {len(bundles) - 1} actors) but the cluster has {have:g}: "
-                f"lower num_cpus_per_worker/num_gpus_per_worker or raise workers_per_actor"
-            )
+    from raymix.runtime.resources import shortfall
+
+    bundles = trial_bundles(config)
+    short = shortfall(bundles, dict(cluster))
+    if short is not None:
+        res, need, have = short
+        raise ValueError(
+            f"a trial needs {need:.4g} {res} (its driver and {len(bundles) - 1} actors) but the cluster has {have:g}: "
+            f"lower num_cpus_per_worker/num_gpus_per_worker or raise workers_per_actor"
+        )
 
 
 # ---------------------------------------------------------------------------- the trial

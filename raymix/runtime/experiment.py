@@ -28,7 +28,7 @@ import torch
 from raymix.config import ExperimentConfig
 from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from raymix.runtime.records import RecordWriter
-from raymix.runtime.resources import actor_groups, actor_sizes, plan_resources, resources_for
+from raymix.runtime.resources import actor_groups, actor_sizes, plan_resources, resources_for, shortfall
 from raymix.seeding import stream_seed, torch_generator
 
 __all__ = ["run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS"]
@@ -213,14 +213,13 @@ def _columns(pool, diagnostics: bool) -> list[str]:
 
 def _check_fits(cfg: ExperimentConfig, cluster: dict, plan: list) -> None:
     """Refuse a plan whose actors cannot all be placed at once (they would wait forever)."""
-    for key, attr in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
-        need = sum(getattr(r, attr) for r in plan)
-        have = float(cluster.get(key, 0) or 0)
-        if need > have + 1e-6:
-            raise ValueError(
-                f"the simulation's {len(plan)} actors need {need:g} {key}s in all but the Ray cluster has {have:g}: "
-                f"lower num_{key.lower()}s_per_worker (now {getattr(cfg, f'num_{key.lower()}s_per_worker')!r}, per logical "
-                f"worker; an actor of w workers asks for w times it) or set it to 'auto'")
+    short = shortfall([r.bundle() for r in plan], cluster)
+    if short is not None:
+        key, need, have = short
+        raise ValueError(
+            f"the simulation's {len(plan)} actors need {need:g} {key}s in all but the Ray cluster has {have:g}: "
+            f"lower num_{key.lower()}s_per_worker (now {getattr(cfg, f'num_{key.lower()}s_per_worker')!r}, per logical "
+            f"worker; an actor of w workers asks for w times it) or set it to 'auto'")
 
 
 # ---------------------------------------------------------------------------- the run

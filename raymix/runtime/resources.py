@@ -5,13 +5,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_sizes", "even_cpu_share", "actor_device", "actor_placement"]
+__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
 
 
 @dataclass(frozen=True)
 class ActorResources:
     num_cpus: float
     num_gpus: float
+
+    def bundle(self) -> dict[str, float]:
+        """As a placement-group bundle (no GPU key without GPUs)."""
+        return {"CPU": self.num_cpus, **({"GPU": self.num_gpus} if self.num_gpus else {})}
+
+
+def shortfall(bundles: list[dict[str, float]], cluster: dict[str, float]) -> tuple[str, float, float] | None:
+    """The first resource (``CPU``, ``GPU``) that ``bundles`` need more of in all than
+    ``cluster`` has, as (resource, needed, available); None when they all fit at once."""
+    for key in ("CPU", "GPU"):
+        need = sum(b.get(key, 0.0) for b in bundles)
+        have = float(cluster.get(key, 0) or 0)
+        if need > have + 1e-6:
+            return key, need, have
+    return None
 
 
 def actor_groups(num_workers: int, workers_per_actor: int) -> list[list[int]]:
