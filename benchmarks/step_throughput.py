@@ -1,71 +1,81 @@
-"""Steps per second of the paper's MNIST setting through raymix vs a single-process loop.
+"""Steps per second, start-up and memory of the paper's MNIST setting: raymix against the best
+single process, in one invocation.
 
 Setting: n=12 workers, f=2 Byzantine, batch 50, the paper CNN, the 64-rule pool
-``mixtailor``, the IPM attack ``ipm(epsilon=0.1)``, SGD lr 0.001 momentum 0.9 wd 1e-4.
+``mixtailor``, ``ipm(epsilon=0.1)``, SGD lr 0.001 momentum 0.9 wd 1e-4, test slice 500.
 
-- ``single``: one Python process, each honest gradient computed in turn
-  (``GradientComputer.gradients_loop``), the attack, the same pool draw and SGD: what the
-  paper's released code does.
-- ``raymix``: ``run_experiment`` with packing (``--workers-per-actor``, default 5: two
-  honest actors of 5 workers, the adversary and the aggregator), on the local Ray.
+- ``single (vmap)``: ``raymix.step.run_local``: one process, all cores, the 10 honest
+  gradients in one ``torch.func.vmap`` pass, the same adversary, draw, update and records
+  as raymix (the step module itself): the best a single process does.
+- ``single (loop)``: the same, the gradients one after another (what the paper's code does).
+- ``raymix``: ``run_experiment`` (the Simulation on a local Ray), ``workers_per_actor`` auto.
 
-Both run in this one invocation; the ratio is raymix / single. Steady-state rate: the
-first ``--warmup`` steps (actor start-up, torch import) are excluded, using the
-``wall_time`` of the records. Peak RSS: the sum over the driver and every descendant
-process (raylet, Ray workers), sampled every 0.2 s (shared pages, e.g. the object store,
-are counted once per process that maps them, so this over-estimates).
+Steady-state rates: steps/s between the records after ``--warmup`` steps (start-up
+excluded), the median of ``--repeats`` windows; the single processes are measured before
+and after raymix, since a shared machine's load drifts. Start-up: seconds from launching
+the README's ``raymix run`` command to its first completed step (a fresh process, Ray
+started by it). Memory: the peak, sampled every 0.2 s, of the summed RSS of the run's own
+processes (the driver and the actors) and, separately, of Ray's daemons (raylet, GCS, idle
+workers, ...).
 
-Scaling: ``--scaling 12,100,1000`` repeats the raymix run for each n (f=2) with
-``--scaling-actors`` honest actors (packing ceil((n-f)/actors) workers each).
-
-    .venv/bin/python benchmarks/step_throughput.py --steps 30 --scaling 12,100,1000 --scaling-steps 6
+    .venv/bin/python benchmarks/step_throughput.py            # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/step_throughput.py --quick    # about 1.5 minutes
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-
 from pathlib import Path
 
 import psutil
 import torch
 
-
 REPO = Path(__file__).resolve().parent.parent
+ACTOR_PREFIXES = ("ray::WorkerActor", "ray::ServerActor", "ray::SimulationTrainable")
 
 
 class PeakRSS:
-    """Peak of the summed RSS of this process and all its descendants."""
+    """Peak summed RSS of this process tree, split into the run's own processes (this
+    process and the simulation's actors) and Ray's daemons and idle workers."""
 
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self, root: int | None = None, interval: float = 0.2):
+        self.root, self.interval = root or os.getpid(), interval
+        self.own = self.ray = 0
+        self._stop = threading.Event()
 
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for p in me.children(recursive=True):
+    def _sample(self) -> tuple[int, int]:
+        own = ray = 0
+        try:
+            top = psutil.Process(self.root)
+            procs = [top] + top.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return 0, 0
+        for p in procs:
             try:
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                name = " ".join(p.cmdline()[:1])
             except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return total
+                continue
+            if p.pid == self.root or name.startswith(ACTOR_PREFIXES):
+                own += rss
+            else:
+                ray += rss
+        return own, ray
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            own, ray = self._sample()
+            self.own, self.ray = max(self.own, own), max(self.ray, ray)
             self._stop.wait(self.interval)
 
     def __enter__(self):
-        self.peak = 0
-        self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -75,139 +85,106 @@ class PeakRSS:
         self._thread.join()
 
 
-def pick_dataset(data_dir: str | None) -> tuple[str, str | None]:
-    from raymix.data import check_data_available, resolve_data_dir
-
-    try:
-        d = resolve_data_dir(data_dir)
-        check_data_available("mnist", d)
-        return "mnist", str(d)
-    except (FileNotFoundError, ValueError):
-        print("MNIST not found; benchmarking on the synthetic dataset", file=sys.stderr)
-        return "synthetic", None
+def windows(records: list[dict], warmup: int, steps: int) -> list[float]:
+    """Steps/s over each timed window (records every ``steps`` steps after ``warmup``)."""
+    at = {r["step"]: r["wall_time"] for r in records}
+    ends = [s for s in sorted(at) if s > warmup]
+    return [steps / (at[e] - at[e - steps]) for e in ends if e - steps in at]
 
 
-def single_process(cfg, steps: int, warmup: int, repeats: int = 1) -> dict:
-    """The reference: one process, one honest gradient at a time, the same pool and attack."""
-    from raymix.attacks import AdversaryView
-    from raymix.data import load_dataset, partition, sample_batches
-    from raymix.models import GradientComputer, build_model, get_flat_params
-    from raymix.seeding import stream_seed, torch_generator
-
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_limit=cfg.train_limit, test_limit=cfg.eval_test_limit, seed=cfg.seed)
-    name = cfg.model_name
-    torch.manual_seed(stream_seed(cfg.seed, "init"))
-    w = torch.nn.Parameter(get_flat_params(build_model(name, data.input_shape, data.num_classes)).detach().clone())
-    opt = torch.optim.SGD([w], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    comp = GradientComputer(name, data.input_shape, data.num_classes)
-    pool, attack = cfg.build_pool(), cfg.build_attack()
-    public = pool.public()
-    h = cfg.num_honest
-    parts = partition(data.y_train, h, cfg.partition, seed=cfg.seed)
-    ids = list(range(h))
-    marks = {}
-    for step in range(1, warmup + repeats * steps + 1):
-        if step > warmup and (step - warmup - 1) % steps == 0:
-            marks[step] = time.perf_counter()
-        idx = sample_batches(parts, cfg.batch_size, stream_seed(cfg.seed, "batches"), step, ids)
-        seeds = [stream_seed(cfg.seed, "dropout", i, step) for i in ids]
-        H, _ = comp.gradients_loop(w.detach(), data.x_train[idx], data.y_train[idx], seeds)
-        view = AdversaryView(honest=H, n=cfg.n, f=cfg.f, step=step, pool=public, generator=torch_generator(cfg.seed, "adversary", step))
-        G = torch.cat([H, attack(view)])
-        draw = pool.draw(torch_generator(cfg.seed, "aggregator", step))
-        agg = pool.rules[draw.index](G, cfg.f, generator=torch_generator(cfg.seed, "aggregator", "resample", step))
-        w.grad = agg
-        opt.step()
-    ends = sorted(marks)[1:] + [None]
-    end_time = time.perf_counter()
-    rates = [steps / ((marks[e] if e else end_time) - marks[b]) for b, e in zip(sorted(marks), ends)]
-    return {"steps_per_second": statistics.median(rates), "rates": rates, "steps": steps}
+def timings(records: list[dict], warmup: int) -> dict[str, float]:
+    late = [r for r in records if r["step"] > warmup]
+    keys = ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait")
+    return {k: statistics.mean(r[k] for r in late) for k in keys}
 
 
-def raymix_run(cfg, steps: int, warmup: int, repeats: int = 1) -> dict:
-    from raymix.runtime import run_experiment
+def single(cfg, method: str, warmup: int) -> dict:
+    from raymix.step import run_local
 
-    warmup = max(warmup, 1)
-    warmup = steps * math.ceil(warmup / steps)  # evaluate only at the ends of warm-up and of each timed window
-    total = warmup + repeats * steps
-    result = run_experiment(cfg.replace(steps=total, eval_every=steps))
-    recs = {r["step"]: r for r in result.records}
-    rates = [steps / (recs[s]["wall_time"] - recs[s - steps]["wall_time"]) for s in range(warmup + steps, total + 1, steps)]
-    sps = statistics.median(rates)
-    parts = {k: sum(r[k] for r in result.records if r["step"] > warmup) / max(1, len([r for r in result.records if r["step"] > warmup]))
-             for k in ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait")}
-    return {"steps_per_second": sps, "rates": rates, "steps": steps, "timings": parts, "final_accuracy": result.final_accuracy}
+    recs = run_local(cfg, computer_method=method)
+    return {"rates": windows(recs, warmup, cfg.eval_every), "timings": timings(recs, warmup)}
+
+
+def startup(data_dir: str, steps: int = 3) -> dict:
+    """The README's `raymix run` example in a fresh process: seconds to its first completed step."""
+    out = tempfile.mkdtemp(prefix="raymix-startup-")
+    cmd = [sys.executable, "-m", "raymix", "run", "--dataset", "mnist", "--data-dir", data_dir, "--n", "12", "--f", "2",
+           "--aggregator", "mixtailor", "--attack", "ipm(epsilon=0.1)", "--steps", str(steps), "--eval-every", "1",
+           "--output-dir", out]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    first = None
+    with PeakRSS(proc.pid) as mem:
+        for line in proc.stderr:
+            if first is None and line.startswith("step 1/"):
+                first = time.perf_counter() - t0
+        proc.wait()
+    return {"first_step_s": first, "total_s": time.perf_counter() - t0, "rc": proc.returncode,
+            "own_peak_mb": mem.own / 2**20, "ray_peak_mb": mem.ray / 2**20}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").exists() else None)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (actor start-up)")
-    ap.add_argument("--workers-per-actor", type=int, default=5)
-    ap.add_argument("--aggregator", default="mixtailor")
-    ap.add_argument("--attack", default="ipm(epsilon=0.1)")
-    ap.add_argument("--scaling", default="", help="comma-separated n values for the scaling runs, e.g. 12,100,1000")
-    ap.add_argument("--scaling-steps", type=int, default=6)
-    ap.add_argument("--scaling-actors", type=int, default=2, help="honest actors in the scaling runs")
-    ap.add_argument("--scaling-aggregator", default=None, help="pool for the scaling runs (default: --aggregator)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed windows per measurement (median reported); the "
-                    "single-process loop is measured before AND after raymix, as the machine's load varies")
-    ap.add_argument("--quick", action="store_true", help="--steps 10 --warmup 5 --repeats 2 --scaling-steps 4")
-    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    ap.add_argument("--data-dir", default=os.environ.get("RAYMIX_DATA_DIR") or str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed window")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed steps first (start-up)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed windows per measurement (median reported)")
+    ap.add_argument("--workers-per-actor", default="auto")
+    ap.add_argument("--quick", action="store_true", help="--steps 10 --warmup 10 --repeats 2")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup, args.repeats, args.scaling_steps = 10, 5, 2, 4
+        args.steps, args.warmup, args.repeats = 10, 10, 2
 
     import ray
 
     from raymix.config import ExperimentConfig
+    from raymix.runtime import run_experiment
 
-    dataset, data_dir = pick_dataset(args.data_dir)
-    base = ExperimentConfig(
-        dataset=dataset, data_dir=data_dir, n=12, f=2, batch_size=50, lr=0.001, momentum=0.9, weight_decay=1e-4,
-        aggregator=args.aggregator, attack=args.attack, eval_test_limit=500, workers_per_actor=args.workers_per_actor, seed=0,
-    )
-    out: dict = {"dataset": dataset, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:]}
-    with PeakRSS() as mem:
-        single = single_process(base, args.steps, args.warmup, args.repeats)
-    out["single"] = {**single, "peak_rss_mb": mem.peak / 2**20}
-    print(f"single process : {single['steps_per_second']:.2f} steps/s (windows: {', '.join(f'{r:.2f}' for r in single['rates'])}; "
-          f"peak RSS {mem.peak / 2**20:.0f} MiB)", flush=True)
+    wpa = args.workers_per_actor if args.workers_per_actor == "auto" else int(args.workers_per_actor)
+    total = args.warmup + args.repeats * args.steps
+    cfg = ExperimentConfig(dataset="mnist", data_dir=args.data_dir, n=12, f=2, batch_size=50, lr=0.001, momentum=0.9,
+                           weight_decay=1e-4, aggregator="mixtailor", attack="ipm(epsilon=0.1)", eval_test_limit=500,
+                           steps=total, eval_every=args.steps, workers_per_actor=wpa, seed=0)
+    out: dict = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:]}
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    def show(name: str, r: dict) -> None:
+        print(f"{name:16s}: {statistics.median(r['rates']):6.2f} steps/s (windows {', '.join(f'{x:.2f}' for x in r['rates'])})"
+              + (f"; peak RSS {r['own_mb']:.0f} MiB" if "own_mb" in r else "")
+              + "\n                  per step s: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in r["timings"].items()), flush=True)
+
+    for method in ("vmap", "loop"):
+        with PeakRSS() as mem:
+            out[f"single_{method}"] = {**single(cfg, method, args.warmup), "own_mb": mem.own / 2**20}
+        show(f"single ({method})", out[f"single_{method}"])
+
+    ray.init(include_dashboard=False, log_to_driver=False)
     try:
         with PeakRSS() as mem:
-            rm = raymix_run(base, args.steps, args.warmup, args.repeats)
-        out["raymix"] = {**rm, "peak_rss_mb": mem.peak / 2**20}
-        print(f"raymix ({math.ceil(10 / args.workers_per_actor)} actors x {args.workers_per_actor} workers): "
-              f"{rm['steps_per_second']:.2f} steps/s (windows: {', '.join(f'{r:.2f}' for r in rm['rates'])}; "
-              f"peak RSS all processes {mem.peak / 2**20:.0f} MiB)", flush=True)
-        after = single_process(base, args.steps, args.warmup, args.repeats)
-        out["single_after"] = after
-        print(f"single process, again: {after['steps_per_second']:.2f} steps/s (windows: {', '.join(f'{r:.2f}' for r in after['rates'])})", flush=True)
-        ref = statistics.median(single["rates"] + after["rates"])
-        ratio = rm["steps_per_second"] / ref
-        out["ratio"] = ratio
-        print(f"ratio raymix / single (median of all single windows {ref:.2f}): {ratio:.2f}x", flush=True)
-        print("  per-step seconds: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in rm["timings"].items()), flush=True)
-        out["scaling"] = []
-        for n in [int(x) for x in args.scaling.split(",") if x.strip()]:
-            per_actor = math.ceil((n - 2) / args.scaling_actors)
-            cfg = base.replace(n=n, workers_per_actor=per_actor, aggregator=args.scaling_aggregator or args.aggregator)
-            with PeakRSS() as mem:
-                r = raymix_run(cfg, args.scaling_steps, max(2, args.scaling_steps // 2))
-            row = {"n": n, "workers_per_actor": per_actor, **r, "peak_rss_mb": mem.peak / 2**20}
-            out["scaling"].append(row)
-            print(f"scaling n={n:5d} ({args.scaling_actors} actors x {per_actor}): {r['steps_per_second']:.3f} steps/s, "
-                  f"peak RSS {mem.peak / 2**20:.0f} MiB; per-step s: "
-                  + ", ".join(f"{k[5:]} {v:.3f}" for k, v in r["timings"].items()), flush=True)
+            res = run_experiment(cfg)
+        out["raymix"] = {"rates": windows(res.records, args.warmup, args.steps), "timings": timings(res.records, args.warmup),
+                         "own_mb": mem.own / 2**20, "ray_mb": mem.ray / 2**20, "workers_per_actor": res.config.workers_per_actor}
+        show(f"raymix ({-(-10 // res.config.workers_per_actor)}x{res.config.workers_per_actor})", out["raymix"])
+        print(f"                  Ray's daemons and idle workers: peak RSS {mem.ray / 2**20:.0f} MiB", flush=True)
     finally:
         ray.shutdown()
+    for method in ("vmap", "loop"):
+        again = single(cfg, method, args.warmup)
+        out[f"single_{method}"]["rates"] += again["rates"]
+        print(f"single ({method}), again: windows {', '.join(f'{x:.2f}' for x in again['rates'])}", flush=True)
+
+    rm = statistics.median(out["raymix"]["rates"])
+    for method in ("vmap", "loop"):
+        ref = statistics.median(out[f"single_{method}"]["rates"])
+        out[f"ratio_{method}"] = rm / ref
+        print(f"ratio raymix / single ({method}, median of its {len(out[f'single_{method}']['rates'])} windows {ref:.2f}): {rm / ref:.2f}x")
+
+    out["startup"] = startup(args.data_dir)
+    s = out["startup"]
+    print(f"start-up: `raymix run` (README example) to its first completed step {s['first_step_s']:.1f} s; "
+          f"peak RSS: driver and actors {s['own_peak_mb']:.0f} MiB, Ray's daemons {s['ray_peak_mb']:.0f} MiB (rc {s['rc']})", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 

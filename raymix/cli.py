@@ -40,6 +40,10 @@ def _auto_or_float(text: str) -> Any:
     return "auto" if text == "auto" else float(text)
 
 
+def _auto_or_int(text: str) -> Any:
+    return "auto" if text == "auto" else int(text)
+
+
 def _all_or_int(text: str) -> Any:
     return "all" if text == "all" else int(text)
 
@@ -52,6 +56,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "num_gpus_per_worker": _auto_or_float,
     "num_cpus_per_worker": _auto_or_float,
     "attack_knowledge": _all_or_int,
+    "workers_per_actor": _auto_or_int,
 }
 
 
@@ -73,6 +78,7 @@ def build_run_parser(prog: str = "raymix run") -> argparse.ArgumentParser:
     ap.add_argument("--config", help="a YAML file of config fields (flags override it)")
     ap.add_argument("--address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    ap.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir (refused otherwise)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     fields = ap.add_argument_group("experiment fields")
     for f in dataclasses.fields(ExperimentConfig):
@@ -112,8 +118,14 @@ def cmd_run(argv: Sequence[str]) -> int:
         print(f"raymix run: {exc}", file=sys.stderr)
         return 2
     from raymix.runtime import run_experiment
+    from raymix.runtime.resources import Refused
 
-    result = run_experiment(cfg, resume=args.resume, address=args.address, progress=None if args.quiet else _progress(cfg.steps))
+    try:
+        result = run_experiment(cfg, resume=args.resume, address=args.address, overwrite=args.overwrite,
+                                progress=None if args.quiet else _progress(cfg.steps))
+    except Refused as exc:  # the preflight's refusals (data, resources, resume, overwrite)
+        print(f"raymix run: {exc}", file=sys.stderr)
+        return 2
     acc = result.final_accuracy
     print(f"final test accuracy {acc:.4f} at step {result.final.get('step')} ({result.steps_per_second:.2f} steps/s)"
           if acc is not None else "no evaluation recorded")

@@ -4,8 +4,11 @@ Built the same way from YAML (:meth:`ExperimentConfig.from_yaml`), from command-
 (``raymix run``; flags override the YAML) and from a Ray Tune ``param_space`` dict
 (:meth:`ExperimentConfig.from_dict`). Every field is validated at construction, and every
 impossible combination (a pool member whose precondition fails for n and f, f >= n/2, an
-unknown dataset/rule/attack, a missing data directory, ...) is refused with a message
-naming it, before any actor starts. Validation never starts Ray.
+unknown dataset/rule/attack, ...) is refused with a message naming it, before any actor
+starts. Validation never starts Ray and looks at no file: the checks of the environment (the
+data files exist, the run fits the cluster) are the preflight's (:func:`check_data`,
+``raymix.runtime.resources.preflight``), so a validated config travels whole to actors on
+other hosts.
 
 See docs/runtime.md for the meaning of every field.
 """
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["ExperimentConfig", "DATASETS", "PARTITIONS", "MODELS", "MODES", "SPEC_FIELDS"]
+__all__ = ["ExperimentConfig", "check_data", "DATASETS", "PARTITIONS", "MODELS", "MODES", "SPEC_FIELDS"]
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
@@ -58,7 +61,7 @@ class ExperimentConfig:
     eval_test_limit: int | None = None
     diagnostics: bool = False
     # execution
-    workers_per_actor: int = 1
+    workers_per_actor: "str | int" = "auto"
     num_gpus_per_worker: "str | float" = "auto"
     num_cpus_per_worker: "str | float" = "auto"
     seed: int = 0
@@ -137,6 +140,16 @@ class ExperimentConfig:
     @property
     def num_honest(self) -> int:
         return self.n - self.f
+
+    @property
+    def byzantine_use_data(self) -> bool:
+        """The Byzantine workers train on shards of their own (a data attack, or ``none``)
+        rather than craft rows from the honest ones."""
+        return self.f > 0 and not self.is_omniscient and not getattr(self.build_attack(), "crafts_gradients", True)
+
+    def is_eval_step(self, step: int) -> bool:
+        """Records (and checkpoints) are taken every ``eval_every`` steps and at the last one."""
+        return step % self.eval_every == 0 or step == self.steps
 
     @property
     def knowledge(self) -> int:
@@ -290,7 +303,8 @@ def _validate(c: ExperimentConfig) -> None:
     need_int("eval_every", 1)
     need_int("eval_test_limit", 1, optional=True)
     need_bool("diagnostics")
-    need_int("workers_per_actor", 1)
+    if c.workers_per_actor != "auto":
+        need_int("workers_per_actor", 1)
     for name in ("num_gpus_per_worker", "num_cpus_per_worker"):
         v = getattr(c, name)
         if v == "auto":
@@ -304,8 +318,9 @@ def _validate(c: ExperimentConfig) -> None:
         _set(c, "data_dir", str(c.data_dir))
     if c.output_dir is not None and not isinstance(c.output_dir, str):
         _set(c, "output_dir", str(c.output_dir))
-    if c.checkpoint_every > 0 and c.output_dir is None:
-        raise err("checkpoint_every > 0 needs an output_dir (checkpoints go to output_dir/checkpoints)")
+    if c.checkpoint_every % c.eval_every and c.checkpoint_every < c.steps:
+        # A checkpoint is the state after an evaluation: nothing between two records is saved.
+        raise err(f"checkpoint_every={c.checkpoint_every} must be a multiple of eval_every={c.eval_every}")
     if c.mode == "model" and c.momentum != 0.0:
         raise err(
             "mode=model applies w += aggregated update with no server optimizer: set momentum to 0 "
@@ -350,11 +365,15 @@ def _validate(c: ExperimentConfig) -> None:
         if c.knowledge < need:
             raise err(f"attack {c.attack} needs at least {need} visible honest gradient(s); attack_knowledge={c.attack_knowledge}")
 
-    # data and model (only checked against what exists: nothing is loaded)
+
+def check_data(c: ExperimentConfig) -> None:
+    """The environment half of the checks: the dataset's files exist where the config says
+    (nothing is loaded). Called by the preflight (``runtime/resources.py``), not at
+    construction, so a config can be built and shipped where the files are elsewhere."""
     if c.dataset != "synthetic":
         from raymix.data import check_data_available, resolve_data_dir
 
         try:
             check_data_available(c.dataset, resolve_data_dir(c.data_dir))
         except (FileNotFoundError, ValueError) as exc:
-            raise err(f"dataset {c.dataset!r}: {exc}") from None
+            raise ValueError(f"invalid experiment config: dataset {c.dataset!r}: {exc}") from None

@@ -26,6 +26,7 @@ __all__ = [
     "resolve_data_dir",
     "check_data_available",
     "load_dataset",
+    "normalise",
     "partition",
     "sample_batches",
     "read_idx",
@@ -58,7 +59,8 @@ SYNTHETIC_CLASSES = 10
 
 @dataclass(frozen=True)
 class TensorDataset:
-    """A decoded, normalised dataset: x (N, C, H, W) float32, y (N,) int64."""
+    """A decoded dataset: x (N, C, H, W) float32, normalised, y (N,) int64. With ``norm``
+    (mean, std) set, x is the raw uint8 images and :func:`normalise` makes a batch of them float."""
 
     name: str
     x_train: torch.Tensor
@@ -66,6 +68,7 @@ class TensorDataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    norm: "tuple[tuple[float, ...], tuple[float, ...]] | None" = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -180,7 +183,7 @@ def _load_idx_dataset(name: str, root: pathlib.Path, download: bool) -> tuple[to
         xtr, ytr, xte, yte = (torch.from_numpy(a.copy()) for a in arrays)
         xtr, xte = xtr.unsqueeze(1), xte.unsqueeze(1)
         ytr, yte = ytr.to(torch.int64), yte.to(torch.int64)
-    return _normalise(xtr, mean, std), ytr, _normalise(xte, mean, std), yte
+    return xtr, ytr, xte, yte, (mean, std)
 
 
 def _load_cifar10(root: pathlib.Path, download: bool) -> tuple[torch.Tensor, ...]:
@@ -207,9 +210,9 @@ def _load_cifar10(root: pathlib.Path, download: bool) -> tuple[torch.Tensor, ...
 
         (xtr, ytr), (xte, yte) = read(_CIFAR_TRAIN), read(_CIFAR_TEST)
         # pickles are already (N, 3, 32, 32); the torchvision path gives (N, 32, 32, 3)
-        return _normalise(xtr, _CIFAR_MEAN, _CIFAR_STD), ytr, _normalise(xte, _CIFAR_MEAN, _CIFAR_STD), yte
+        return xtr, ytr, xte, yte, (_CIFAR_MEAN, _CIFAR_STD)
     xtr, xte = xtr.permute(0, 3, 1, 2).contiguous(), xte.permute(0, 3, 1, 2).contiguous()
-    return _normalise(xtr, _CIFAR_MEAN, _CIFAR_STD), ytr, _normalise(xte, _CIFAR_MEAN, _CIFAR_STD), yte
+    return xtr, ytr, xte, yte, (_CIFAR_MEAN, _CIFAR_STD)
 
 
 def _synthetic(seed: int) -> tuple[torch.Tensor, ...]:
@@ -248,23 +251,37 @@ def load_dataset(
     train_limit: "int | None" = None,
     test_limit: "int | None" = None,
     seed: int = 0,
+    raw: bool = False,
 ) -> TensorDataset:
     """Load ``name`` as ready tensors. ``train_limit``/``test_limit`` keep the first k samples
-    after a shuffle seeded by ``seed`` (no stratification). ``seed`` also fixes the synthetic data."""
+    after a shuffle seeded by ``seed`` (no stratification). ``seed`` also fixes the synthetic data.
+
+    ``raw=True`` keeps image datasets as uint8 (4x smaller: what the runtime ships to its
+    actors) with ``norm`` set; :func:`normalise` of a batch then gives exactly the floats
+    ``raw=False`` would have held (the same operations, elementwise)."""
     _check_name(name)
     root = resolve_data_dir(data_dir)
+    norm = None
     if name in _IDX_DATASETS:
-        xtr, ytr, xte, yte = _load_idx_dataset(name, root, download)
+        xtr, ytr, xte, yte, norm = _load_idx_dataset(name, root, download)
         num_classes = 10
     elif name == "cifar10":
-        xtr, ytr, xte, yte = _load_cifar10(root, download)
+        xtr, ytr, xte, yte, norm = _load_cifar10(root, download)
         num_classes = 10
     else:
         xtr, ytr, xte, yte = _synthetic(seed)
         num_classes = SYNTHETIC_CLASSES
     xtr, ytr = _subset(xtr, ytr, train_limit, seed, "train")
     xte, yte = _subset(xte, yte, test_limit, seed, "test")
-    return TensorDataset(name, xtr, ytr, xte, yte, num_classes)
+    if norm is not None and not raw:
+        xtr, xte, norm = normalise(xtr, norm), normalise(xte, norm), None
+    return TensorDataset(name, xtr, ytr, xte, yte, num_classes, norm)
+
+
+def normalise(x: torch.Tensor, norm: "tuple[Sequence[float], Sequence[float]] | None") -> torch.Tensor:
+    """A raw uint8 batch as the float32 inputs, ``(x/255 - mean) / std`` per channel; ``norm``
+    None: ``x`` is already float and returned as it is."""
+    return x if norm is None else _normalise(x, *norm)
 
 
 # ----------------------------------------------------------------------------- partitions

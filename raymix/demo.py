@@ -19,6 +19,7 @@ from raymix.data import check_data_available, load_dataset, partition, sample_ba
 from raymix.models import GradientComputer, build_model, default_model, get_flat_params
 from raymix.pool import PAPER_CLASSES, MixTailorPool
 from raymix.seeding import stream_seed, torch_generator
+from raymix.step import fooled_members
 
 DEFAULT_ATTACKS = (
     "ipm(epsilon=0.1)",
@@ -66,15 +67,11 @@ def honest_gradients(dataset: str, data_dir: str | None, honest: int, batch: int
 
 
 def evaluate(pool: MixTailorPool, honest: torch.Tensor, byz: torch.Tensor, f: int) -> dict:
-    """Per distinct pool member: the inner product of its output with the honest mean."""
-    mu = honest.mean(0)
-    G = torch.cat([honest, byz])
-    rows = []
-    for spec, family, rule, prob in pool.distinct_members():
-        out = rule(G, f)
-        ip = float(out @ mu) / float(mu @ mu)
-        rows.append((spec, family, prob, ip))
-    return {"rows": rows, "expected": sum(p * ip for _, _, p, ip in rows)}
+    """Per distinct pool member: its output's inner product with the honest mean over
+    ||mean||^2 (the step module's diagnostic, as the aggregator computes it)."""
+    d = fooled_members(pool, torch.cat([honest, byz]), honest.mean(0), f)
+    rows = [(spec, family, prob, d["relative_inner_product"][spec]) for spec, family, _, prob in pool.distinct_members()]
+    return {"rows": rows, "expected": d["expected_inner_product"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -83,13 +81,9 @@ class SweepConfig:
         # Validate every grid point now: one ExperimentConfig per combination (sampled axes at their bounds).
         for point in expand_grid(self.experiment, self.search):
             try:
-                # Trials get their output_dir from Tune; a placeholder lets checkpoint_every validate.
-                cfg = ExperimentConfig.from_dict({**point, "output_dir": point.get("output_dir") or "<trial dir>"})
+                ExperimentConfig.from_dict(point)
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 raise ValueError(f"{where}: trial config {_short(point, self.search)} is invalid: {exc}") from exc
-            if cfg.checkpoint_every and cfg.checkpoint_every % cfg.eval_every:
-                # Each checkpoint goes to Tune with the evaluation of its step.
-                raise ValueError(f"{where}: checkpoint_every={cfg.checkpoint_every} must be a multiple of eval_every={cfg.eval_every}")
 
     # -- overrides ---------------------------------------------------------------------
     def scaled(self, steps: int | None = None, seeds: int | None = None, set_values: Mapping[str, Any] | None = None) -> "SweepConfig":
@@ -169,40 +163,25 @@ def load_sweep(path: "str | os.PathLike") -> SweepConfig:
 
 
 # ---------------------------------------------------------------------------- resources
-DRIVER_CPUS = 0.05  # the trial's own function: it only submits tasks and waits
+from raymix.runtime.resources import DRIVER_CPUS
 
 
-def per_worker_resources(config: ExperimentConfig, cluster: Mapping[str, float], cpus_per_trial: float) -> dict[str, float]:
-    """Explicit ``num_cpus_per_worker``/``num_gpus_per_worker`` for a trial, so that the
-    runtime's actors ask for exactly what the trial's bundles hold: the CPU budget is split
-    evenly over the trial's actors (packed honest groups, the adversary, the aggregator);
-    GPUs follow the config (``auto``: 1/n of a GPU per worker when the cluster has GPUs)."""
-    from raymix.runtime.resources import actor_sizes, even_cpu_share
+def resolve_trial(params: Mapping[str, Any], cluster: Mapping[str, float], cpus_per_trial: float) -> ExperimentConfig:
+    """A trial's config with its ``auto`` fields resolved for its CPU budget (the preflight,
+    as the trial's Simulation runs it: the same inputs give the same plan)."""
+    from raymix.runtime.resources import preflight
 
-    if config.num_cpus_per_worker == "auto":
-        cpu_w = even_cpu_share(max(cpus_per_trial - DRIVER_CPUS, 0.01), actor_sizes(config))
-    else:
-        cpu_w = float(config.num_cpus_per_worker)
-    if config.num_gpus_per_worker == "auto":
-        gpu_w = 1.0 / config.n if float(cluster.get("GPU", 0) or 0) > 0 else 0.0
-    else:
-        gpu_w = float(config.num_gpus_per_worker)
-    return {"num_cpus_per_worker": cpu_w, "num_gpus_per_worker": gpu_w}
-
-
-def trial_actor_resources(config: ExperimentConfig) -> list[dict[str, float]]:
-    """The resources each actor of a trial asks for, computed as the runtime computes them
-    (``config`` carries explicit per-worker resources, see :func:`per_worker_resources`)."""
-    from raymix.runtime.resources import actor_sizes, resources_for
-
-    cpu_w, gpu_w = float(config.num_cpus_per_worker), float(config.num_gpus_per_worker)
-    return [resources_for(cpu_w, gpu_w, k).bundle() for k in actor_sizes(config)]
+    return preflight(ExperimentConfig.from_dict(params), dict(cluster), max(cpus_per_trial - DRIVER_CPUS, 0.01))
 
 
 def trial_bundles(config: ExperimentConfig) -> list[dict[str, float]]:
-    """A trial's placement-group bundles: bundle 0 for the trial's driver (the Tune function),
-    then one per simulation actor, in the order the runtime pins its actors to them."""
-    return [{"CPU": DRIVER_CPUS}] + trial_actor_resources(config)
+    """A trial's placement-group bundles: bundle 0 for the trial itself (the Tune Trainable,
+    which drives the Simulation), then one per simulation actor, in the order the runtime
+    pins its actors to them. ``config`` is resolved (:func:`resolve_trial`)."""
+    from raymix.runtime.resources import actor_sizes, resources_for
+
+    cpu_w, gpu_w = float(config.num_cpus_per_worker), float(config.num_gpus_per_worker)
+    return [{"CPU": DRIVER_CPUS}] + [resources_for(cpu_w, gpu_w, k).bundle() for k in actor_sizes(config)]
 
 
 def trial_resources(config: ExperimentConfig):
@@ -216,13 +195,13 @@ def trial_resources(config: ExperimentConfig):
 def check_trial_fits(config: ExperimentConfig, cluster: Mapping[str, float]) -> None:
     """Refuse, before Tune starts, a trial whose placement group the cluster can never hold
     (Tune would leave it pending forever)."""
-    from raymix.runtime.resources import shortfall
+    from raymix.runtime.resources import Refused, shortfall
 
     bundles = trial_bundles(config)
     short = shortfall(bundles, dict(cluster))
     if short is not None:
         res, need, have = short
-        raise ValueError(
+        raise Refused(
             f"a trial needs {need:.4g} {res} (its driver and {len(bundles) - 1} actors) but the cluster has {have:g}: "
             f"lower num_cpus_per_worker/num_gpus_per_worker or raise workers_per_actor"
         )
@@ -254,86 +233,6 @@ class InjectedFailure:
             raise RuntimeError(f"injected failure at step {step} (while {self.while_exists} exists)")
 
 
-class _TuneReporter:
-    """Reports each evaluation to Tune; at checkpoint steps the report carries the checkpoint
-    the runtime has just written, so Tune can restore a failed trial from it."""
-
-    def __init__(self, config: ExperimentConfig):
-        self.config = config
-        self.placement: dict[str, Any] = {}
-        self._pending: dict | None = None  # a checkpoint step's record, reported with its checkpoint
-
-    def on_step(self, step: int, context) -> None:
-        if self.placement or context.aggregator is None:
-            return
-        # Once per trial: where did our actors land? (tested: all inside the trial's group)
-        import ray
-        from ray.util import get_current_placement_group
-
-        pg = get_current_placement_group()
-        handles = list(context.honest_workers) + [context.aggregator] + ([context.byzantine] if context.byzantine is not None else [])
-        where = ray.get([h.where.remote() for h in handles])
-        own = pg.id.hex() if pg is not None else None
-        self.placement = {
-            "actors": len(where),
-            "actors_in_trial_placement_group": sum(1 for w in where if own is not None and w["placement_group"] == own),
-            "devices": ",".join(sorted({w["device"] for w in where})),
-        }
-
-    def on_checkpoint(self, step: int, path: "str | os.PathLike") -> None:
-        from ray import tune
-
-        # checkpoint_every is a multiple of eval_every (SweepConfig checks), so the record
-        # of this very step is the one waiting.
-        assert self._pending is not None and self._pending["step"] == step, (step, self._pending)
-        self._report(self._pending, tune.Checkpoint.from_directory(str(path)))
-        self._pending = None
-
-    def on_eval(self, record: dict) -> None:
-        if self._pending is not None:
-            self._report(self._pending)
-        self._pending = record
-        every = self.config.checkpoint_every
-        if not (every and record["step"] % every == 0):
-            self._report(record)
-            self._pending = None
-
-    def flush(self) -> None:
-        if self._pending is not None:
-            self._report(self._pending)
-            self._pending = None
-
-    def _report(self, record: dict, checkpoint=None) -> None:
-        from ray import tune
-
-        metrics = {k: v for k, v in record.items() if v is not None}
-        metrics.update(self.placement)
-        tune.report(metrics, checkpoint=checkpoint)
-
-
-def _trainable(params: dict, hooks: "list | None" = None) -> None:
-    from ray import tune
-
-    from raymix.runtime import run_experiment
-
-    out = Path(tune.get_context().get_trial_dir()) / "raymix"
-    config = ExperimentConfig.from_dict({**params, "output_dir": str(out)})
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        # Tune hands back the checkpoint it last got from this trial: put it where the runtime
-        # resumes from, and the records written after it are truncated away.
-        with checkpoint.as_directory() as d:
-            import json
-
-            step = json.loads((Path(d) / "meta.json").read_text())["step"]
-            dest = out / "checkpoints" / f"step_{step:06d}"
-            if not dest.exists():
-                shutil.copytree(d, dest)
-    reporter = _TuneReporter(config)
-    run_experiment(config, resume=checkpoint is not None, hooks=[reporter] + list(hooks or []))
-    reporter.flush()
-
-
 # ---------------------------------------------------------------------------- the sweep
 def _absolute_data_dir(exp: dict) -> dict:
     """Trials run in other working directories (and on other hosts): pin the data directory
@@ -362,29 +261,36 @@ def run_sweep(
     import ray
     from ray import tune
 
+    from raymix.runtime.tune import RecordsCallback, SimulationTrainable
+
     if not isinstance(sweep, SweepConfig):
         sweep = load_sweep(sweep)
     run = dict(sweep.run)
     storage = str(Path(storage_path or run.get("storage_path") or "~/ray_results").expanduser().resolve())
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address) if address else ray.init()
-        started = True
+    from raymix.runtime.simulation import _ensure_ray
+
+    started = _ensure_ray(address)
     try:
+        from raymix.runtime.resources import default_concurrency
+
         cluster = ray.cluster_resources()
-        concurrency = run.get("max_concurrent_trials") or None
-        cpus_per_trial = float(run.get("trial_cpus") or max(0.5, float(cluster.get("CPU", 1)) / (concurrency or 1)))
-        base = ExperimentConfig.from_dict({**_absolute_data_dir(sweep.experiment), **_resolved_point(sweep), "output_dir": "/tmp"})
-        pinned = per_worker_resources(base, cluster, cpus_per_trial)
+        points = [_absolute_data_dir(p) for p in expand_grid(sweep.experiment, sweep.search)]
+        concurrency = int(run.get("max_concurrent_trials") or 0) or None
+        if concurrency is None and not run.get("trial_cpus"):
+            # One trial per CPU, as many as memory holds: trials share nothing, so running
+            # them side by side beats spreading one trial's actors over every core.
+            probe = resolve_trial(points[0], cluster, 1.0)
+            concurrency = default_concurrency(cluster, probe)
+        cpus_per_trial = float(run.get("trial_cpus") or max(0.05 + DRIVER_CPUS, float(cluster.get("CPU", 1)) / (concurrency or 1)))
+        for point in points:  # the preflight of every trial, before Tune starts
+            check_trial_fits(resolve_trial(point, cluster, cpus_per_trial), cluster)
         space = sweep.param_space()
         space.update(_absolute_data_dir({k: v for k, v in space.items() if k in ("dataset", "data_dir") and not isinstance(v, dict)}))
-        space.update(pinned)
-        check_trial_fits(base.replace(**pinned), cluster)
-        # Sized per trial from its own config: an omniscient trial has no adversary actor.
-        def resources(trial_config: dict):
-            return trial_resources(ExperimentConfig.from_dict({**trial_config, "output_dir": "/tmp"}))
 
-        trainable = tune.with_resources(tune.with_parameters(_trainable, hooks=hooks), resources)
+        def resources(trial_config: dict):  # sized per trial from its own config
+            return trial_resources(resolve_trial(trial_config, cluster, cpus_per_trial))
+
+        trainable = tune.with_resources(tune.with_parameters(SimulationTrainable, cpus=cpus_per_trial, hooks=hooks), resources)
         if resume:
             path = Path(storage) / sweep.name
             if not path.exists():
@@ -397,6 +303,7 @@ def run_sweep(
                 tune_config=tune.TuneConfig(num_samples=int(run.get("num_samples", 1)), max_concurrent_trials=concurrency),
                 run_config=tune.RunConfig(
                     name=sweep.name,
+                    callbacks=[RecordsCallback()],
                     storage_path=storage,
                     failure_config=tune.FailureConfig(max_failures=int(run.get("max_failures", 0))),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -407,17 +314,6 @@ def run_sweep(
     finally:
         if started:
             ray.shutdown()
-
-
-def _resolved_point(sweep: SweepConfig) -> dict[str, Any]:
-    """The grid point with the most actors: the CPU budget per actor is sized for it, so
-    every trial fits in its budget."""
-    points = expand_grid(sweep.experiment, sweep.search)
-    cfgs = [ExperimentConfig.from_dict({**p, "output_dir": "/tmp", **_absolute_data_dir(p)}) for p in points]
-    from raymix.runtime.resources import actor_sizes
-
-    big = max(cfgs, key=lambda c: len(actor_sizes(c)))
-    return {k: getattr(big, k) for k in ("n", "f", "workers_per_actor", "aggregator")}
 
 
 # ---------------------------------------------------------------------------- command line
@@ -457,7 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"raymix sweep: {exc}", file=sys.stderr)
         return 2
-    grid = run_sweep(sweep, resume=args.resume, storage_path=args.storage_path, address=args.address)
+    from raymix.runtime.resources import Refused
+
+    try:
+        grid = run_sweep(sweep, resume=args.resume, storage_path=args.storage_path, address=args.address)
+    except (Refused, FileNotFoundError) as exc:  # the preflight of every trial, before Tune starts
+        print(f"raymix sweep: {exc}", file=sys.stderr)
+        return 2
     errors = sum(1 for r in grid if r.error is not None)
     path = Path(grid.experiment_path)
     print(f"{len(grid)} trials ({errors} errored) in {path}")

@@ -71,7 +71,8 @@ def small_sweep(ray_session, tmp_path_factory):
     marker, block = root / "failed_once", root / "outage"
     block.write_text("the krum trial fails at step 3 while this file exists")
     hooks = [
-        InjectedFailure(5, {"aggregator": "mixtailor"}, once_marker=str(marker)),
+        # Step 6 is submitted (one step ahead) after step 4's record and checkpoint went to Tune.
+        InjectedFailure(6, {"aggregator": "mixtailor"}, once_marker=str(marker)),
         InjectedFailure(3, {"aggregator": "krum"}, while_exists=str(block)),
     ]
     grid = run_sweep(sweep, storage_path=str(root), hooks=hooks, verbose=0)

@@ -21,7 +21,7 @@ def test_defaults_are_the_paper_setting():
 
 def test_to_dict_round_trips():
     c = ExperimentConfig(n=7, f=1, attack="alie", attack_knowledge=3, aggregator="mixtailor(exclude=[bulyan])", seed=4,
-                         eval_test_limit=100, resampling=1, num_gpus_per_worker=0.25, output_dir="/tmp/x", checkpoint_every=5)
+                         eval_test_limit=100, resampling=1, num_gpus_per_worker=0.25, output_dir="/tmp/x", checkpoint_every=50)
     d = c.to_dict()
     assert ExperimentConfig.from_dict(d) == c
     assert set(d) == set(ExperimentConfig.field_names())
@@ -80,7 +80,6 @@ def test_sweep_style_yaml_reads_the_experiment_section(tmp_path):
     (dict(partition="sorted"), r"unknown partition 'sorted'"),
     (dict(partition="dirichlet", dirichlet_alpha=0), r"dirichlet_alpha must be a number > 0"),
     (dict(model="resnet"), r"unknown model 'resnet'"),
-    (dict(dataset="mnist", data_dir="/nonexistent/raymix-data"), r"dataset 'mnist'.*not found"),
     (dict(steps=0), r"steps must be an integer >= 1"),
     (dict(lr=0), r"lr must be a number > 0"),
     (dict(lr=-0.1), r"lr must be a number > 0"),
@@ -98,7 +97,8 @@ def test_sweep_style_yaml_reads_the_experiment_section(tmp_path):
     (dict(attack_knowledge=11), r"attack_knowledge must be 'all' or an integer in 0..n-f=10"),
     (dict(attack_knowledge="some"), r"attack_knowledge"),
     (dict(attack_knowledge=0), r"needs at least 1 visible honest gradient"),
-    (dict(checkpoint_every=5), r"checkpoint_every > 0 needs an output_dir"),
+    (dict(checkpoint_every=15, steps=100, eval_every=10), r"checkpoint_every=15 must be a multiple of eval_every=10"),
+    (dict(workers_per_actor="many"), r"workers_per_actor must be an integer"),
     (dict(seed=-1), r"seed must be an integer >= 0"),
     (dict(steps=2.5), r"steps must be an integer"),
     (dict(diagnostics="yes"), r"diagnostics must be true or false"),
@@ -107,6 +107,16 @@ def test_sweep_style_yaml_reads_the_experiment_section(tmp_path):
 def test_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ExperimentConfig(**kwargs)
+
+
+def test_a_missing_data_directory_is_the_preflight_s_refusal_not_the_config_s():
+    """A config is values only (it travels to actors on hosts where the files may live
+    elsewhere); the preflight checks the files, before any actor starts."""
+    from raymix.runtime.resources import Refused, preflight
+
+    c = ExperimentConfig(dataset="mnist", data_dir="/nonexistent/raymix-data")
+    with pytest.raises(Refused, match=r"dataset 'mnist'.*not found"):
+        preflight(c, {"CPU": 2.0})
 
 
 def test_drop_invalid_runs_without_the_failing_members():
@@ -142,7 +152,8 @@ def test_validation_does_not_start_or_import_ray():
 def test_resources_gpu_fractions_and_packing():
     c = ExperimentConfig(n=12, f=2, workers_per_actor=5)
     sizes = actor_sizes(c)
-    assert sizes == [5, 5, 2, 1]
+    assert sizes == [5, 5, 1]  # two packs, the server (aggregator and adversary)
+    assert actor_sizes(c.replace(attack="label_flip")) == [5, 5, 3]  # the server trains the f Byzantine workers too
     cpu, gpu = plan_resources(c, {"CPU": 16, "GPU": 1}, sizes)
     assert gpu == pytest.approx(1 / 12) and cpu == pytest.approx(0.2)  # no actor above one CPU
     assert plan_resources(c, {"CPU": 2}, sizes)[1] == 0.0
@@ -151,6 +162,15 @@ def test_resources_gpu_fractions_and_packing():
     assert r.num_gpus == pytest.approx(0.4166, abs=1e-4) and r.num_gpus < 1
     assert resources_for(0.5, 0.5, 5).num_gpus == 3.0  # above one GPU: whole GPUs
     assert actor_groups(10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_auto_packing_is_about_one_honest_actor_per_cpu_or_gpu():
+    from raymix.runtime.resources import auto_workers_per_actor, preflight
+
+    assert auto_workers_per_actor(10, 2, 0) == 5 and auto_workers_per_actor(10, 16, 0) == 1
+    assert auto_workers_per_actor(10, 16, 1) == 10 and auto_workers_per_actor(10, 0.5, 0) == 10
+    c = preflight(ExperimentConfig(n=12, f=2), {"CPU": 2.0})
+    assert c.workers_per_actor == 5 and sum(resources_for(c.num_cpus_per_worker, 0, k).num_cpus for k in actor_sizes(c)) <= 2.0
 
 
 @pytest.mark.parametrize("n,f,wpa,aggregator", [(12, 2, 1, "krum"), (12, 2, 5, "mixtailor"), (12, 4, 1, "comed"),

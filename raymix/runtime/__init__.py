@@ -1,5 +1,5 @@
-"""The simulation runtime: Ray actors for workers, the adversary and the aggregator, and the
-driver loop. Ray is imported only here (and lazily)."""
-from raymix.runtime.experiment import Hook, RunResult, StepContext, run_experiment
+"""The simulation runtime on Ray: the :class:`Simulation` engine, its actors, resource
+planning and checkpoints. Ray is imported only here and in ``raymix/sweep.py`` (lazily)."""
+from raymix.runtime.simulation import Hook, RunResult, Simulation, StepContext, run_experiment
 
-__all__ = ["run_experiment", "RunResult", "StepContext", "Hook"]
+__all__ = ["Simulation", "run_experiment", "RunResult", "StepContext", "Hook"]

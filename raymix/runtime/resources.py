@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ActorResources", "plan_resources", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
+__all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "default_concurrency", "auto_workers_per_actor", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
+
+
+class Refused(ValueError):
+    """A run or sweep refused before any actor starts (data, resources, resume, overwrite):
+    the command line prints its message as one line, exit status 2."""
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,67 @@ def actor_groups(num_workers: int, workers_per_actor: int) -> list[list[int]]:
 
 def actor_sizes(config) -> list[int]:
     """Logical workers per actor, in the order the runtime creates the actors (and the Tune
-    layer lays out their bundles): each honest pack, the adversary (f workers; none for
-    omniscient or f = 0), the aggregator (counted as one)."""
+    layer lays out their bundles): each honest pack, then the server (the aggregator and the
+    adversary in one process: counted as one, plus the f Byzantine workers when they train
+    on data of their own)."""
     sizes = [len(g) for g in actor_groups(config.num_honest, config.workers_per_actor)]
-    if config.f > 0 and not config.is_omniscient:
-        sizes.append(config.f)
-    return sizes + [1]
+    return sizes + [1 + (config.f if config.byzantine_use_data else 0)]
+
+
+DRIVER_CPUS = 0.05  # a Tune trial's own process (bundle 0): it only submits tasks and waits
+
+# One simulation process's resident memory (a worker pack, the server, the trial's own
+# process): torch, the model, a pack's shards. Measured in docs/runtime.md ("Memory").
+PROCESS_MEMORY = 600 * 2**20
+
+
+def default_concurrency(cluster: dict[str, float], config) -> int:
+    """Concurrent trials when the sweep does not say: one per CPU, and no more than Ray's
+    memory resource holds at ``PROCESS_MEMORY`` per process of a trial (its actors and itself)."""
+    per_trial = (len(actor_sizes(config)) + 1) * PROCESS_MEMORY
+    by_memory = int(float(cluster.get("memory", 0) or 0) // per_trial) or 1
+    return max(1, min(int(float(cluster.get("CPU", 1) or 1)), by_memory))
+
+
+def auto_workers_per_actor(num_honest: int, cpus: float, gpus: float) -> int:
+    """About one honest actor per GPU, else per CPU, of the run's (or trial's) resources:
+    more actors than that only time-share the same cores and pay more hand-offs."""
+    actors = int(gpus) if gpus >= 1 else round(cpus)  # a trial's 1.95 CPUs (0.05 for itself) still hold two
+    return math.ceil(num_honest / min(max(actors, 1), max(num_honest, 1)))
+
+
+def preflight(config, cluster: dict[str, float], cpus: float | None = None):
+    """The checks of the environment, apart from value validation, and the resolved config.
+
+    ``cluster``: ``ray.cluster_resources()``; ``cpus``: the CPU budget of this simulation
+    (a trial's share; default all of the cluster's). Checks that the data files exist,
+    resolves ``workers_per_actor: auto`` and the per-worker CPU/GPU shares, and refuses a
+    plan whose actors cannot all be placed at once. Returns the config with every ``auto``
+    replaced by its value, which is what travels to the actors."""
+    from raymix.config import check_data
+
+    try:
+        check_data(config)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    total_cpus = float(cluster.get("CPU", 1) or 1)
+    budget = total_cpus if cpus is None else float(cpus)
+    gpus = float(cluster.get("GPU", 0) or 0)
+    cfg = config
+    if cfg.workers_per_actor == "auto":
+        gpu_share = gpus if cfg.num_gpus_per_worker == "auto" else float(cfg.num_gpus_per_worker) * cfg.n
+        cfg = cfg.replace(workers_per_actor=auto_workers_per_actor(cfg.num_honest, budget, min(gpus, gpu_share)))
+    cpu_w, gpu_w = plan_resources(cfg, {**cluster, "CPU": budget}, actor_sizes(cfg))
+    cfg = cfg.replace(num_cpus_per_worker=cpu_w, num_gpus_per_worker=gpu_w)
+    plan = [resources_for(cpu_w, gpu_w, k) for k in actor_sizes(cfg)]
+    short = shortfall([r.bundle() for r in plan], cluster)
+    if short is not None:
+        key, need, have = short
+        raise Refused(
+            f"the simulation's {len(plan)} actors need {need:g} {key}s in all but the Ray cluster has {have:g}: "
+            f"lower num_{key.lower()}s_per_worker (now {getattr(config, f'num_{key.lower()}s_per_worker')!r}, per logical "
+            f"worker; an actor of w workers asks for w times it) or set it to 'auto'")
+    return cfg
 
 
 def _round_down(x: float) -> float:
@@ -116,4 +176,5 @@ def actor_placement() -> dict:
         "node": ray.get_runtime_context().get_node_id(),
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         "device": actor_device(),
+        "torch_threads": __import__("torch").get_num_threads(),
     }

@@ -9,13 +9,89 @@ import io
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["RecordWriter", "flatten", "read_records", "TIMING_KEYS", "strip_timings"]
+__all__ = ["RecordWriter", "Interval", "is_record_key", "make_record", "columns", "flatten", "read_records", "TIMING_KEYS", "strip_timings"]
 
 # Keys that depend on the machine, not on the seed: excluded from determinism checks.
 TIMING_KEYS = ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait", "steps_per_second", "wall_time")
+_PARTS = TIMING_KEYS[:5]  # the per-step busy times the stats report
+_RECORD_KEYS = frozenset(("step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio",
+                          "cosine_mean", "nonfinite_steps", "drawn", "drawn_family") + TIMING_KEYS)
+
+
+def is_record_key(key: str) -> bool:
+    """A key of raymix's records (what :func:`make_record` writes), not one Tune adds."""
+    return key in _RECORD_KEYS or key.startswith("diag_")
+
+
+class Interval:
+    """What accumulates between two evaluations: draw counts, losses, cosines, timings.
+    Checkpoints are taken at evaluations only, where it is empty, so it is never saved."""
+
+    def __init__(self) -> None:
+        self.steps, self.loss_sum, self.cos_sum, self.nonfinite = 0, 0.0, 0.0, 0
+        self.drawn: Counter = Counter()
+        self.family: Counter = Counter()
+        self.times: Counter = Counter()
+
+    def add(self, s: Mapping[str, Any]) -> None:
+        self.steps += 1
+        self.drawn[s["drawn"]] += 1
+        self.family[s["family"]] += 1
+        self.loss_sum += s["train_loss"]
+        self.cos_sum += s["cosine"] if s["cosine"] == s["cosine"] else 0.0
+        self.nonfinite += int(s["nonfinite"])
+        for k in _PARTS:
+            self.times[k] += s.get(k, 0.0)
+
+
+def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall: float) -> dict[str, Any]:
+    """The record of an evaluation step: its stats, and the interval that ends with it."""
+    k = max(iv.steps, 1)
+    rec = {
+        "step": stats["step"],
+        "test_accuracy": stats.get("test_accuracy"),
+        "test_loss": stats.get("test_loss"),
+        "train_loss": iv.loss_sum / k,
+        "cosine": stats["cosine"],
+        "inner_product": stats["inner_product"],
+        "norm_ratio": stats["norm_ratio"],
+        "cosine_mean": iv.cos_sum / k,
+        "nonfinite_steps": iv.nonfinite,
+        "drawn": dict(sorted(iv.drawn.items())),
+        "drawn_family": dict(sorted(iv.family.items())),
+    }
+    if "diagnostics" in stats:
+        d = stats["diagnostics"]
+        rec["diag_fooled_fraction"] = d["fooled_fraction"]
+        rec["diag_expected_inner_product"] = d["expected_inner_product"]
+        rec["diag_fooled_family"] = d["fooled_family"]
+        rec["diag_members_family"] = d["members_family"]
+        rec["diag_fooled"] = d["fooled"]
+    times = {key: iv.times[key] / k for key in _PARTS}
+    rec.update(times)
+    rec["time_wait"] = max(wall / k - sum(times.values()), 0.0) if wall > 0 else 0.0
+    rec["steps_per_second"] = k / wall if wall > 0 else None
+    rec["wall_time"] = total_wall
+    return rec
+
+
+def columns(pool, diagnostics: bool) -> list[str]:
+    """progress.csv's header, fixed at the start from the pool's members."""
+    cols = ["step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio", "cosine_mean", "nonfinite_steps"]
+    if pool is None:
+        cols += ["drawn.omniscient", "drawn_family.omniscient"]
+    else:
+        specs = list(dict.fromkeys(r.spec for r in pool.rules))
+        fams = list(dict.fromkeys(pool.families))
+        cols += [f"drawn.{s}" for s in specs] + [f"drawn_family.{f}" for f in fams]
+        if diagnostics:
+            cols += ["diag_fooled_fraction", "diag_expected_inner_product"] + [f"diag_fooled_family.{f}" for f in fams]
+            cols += [f"diag_members_family.{f}" for f in fams] + ["diag_fooled"]
+    return cols + list(TIMING_KEYS)
 
 
 def strip_timings(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""The simulation's two kinds of Ray actor, thin shells over :mod:`raymix.step`.
+
+- ``WorkerActor``: a pack of ``workers_per_actor`` honest logical workers (their shards and
+  one model replica): ``compute(weights, step) -> (rows, (losses, seconds))``.
+- ``ServerActor``: the aggregator (:class:`~raymix.step.Server`) and the adversary
+  (:class:`~raymix.step.Adversary`) as two separate objects in one process, so that a step
+  is one call after the honest rows are ready: two dependent hand-offs per step (workers ->
+  server -> workers) instead of three. The adversary object still receives only its
+  ``AdversaryView`` (or, for a data attack, its own shards and batch keys): never the seed,
+  the server's key or the draw.
+
+Both receive the validated, resolved ``ExperimentConfig`` itself (a frozen dataclass; it is
+not re-validated on the actor, which may run where the data files are not).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from raymix.runtime.resources import actor_device, actor_placement
+from raymix.step import Adversary, Server, Workers, knowledge_rows
+
+__all__ = ["WorkerActor", "ServerActor"]
+
+
+class WorkerActor:
+    def __init__(self, config, worker_ids, shards, model, norm=None):
+        self.workers = Workers.honest(config, worker_ids, shards, model, actor_device(), norm)
+
+    def compute(self, weights: torch.Tensor, step: int):
+        t0 = time.perf_counter()
+        rows, losses = self.workers.compute(weights, step)
+        return rows, (losses, time.perf_counter() - t0)
+
+    def labels(self) -> list[list[int]]:
+        return self.workers.labels()
+
+    def where(self) -> dict:
+        return actor_placement()
+
+
+class ServerActor:
+    def __init__(self, config, init_weights, model, test, byzantine_shards=None, norm=None):
+        device = actor_device()
+        self.config = config
+        self.server = Server(config, init_weights, model, test, device)
+        self.adversary = Adversary.for_config(config, model, byzantine_shards, device, norm)
+
+    def weights(self) -> torch.Tensor:
+        return self.server.weights()
+
+    def load_state(self, state: dict) -> torch.Tensor:
+        return self.server.load_state(state)
+
+    def step(self, step: int, evaluate: bool, diagnose: bool, num_blocks: int, *blocks):
+        """``blocks``: the honest packs' rows (worker order: Ray resolves them as top-level
+        arguments whatever order the packs finished in), then their (losses, seconds)."""
+        rows, aux = blocks[:num_blocks], blocks[num_blocks:]
+        H = torch.cat(rows)
+        t0 = time.perf_counter()
+        byz = None
+        if self.adversary is not None:
+            w = self.server.weights() if self.adversary.workers is not None else None  # data attacks train at w
+            byz = self.adversary.rows(step, H, w, knowledge_rows(self.config, step))
+        t1 = time.perf_counter()
+        stats = self.server.step(step, H, byz, torch.cat([l.reshape(-1) for l, _ in aux]), evaluate, diagnose)
+        stats["time_gradients"] = max(s for _, s in aux)
+        stats["time_attack"] = t1 - t0
+        return self.server.weights(), stats
+
+    def where(self) -> dict:
+        return actor_placement()

@@ -1,0 +1,366 @@
+"""The simulation engine: one :class:`Simulation` object that ``raymix run`` and Ray Tune both drive.
+
+::
+
+    sim = Simulation(config)        # preflight, data, actors
+    record = sim.advance()          # run to the next evaluation; its record
+    state = sim.state()             # the state after the last evaluation (a checkpoint)
+    sim.restore(state)              # continue from a checkpoint
+    sim.close()
+
+One step, as the driver submits it (it never waits on weights or gradients)::
+
+    rows_i, aux_i = WorkerActor_i.compute(w_ref, t)              # every honest pack, same w_ref
+    w_ref, stats  = ServerActor.step(t, eval?, diag?, k, *rows, *aux)
+
+Two dependent hand-offs per step (packs -> server -> packs). One step stays in flight:
+while the driver waits for step t's stats, step t+1 is already submitted, across
+``advance`` calls too. The server returns its state with the stats of every evaluation
+step, so a checkpoint is the state after an evaluation even with the next step running.
+
+A restarted worker pack retries its task (stateless per step); a restarted server (the
+aggregator and adversary) is reloaded with the state of the last evaluation and the steps
+since are replayed: the records are those of an undisturbed run.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from raymix.config import ExperimentConfig
+from raymix.records import Interval, RecordWriter, columns, make_record, read_records
+from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from raymix.runtime.resources import Refused, actor_groups, preflight, resources_for
+
+__all__ = ["Simulation", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
+
+MAX_RESTARTS = 4  # per actor; a worker pack's tasks are retried as often
+# Fields a resumed run may change: where and how it runs, and how long; not what it computes.
+RESUME_MAY_CHANGE = {"output_dir", "data_dir", "steps", "checkpoint_every", "workers_per_actor", "num_gpus_per_worker",
+                     "num_cpus_per_worker", "diagnostics"}
+
+
+@dataclass
+class StepContext:
+    """What an ``on_step`` hook sees before step ``step`` is submitted: the config and the live
+    actor handles. Hooks may kill an actor (``ray.kill(ctx.server, no_restart=False)``) to
+    test fault tolerance, or read state; they must not call the server's ``step``."""
+
+    step: int
+    config: ExperimentConfig
+    server: Any
+    honest_workers: list
+
+
+class Hook:
+    """Optional base class for ``run_experiment`` hooks: ``on_step`` (before a step is
+    submitted), ``on_eval(record)``, ``on_checkpoint(step, path)``. A plain callable is
+    taken as ``on_step(step, context)``."""
+
+    def on_step(self, step: int, context: StepContext) -> None:  # noqa: D401
+        pass
+
+    def on_eval(self, record: dict) -> None:
+        pass
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+
+def _on_step_hooks(hooks: Iterable | None) -> list[Callable]:
+    out = []
+    for h in hooks or ():
+        if hasattr(h, "on_step"):
+            out.append(h.on_step)
+        elif callable(h) and not any(hasattr(h, m) for m in ("on_eval", "on_checkpoint")):
+            out.append(h)
+    return out
+
+
+def _ensure_ray(address: str | None) -> bool:
+    """Join ``address`` (or RAY_ADDRESS), else start a local Ray without what a local run does
+    not use (the dashboard's dozen processes); True when this call started it."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False)
+    return True
+
+
+def _bundle_assigner() -> Callable[[], dict]:
+    """Inside a placement group (a Tune trial), each actor gets its own bundle, in the order
+    the Tune layer laid them out (bundle 0 is the trial itself; then the honest packs, then the
+    server): left to pick any bundle, small actors can fill the one sized for a larger
+    actor, which then never starts. Outside a placement group: no constraint."""
+    from ray.util import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = get_current_placement_group()
+    counter = iter(range(1, 1 << 30))
+
+    def next_bundle() -> dict:
+        if pg is None:
+            return {}
+        index = next(counter)
+        if index >= pg.bundle_count:
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg)}
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)}
+
+    return next_bundle
+
+
+class Simulation:
+    """One simulated training run on Ray actors; see the module docstring.
+
+    ``config``: a validated :class:`ExperimentConfig`; its ``auto`` fields are resolved by
+    the preflight against the cluster (``cpus``: this simulation's CPU budget, default the
+    whole cluster's; a Tune trial passes its share). ``hooks``: ``on_step(step, context)``
+    callables or objects (fault injection, inspection). ``address``: a Ray cluster to join
+    when Ray is not initialised; a Ray this object did not start is never shut down."""
+
+    def __init__(self, config: ExperimentConfig, *, address: str | None = None, hooks: Sequence | None = None,
+                 cpus: float | None = None):
+        import ray
+
+        from raymix.runtime.actors import ServerActor, WorkerActor
+        from raymix.step import prepare
+
+        self._started_ray = _ensure_ray(address)
+        self._actors: list = []
+        try:
+            self.config = cfg = preflight(config, ray.cluster_resources(), cpus)
+            self.pool = cfg.build_pool()
+            self._on_step = _on_step_hooks(hooks)
+            inputs = prepare(cfg)
+            self.model = inputs.model
+            bundle = _bundle_assigner()
+            cpu_w, gpu_w = float(cfg.num_cpus_per_worker), float(cfg.num_gpus_per_worker)
+            self._refs = []  # held for the run: a restarted actor re-reads its arguments
+            self.honest = []
+            for ids in actor_groups(cfg.num_honest, cfg.workers_per_actor):
+                res = resources_for(cpu_w, gpu_w, len(ids))
+                shards = ray.put([inputs.honest_shards[i] for i in ids])
+                self._refs.append(shards)
+                self.honest.append(ray.remote(WorkerActor).options(
+                    num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS,
+                    max_task_retries=MAX_RESTARTS, **bundle()).remote(cfg, ids, shards, inputs.model, inputs.norm))
+            self._actors += self.honest
+            res = resources_for(cpu_w, gpu_w, 1 + (cfg.f if cfg.byzantine_use_data else 0))
+            test, byz = ray.put(inputs.test), ray.put(inputs.byzantine_shards)
+            self._refs += [test, byz]
+            # The server restarts, but never retries a step by itself: the driver reloads the
+            # last evaluation's state into it and replays the steps since (see _recover).
+            self.server = ray.remote(ServerActor).options(
+                num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0,
+                **bundle()).remote(cfg, inputs.init_weights, inputs.model, test, byz, inputs.norm)
+            self._actors.append(self.server)
+            del inputs  # the object store holds the shards; the driver keeps nothing it does not need
+            self._w_ref = self.server.weights.remote()
+            self._pending: deque = deque()
+            self._submitted = self.step = 0
+            self._interval = Interval()
+            self._last_state: dict[str, Any] = {"step": 0, "weights": None, "optimizer": None}
+            self.recoveries = 0
+            self._t_start = self._t_interval = time.perf_counter()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ driving
+    @property
+    def done(self) -> bool:
+        return self.step >= self.config.steps
+
+    def _submit(self, t: int) -> None:
+        cfg = self.config
+        for cb in self._on_step:
+            cb(t, StepContext(t, cfg, self.server, self.honest))
+        outs = [h.compute.options(num_returns=2).remote(self._w_ref, t) for h in self.honest]
+        is_eval = cfg.is_eval_step(t)
+        self._w_ref, stats = self.server.step.options(num_returns=2).remote(
+            t, is_eval, is_eval and cfg.diagnostics, len(outs), *[r for r, _ in outs], *[a for _, a in outs])
+        self._pending.append((t, stats))
+        self._submitted = t
+
+    def advance(self) -> dict[str, Any]:
+        """Run to the next evaluation step and return its record."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if self.done:
+            raise RuntimeError(f"the simulation has run all its {self.config.steps} steps")
+        while True:
+            while self._submitted < self.config.steps and len(self._pending) < 2:
+                self._submit(self._submitted + 1)
+            t, ref = self._pending.popleft()
+            try:
+                stats = ray.get(ref)
+            except RayActorError:
+                self._recover()
+                continue
+            self.step = t
+            self._interval.add(stats)
+            if "state" in stats:
+                self._last_state = {"step": t, **stats.pop("state")}
+                now = time.perf_counter()
+                record = make_record(stats, self._interval, now - self._t_interval, now - self._t_start)
+                self._interval, self._t_interval = Interval(), now
+                return record
+
+    def _recover(self) -> None:
+        """The server died (Ray restarts it): once it answers again, reload the last
+        evaluation's state into it and replay the steps since."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        self.recoveries += 1
+        if self.recoveries > MAX_RESTARTS:
+            raise RuntimeError(f"the server actor died {self.recoveries} times; giving up")
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ray.get(self.server.weights.remote())
+                break
+            except RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # still restarting
+        self._load(self._last_state)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self._pending.clear()  # steps beyond the restore point: their results are dropped
+        if state.get("weights") is not None:
+            self._w_ref = self.server.load_state.remote({"weights": state["weights"], "optimizer": state.get("optimizer")})
+        else:
+            self._w_ref = self.server.weights.remote()
+        self._submitted = self.step = int(state["step"])
+        self._interval, self._t_interval = Interval(), time.perf_counter()
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        """The state after the last evaluation: step, weights, optimizer state, the config."""
+        if self._last_state["weights"] is None:
+            raise RuntimeError("no evaluation yet: nothing to save")
+        return {**self._last_state, "config": self.config.to_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a checkpoint). Only fields in ``RESUME_MAY_CHANGE`` may
+        differ from the config it was saved with."""
+        saved = state.get("config") or {}
+        mine = self.config.to_dict()
+        diff = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and saved.get(k, mine[k]) != mine[k])
+        if diff:
+            raise Refused(f"cannot resume: the config differs from the checkpoint's in {diff}")
+        self._last_state = {k: state[k] for k in ("step", "weights", "optimizer")}
+        self._load(self._last_state)
+
+    def placement(self) -> dict[str, Any]:
+        """Where the actors run: how many, how many inside the current placement group, devices."""
+        import ray
+        from ray.util import get_current_placement_group
+
+        pg = get_current_placement_group()
+        own = pg.id.hex() if pg is not None else None
+        where = ray.get([a.where.remote() for a in self._actors])
+        return {"actors": len(where), "actors_in_trial_placement_group": sum(1 for w in where if own and w["placement_group"] == own),
+                "devices": ",".join(sorted({w["device"] for w in where}))}
+
+    def close(self) -> None:
+        import ray
+
+        for a in self._actors:
+            try:
+                ray.kill(a)
+            except Exception:  # pragma: no cover - already dead
+                pass
+        self._actors = []
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def __enter__(self) -> "Simulation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- raymix run
+@dataclass
+class RunResult:
+    config: ExperimentConfig
+    records: list[dict]
+    output_dir: Path | None
+    steps_per_second: float
+    wall_time: float
+    resumed_from: int = 0
+
+    @property
+    def final(self) -> dict:
+        return self.records[-1] if self.records else {}
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.final.get("test_accuracy")
+
+
+def checkpoint_due(config: ExperimentConfig, step: int) -> bool:
+    """At evaluations: every one (``checkpoint_every: 0``), or every ``checkpoint_every`` steps, and the last."""
+    return config.is_eval_step(step) and (not config.checkpoint_every or step % config.checkpoint_every == 0 or step == config.steps)
+
+
+def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hooks: Sequence | None = None,
+                   address: str | None = None, progress: Callable[[dict], None] | None = None, overwrite: bool = False) -> RunResult:
+    """``raymix run``: drive a :class:`Simulation` to the end, writing records as it goes and a
+    checkpoint at evaluations (with an ``output_dir``). ``resume`` continues from the latest
+    checkpoint; a directory holding a run is otherwise refused unless ``overwrite``."""
+    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
+    out = Path(cfg.output_dir) if cfg.output_dir else None
+    ckpt = None
+    if resume:
+        if out is None:
+            raise Refused("resume needs an output_dir")
+        path = latest_checkpoint(out)
+        if path is None:
+            raise Refused(f"nothing to resume in {out}: no checkpoint under {checkpoint_dir(out)}")
+        ckpt = load_checkpoint(path)
+    elif out is not None and (out / "records.jsonl").exists() and not overwrite:
+        raise Refused(f"{out} already holds a run: resume it (--resume) or replace it (--overwrite)")
+    on_eval = [h.on_eval for h in hooks or () if hasattr(h, "on_eval")] + ([progress] if progress else [])
+    on_checkpoint = [h.on_checkpoint for h in hooks or () if hasattr(h, "on_checkpoint")]
+    t0 = time.perf_counter()
+    with Simulation(cfg, address=address, hooks=hooks) as sim:
+        if ckpt is not None:
+            sim.restore(ckpt)
+        elif out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            clear_checkpoints(out)
+            (out / "config.json").write_text(json.dumps(sim.config.to_dict(), indent=2))
+        writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics), resume_count=None if ckpt is None else int(ckpt["records"]))
+        records = read_records(out) if ckpt is not None else []
+        start, t_loop = sim.step, time.perf_counter()
+        try:
+            while not sim.done:
+                record = sim.advance()
+                writer.append(record)
+                records.append(record)
+                for cb in on_eval:
+                    cb(record)
+                if out is not None and checkpoint_due(cfg, record["step"]):
+                    path = save_checkpoint(checkpoint_dir(out) / f"step_{record['step']:06d}", {**sim.state(), "records": writer.count})
+                    for cb in on_checkpoint:
+                        cb(record["step"], path)
+        finally:
+            writer.close()
+        loop = time.perf_counter() - t_loop
+    return RunResult(sim.config, records, out, (cfg.steps - start) / loop if loop > 0 else 0.0, time.perf_counter() - t0, start)

@@ -1,0 +1,378 @@
+"""One training step, as plain functions and objects on tensors (no Ray).
+
+The step's maths lives here and only here; the Ray actors (``raymix/runtime/actors.py``),
+the single-process baseline (:func:`run_local`, ``benchmarks/``) and ``raymix demo`` all
+call it. A step ``t`` is::
+
+    H      = Workers.compute(w, t)                 # (n-f, d) honest rows, in worker order
+    B      = Adversary.rows(t, H)                  # (f, d) Byzantine rows (sees only its AdversaryView)
+    stats  = Server.step(t, H, B, losses, ...)     # draw a rule, aggregate, update w
+
+Randomness (see :mod:`raymix.seeding`) comes from keys derived from the experiment seed,
+one per role, and each role receives only its own key: the workers the batch and dropout
+keys, the adversary ``stream_seed(seed, "adversary")``, the server the draw key
+``stream_seed(seed, "aggregator")``. The keys are one-way functions of the seed, so nothing
+the adversary holds lets it recompute the server's draws.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from raymix.seeding import stream_seed, torch_generator
+
+__all__ = [
+    "ModelSpec", "Workers", "Adversary", "Server", "Inputs", "prepare", "keys_for",
+    "aggregate", "apply_update", "update_stats", "fooled_members", "knowledge_rows", "run_local",
+]
+
+
+# ---------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network, for which data: enough to build a ``GradientComputer`` anywhere."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def computer(self, device: str = "cpu"):
+        from raymix.models import GradientComputer
+
+        return GradientComputer(self.name, self.input_shape, self.num_classes, device)
+
+
+def keys_for(seed: int) -> dict[str, int]:
+    """The per-role keys derived from the experiment seed (one-way: a key does not reveal the seed)."""
+    return {role: stream_seed(seed, role) for role in ("batches", "dropout", "adversary", "aggregator")}
+
+
+@dataclass
+class Inputs:
+    """What a simulation needs before its first step, built once from the config."""
+
+    model: ModelSpec
+    init_weights: torch.Tensor
+    honest_shards: list[tuple[torch.Tensor, torch.Tensor]]  # one (x, y) per honest worker; x raw uint8 when norm is set
+    byzantine_shards: list[tuple[torch.Tensor, torch.Tensor]] | None  # data attacks and `none` only
+    test: tuple[torch.Tensor, torch.Tensor]  # normalised
+    norm: tuple | None = None  # (mean, std) that turns a raw batch into inputs (data.normalise)
+
+
+def prepare(config) -> Inputs:
+    """Load the dataset once, partition it, build the initial weights from ``(seed, "init")``.
+
+    The partition covers the n-f honest workers, or all n when the Byzantine workers train on
+    data of their own (a data attack such as ``label_flip``, or ``none``)."""
+    from raymix.data import load_dataset, normalise, partition, resolve_data_dir
+    from raymix.models import build_model, get_flat_params
+
+    cfg = config
+    data = load_dataset(
+        cfg.dataset, data_dir=None if cfg.dataset == "synthetic" else resolve_data_dir(cfg.data_dir),
+        train_limit=cfg.train_limit, test_limit=cfg.eval_test_limit, seed=cfg.seed, raw=True,
+    )
+    model = ModelSpec(cfg.model_name, tuple(int(s) for s in data.input_shape), int(data.num_classes))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(cfg.seed, "init"))
+        w0 = get_flat_params(build_model(model.name, model.input_shape, model.num_classes)).detach().clone()
+    byz_data = cfg.byzantine_use_data
+    parts = partition(data.y_train, cfg.n if byz_data else cfg.num_honest, cfg.partition, seed=cfg.seed,
+                      alpha=cfg.dirichlet_alpha, num_classes=data.num_classes)
+    shards = [(data.x_train[p].contiguous(), data.y_train[p].contiguous()) for p in parts]
+    return Inputs(model, w0, shards[: cfg.num_honest], shards[cfg.num_honest :] if byz_data else None,
+                  (normalise(data.x_test, data.norm), data.y_test), data.norm)
+
+
+# ---------------------------------------------------------------------------- workers
+class Workers:
+    """Logical workers with their shards and one model replica: (W, d) stochastic gradients
+    (``mode=gradient``) or local-SGD model updates ``w_local - w`` (``mode=model``) in one
+    vectorised pass. Worker ``w``'s batch at step ``t`` comes from ``(batch_key, "batch", w, t)``
+    and its dropout masks from ``(dropout_key, w, t)``: a retried step computes the same rows
+    whatever else is packed with it."""
+
+    def __init__(self, worker_ids: Sequence[int], shards: Sequence[tuple[torch.Tensor, torch.Tensor]], model: ModelSpec,
+                 keys: dict[str, int], batch_size: int, mode: str = "gradient", local_steps: int = 1, lr: float = 0.0,
+                 poison: Callable | None = None, device: str = "cpu", norm: tuple | None = None):
+        self.ids = [int(w) for w in worker_ids]
+        self.norm = norm  # the shards are raw uint8 (4x smaller); batches are normalised as drawn
+        self.device = device
+        xs, ys = [x for x, _ in shards], [y for _, y in shards]
+        self.x = torch.cat(xs).to(device) if xs else torch.empty(0)
+        self.y = torch.cat(ys).to(device) if ys else torch.empty(0, dtype=torch.long)
+        self.index, offset = [], 0
+        for x in xs:
+            self.index.append(torch.arange(offset, offset + x.shape[0]))
+            offset += x.shape[0]
+        self.batch_key, self.dropout_key = int(keys["batches"]), int(keys["dropout"])
+        self.batch_size, self.mode, self.local_steps, self.lr = int(batch_size), mode, int(local_steps), float(lr)
+        self.poison = poison
+        self.computer = model.computer(device)
+
+    @classmethod
+    def honest(cls, config, worker_ids: Sequence[int], shards, model: ModelSpec, device: str = "cpu", norm: tuple | None = None) -> "Workers":
+        return cls(worker_ids, shards, model, keys_for(config.seed), config.batch_size, config.mode,
+                   config.local_steps, config.lr, device=device, norm=norm)
+
+    def labels(self) -> list[list[int]]:
+        """The distinct labels each logical worker holds."""
+        return [sorted(set(self.y[i].tolist())) for i in self.index]
+
+    def _batch(self, key: int):
+        from raymix.data import normalise, sample_batches
+
+        idx = sample_batches(self.index, self.batch_size, self.batch_key, key, self.ids)
+        xs, ys = normalise(self.x[idx.to(self.x.device)], self.norm), self.y[idx.to(self.y.device)]
+        if self.poison is not None:
+            xs, ys = self.poison(xs, ys)
+        return xs, ys, [stream_seed(self.dropout_key, w, key) for w in self.ids]
+
+    def compute(self, weights: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """((W, d) rows, (W,) training losses at the broadcast weights)."""
+        weights = weights.to(self.device)
+        if self.mode == "gradient":
+            xs, ys, seeds = self._batch(step)
+            grads, losses = self.computer.gradients(weights, xs, ys, seeds)
+            return grads.detach().cpu(), losses.detach().cpu()
+        # model mode: tau plain local SGD steps per worker from the broadcast weights
+        local = [weights.clone() for _ in self.ids]
+        first_losses = None
+        for j in range(self.local_steps):
+            xs, ys, seeds = self._batch(step * self.local_steps + j)
+            losses = []
+            for i in range(len(self.ids)):
+                g, l = self.computer.gradients(local[i], xs[i : i + 1], ys[i : i + 1], [seeds[i]])
+                local[i] = local[i] - self.lr * g[0]
+                losses.append(l[0])
+            if first_losses is None:
+                first_losses = torch.stack(losses)
+        return torch.stack([w - weights for w in local]).detach().cpu(), first_losses.detach().cpu()
+
+
+def knowledge_rows(config, step: int) -> list[int] | None:
+    """The honest rows the adversary may see at ``step`` (None: all), from the PUBLIC stream
+    ``(seed, "knowledge", step)``: which rows leak is not a secret of the server's."""
+    if config.knowledge >= config.num_honest:
+        return None
+    g = torch_generator(config.seed, "knowledge", step)
+    return sorted(torch.randperm(config.num_honest, generator=g)[: config.knowledge].tolist())
+
+
+# ---------------------------------------------------------------------------- the adversary
+class Adversary:
+    """The f Byzantine workers. Receives the attack, n, f, the pool's PUBLIC description and
+    its own key; never the seed, the server's key or the draw.
+
+    Gradient-crafting attacks: ``rows(t, honest)`` builds the ``AdversaryView`` (the visible
+    honest rows, n, f, t, the public pool, the generator ``(key, t)``) and calls the attack.
+    Data attacks and ``none``: the Byzantine workers train on their own shards (poisoned by
+    ``attack.poison_batch`` for a data attack) at the broadcast weights."""
+
+    def __init__(self, attack_spec: str, n: int, f: int, pool_public, key: int, workers: Workers | None = None):
+        from raymix.attacks import build_attack
+
+        self.attack = build_attack(attack_spec)
+        self.n, self.f, self.pool, self.key = int(n), int(f), pool_public, int(key)
+        self.workers = workers
+        if workers is not None and getattr(self.attack, "data_attack", False):
+            workers.poison = self.attack.poison_batch
+
+    @classmethod
+    def for_config(cls, config, model: ModelSpec, shards=None, device: str = "cpu", norm: tuple | None = None) -> "Adversary | None":
+        """The adversary of ``config`` (None when there is none: f = 0 or the omniscient baseline)."""
+        if config.f == 0 or config.is_omniscient:
+            return None
+        keys = keys_for(config.seed)
+        workers = None
+        if config.byzantine_use_data:
+            # Only the batch and dropout keys: what an honest worker of theirs would hold.
+            workers = Workers(range(config.num_honest, config.n), shards, model, {"batches": keys["batches"], "dropout": keys["dropout"]},
+                              config.batch_size, config.mode, config.local_steps, config.lr, device=device, norm=norm)
+        pool = config.build_pool()
+        return cls(config.attack, config.n, config.f, pool.public() if pool is not None else None, keys["adversary"], workers)
+
+    def rows(self, step: int, honest: torch.Tensor, weights: torch.Tensor | None = None, visible: list[int] | None = None) -> torch.Tensor:
+        from raymix.attacks import AdversaryView
+
+        if self.workers is not None:
+            return self.workers.compute(weights, step)[0]
+        seen = honest if visible is None else honest[torch.as_tensor(visible, dtype=torch.long)]
+        view = AdversaryView(honest=seen, n=self.n, f=self.f, step=int(step), pool=self.pool,
+                             generator=torch_generator(self.key, int(step)))
+        return self.attack(view).detach().cpu()
+
+
+# ---------------------------------------------------------------------------- the server's maths
+def update_stats(agg: torch.Tensor, honest_mean: torch.Tensor) -> dict[str, float]:
+    """Cosine and inner product of the aggregate with the honest mean, and their norm ratio."""
+    a, m = agg.double(), honest_mean.double()
+    ip = float(a @ m)
+    na, nm = float(a.norm()), float(m.norm())
+    cos = ip / (na * nm) if na > 0 and nm > 0 else float("nan")
+    return {"cosine": cos, "inner_product": ip, "norm_ratio": na / nm if nm > 0 else float("nan")}
+
+
+def aggregate(pool, G: torch.Tensor, f: int, key: int, step: int):
+    """Draw a member with the server's stream ``(key, step)`` and apply it to G; randomised
+    members (resampling, bucketing) get ``(key, "resample", step)``. Returns (aggregate, draw)."""
+    draw = pool.draw(torch_generator(key, step))
+    out = pool.rules[draw.index](G, f, generator=torch_generator(key, "resample", step))
+    return out, draw
+
+
+def apply_update(w: torch.nn.Parameter, opt: "torch.optim.Optimizer | None", agg: torch.Tensor) -> None:
+    """Gradient mode: ``w.grad = agg; opt.step()`` (the paper's server SGD). Model mode
+    (``opt`` None): ``w += agg``."""
+    if opt is not None:
+        w.grad = agg.detach().to(w.dtype).clone()
+        opt.step()
+        w.grad = None
+    else:
+        with torch.no_grad():
+            w.add_(agg.to(w.dtype))
+
+
+def fooled_members(pool, G: torch.Tensor, mu: torch.Tensor, f: int, generator: Callable[[], torch.Generator] | None = None) -> dict[str, Any]:
+    """Every distinct pool member on one step's inputs: which ones the attack fooled (inner
+    product with the honest mean ``mu`` < 0, or non-finite), weighted by multiplicity; and
+    each member's inner product relative to ||mu||^2 (1 = the honest mean itself)."""
+    size = len(pool)
+    fooled_family: dict[str, float] = {}
+    members_family: dict[str, float] = {}
+    fooled, frac, expected, relative = [], 0.0, 0.0, {}
+    mm = float(mu.double() @ mu.double())
+    for spec, family, rule, prob in pool.distinct_members():
+        out = rule(G, f, generator=generator() if generator is not None else None)
+        ip = float(out.double() @ mu.double())
+        relative[spec] = ip / mm if mm > 0 else float("nan")
+        expected += prob * relative[spec]
+        mult = prob * size
+        members_family[family] = members_family.get(family, 0.0) + mult
+        fooled_family.setdefault(family, 0.0)
+        if not math.isfinite(ip) or ip < 0:
+            fooled.append(spec)
+            fooled_family[family] += mult
+            frac += prob
+    return {
+        "fooled_fraction": frac,
+        "fooled_family": {k: round(v, 6) for k, v in fooled_family.items()},
+        "members_family": {k: round(v, 6) for k, v in members_family.items()},
+        "fooled": fooled,
+        "expected_inner_product": expected,  # <E[aggregate], mu> / ||mu||^2 over the draw
+        "relative_inner_product": relative,
+    }
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+class Server:
+    """The aggregator: the weights, the optimizer state, the pool and its PRIVATE draws, the
+    test set. ``step`` stacks ``[honest; Byzantine]``, draws, aggregates, updates, and returns
+    a small stats dict (and, at evaluation steps, the test loss and accuracy, the fooled
+    members with ``diagnose``, and the state after the step, for checkpoints)."""
+
+    def __init__(self, config, init_weights: torch.Tensor, model: ModelSpec, test, device: str = "cpu"):
+        c = config
+        self.f = int(c.f)
+        self.key = keys_for(c.seed)["aggregator"]
+        self.device = device
+        self.pool = c.build_pool()
+        self.w = torch.nn.Parameter(init_weights.clone().to(device))
+        self.opt = (torch.optim.SGD([self.w], lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+                    if c.mode == "gradient" else None)
+        self.computer = model.computer(device)
+        self.x_test, self.y_test = test[0].to(device), test[1].to(device)
+
+    def weights(self) -> torch.Tensor:
+        return self.w.detach().cpu().clone()
+
+    def state(self) -> dict[str, Any]:
+        return {"weights": self.weights(), "optimizer": None if self.opt is None else _to_cpu(self.opt.state_dict())}
+
+    def load_state(self, state: dict[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            self.w.copy_(state["weights"].to(self.device))
+        if self.opt is not None and state.get("optimizer") is not None:
+            self.opt.load_state_dict(state["optimizer"])
+        return self.weights()
+
+    def evaluate(self) -> dict[str, float]:
+        loss, acc = self.computer.loss_and_accuracy(self.w.detach(), self.x_test, self.y_test)
+        return {"test_loss": float(loss), "test_accuracy": float(acc)}
+
+    def step(self, step: int, H: torch.Tensor, byz: torch.Tensor | None, losses: torch.Tensor,
+             evaluate: bool = False, diagnose: bool = False) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        H = H.to(self.device)
+        mu = H.mean(0)
+        stats: dict[str, Any] = {"step": step, "train_loss": float(losses.mean())}
+        if self.pool is None:  # omniscient: the mean of the honest rows only
+            G, agg = H, mu
+            stats["drawn"], stats["family"] = "omniscient", "omniscient"
+        else:
+            G = H if byz is None else torch.cat([H, byz.to(self.device, H.dtype)])
+            agg, draw = aggregate(self.pool, G, self.f, self.key, step)
+            stats["drawn"], stats["family"] = draw.spec, draw.family
+        t1 = time.perf_counter()
+        stats["time_aggregation"] = t1 - t0
+        stats["nonfinite"] = not bool(torch.isfinite(agg).all())
+        stats.update(update_stats(agg, mu))
+        apply_update(self.w, self.opt, agg)
+        t2 = time.perf_counter()
+        stats["time_update"] = t2 - t1
+        if evaluate:
+            if diagnose and self.pool is not None:
+                stats["diagnostics"] = fooled_members(self.pool, G, mu, self.f, lambda: torch_generator(self.key, "diagnostics", step))
+            stats.update(self.evaluate())
+            stats["state"] = self.state()
+        stats["time_eval"] = time.perf_counter() - t2
+        return stats
+
+
+# ---------------------------------------------------------------------------- the single process
+def run_local(config, on_record: Callable[[dict], None] | None = None, computer_method: str | None = None) -> list[dict]:
+    """The whole simulation in this one process, no Ray: every honest worker's gradient in one
+    vectorised pass, the same adversary, draws, update and records as the Ray runtime. The
+    baseline the benchmarks measure raymix against, and the reference its tests compare with."""
+    from raymix.records import Interval, make_record
+
+    inputs = prepare(config)
+    workers = Workers.honest(config, range(config.num_honest), inputs.honest_shards, inputs.model, norm=inputs.norm)
+    if computer_method is not None:
+        workers.computer.method = computer_method
+    adversary = Adversary.for_config(config, inputs.model, inputs.byzantine_shards, norm=inputs.norm)
+    server = Server(config, inputs.init_weights, inputs.model, inputs.test)
+    interval, records = Interval(), []
+    t_start = t_interval = time.perf_counter()
+    for t in range(1, config.steps + 1):
+        w = server.weights()
+        t0 = time.perf_counter()
+        H, losses = workers.compute(w, t)
+        t1 = time.perf_counter()
+        byz = None if adversary is None else adversary.rows(t, H, w, knowledge_rows(config, t))
+        t2 = time.perf_counter()
+        is_eval = config.is_eval_step(t)
+        stats = server.step(t, H, byz, losses, is_eval, is_eval and config.diagnostics)
+        stats.update(time_gradients=t1 - t0, time_attack=t2 - t1)
+        stats.pop("state", None)
+        interval.add(stats)
+        if is_eval:
+            now = time.perf_counter()
+            records.append(make_record(stats, interval, now - t_interval, now - t_start))
+            if on_record is not None:
+                on_record(records[-1])
+            interval, t_interval = Interval(), now
+    return records
