@@ -14,9 +14,9 @@ Steady-state rates: steps/s between the records after ``--warmup`` steps (start-
 excluded), the median of ``--repeats`` windows; the single processes are measured before
 and after raymix, since a shared machine's load drifts. Start-up: seconds from launching
 the README's ``raymix run`` command to its first completed step (a fresh process, Ray
-started by it). Memory: the peak, sampled every 0.2 s, of the summed RSS of the run's own
-processes (the driver and the actors) and, separately, of Ray's daemons (raylet, GCS, idle
-workers, ...).
+started by it). Memory: the same command over the benchmark's step count, the peak sampled
+every 0.2 s of the summed RSS and PSS of its own processes (the driver and the actors) and,
+separately, of Ray's daemons and idle workers (raylet, GCS, agents, ...).
 
     .venv/bin/python benchmarks/step_throughput.py            # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/step_throughput.py --quick    # about 1.5 minutes
@@ -42,37 +42,39 @@ ACTOR_PREFIXES = ("ray::WorkerActor", "ray::ServerActor", "ray::SimulationTraina
 
 
 class PeakRSS:
-    """Peak summed RSS of this process tree, split into the run's own processes (this
-    process and the simulation's actors) and Ray's daemons and idle workers."""
+    """Peak summed memory of this process tree, split into the run's own processes (the root
+    process and the simulation's actors) and Ray's daemons and idle workers: RSS (which counts
+    the pages of shared libraries, torch's among them, once per process) and PSS (which
+    shares them out: what the processes take from the machine together)."""
 
     def __init__(self, root: int | None = None, interval: float = 0.2):
         self.root, self.interval = root or os.getpid(), interval
-        self.own = self.ray = 0
+        self.own = self.ray = self.own_pss = self.ray_pss = 0
         self._stop = threading.Event()
 
-    def _sample(self) -> tuple[int, int]:
-        own = ray = 0
+    def _sample(self) -> tuple[int, int, int, int]:
+        own = ray = own_pss = ray_pss = 0
         try:
             top = psutil.Process(self.root)
             procs = [top] + top.children(recursive=True)
         except psutil.NoSuchProcess:
-            return 0, 0
+            return 0, 0, 0, 0
         for p in procs:
             try:
-                rss = p.memory_info().rss
+                info = p.memory_full_info()
                 name = " ".join(p.cmdline()[:1])
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             if p.pid == self.root or name.startswith(ACTOR_PREFIXES):
-                own += rss
+                own, own_pss = own + info.rss, own_pss + info.pss
             else:
-                ray += rss
-        return own, ray
+                ray, ray_pss = ray + info.rss, ray_pss + info.pss
+        return own, ray, own_pss, ray_pss
 
     def _run(self):
         while not self._stop.is_set():
-            own, ray = self._sample()
-            self.own, self.ray = max(self.own, own), max(self.ray, ray)
+            sample = self._sample()
+            self.own, self.ray, self.own_pss, self.ray_pss = (max(a, b) for a, b in zip((self.own, self.ray, self.own_pss, self.ray_pss), sample))
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -105,22 +107,23 @@ def single(cfg, method: str, warmup: int) -> dict:
     return {"rates": windows(recs, warmup, cfg.eval_every), "timings": timings(recs, warmup)}
 
 
-def startup(data_dir: str, steps: int = 3) -> dict:
-    """The README's `raymix run` example in a fresh process: seconds to its first completed step."""
-    out = tempfile.mkdtemp(prefix="raymix-startup-")
+def cli_run(data_dir: str, steps: int, eval_every: int) -> dict:
+    """The README's `raymix run` example in a fresh process (Ray started by it): seconds to its
+    first record, and the peak memory of its processes."""
+    out = tempfile.mkdtemp(prefix="raymix-bench-")
     cmd = [sys.executable, "-m", "raymix", "run", "--dataset", "mnist", "--data-dir", data_dir, "--n", "12", "--f", "2",
-           "--aggregator", "mixtailor", "--attack", "ipm(epsilon=0.1)", "--steps", str(steps), "--eval-every", "1",
-           "--output-dir", out]
+           "--aggregator", "mixtailor", "--attack", "ipm(epsilon=0.1)", "--steps", str(steps), "--eval-every", str(eval_every),
+           "--eval-test-limit", "500", "--output-dir", out]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     first = None
     with PeakRSS(proc.pid) as mem:
         for line in proc.stderr:
-            if first is None and line.startswith("step 1/"):
+            if first is None and line.startswith(f"step {eval_every}/"):
                 first = time.perf_counter() - t0
         proc.wait()
-    return {"first_step_s": first, "total_s": time.perf_counter() - t0, "rc": proc.returncode,
-            "own_peak_mb": mem.own / 2**20, "ray_peak_mb": mem.ray / 2**20}
+    return {"first_record_s": first, "total_s": time.perf_counter() - t0, "rc": proc.returncode,
+            "own_mb": mem.own / 2**20, "ray_mb": mem.ray / 2**20, "own_pss_mb": mem.own_pss / 2**20, "ray_pss_mb": mem.ray_pss / 2**20}
 
 
 def main(argv=None) -> int:
@@ -150,22 +153,18 @@ def main(argv=None) -> int:
 
     def show(name: str, r: dict) -> None:
         print(f"{name:16s}: {statistics.median(r['rates']):6.2f} steps/s (windows {', '.join(f'{x:.2f}' for x in r['rates'])})"
-              + (f"; peak RSS {r['own_mb']:.0f} MiB" if "own_mb" in r else "")
               + "\n                  per step s: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in r["timings"].items()), flush=True)
 
     for method in ("vmap", "loop"):
-        with PeakRSS() as mem:
-            out[f"single_{method}"] = {**single(cfg, method, args.warmup), "own_mb": mem.own / 2**20}
+        out[f"single_{method}"] = single(cfg, method, args.warmup)
         show(f"single ({method})", out[f"single_{method}"])
 
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        with PeakRSS() as mem:
-            res = run_experiment(cfg)
+        res = run_experiment(cfg)
         out["raymix"] = {"rates": windows(res.records, args.warmup, args.steps), "timings": timings(res.records, args.warmup),
-                         "own_mb": mem.own / 2**20, "ray_mb": mem.ray / 2**20, "workers_per_actor": res.config.workers_per_actor}
+                         "workers_per_actor": res.config.workers_per_actor}
         show(f"raymix ({-(-10 // res.config.workers_per_actor)}x{res.config.workers_per_actor})", out["raymix"])
-        print(f"                  Ray's daemons and idle workers: peak RSS {mem.ray / 2**20:.0f} MiB", flush=True)
     finally:
         ray.shutdown()
     for method in ("vmap", "loop"):
@@ -179,10 +178,11 @@ def main(argv=None) -> int:
         out[f"ratio_{method}"] = rm / ref
         print(f"ratio raymix / single ({method}, median of its {len(out[f'single_{method}']['rates'])} windows {ref:.2f}): {rm / ref:.2f}x")
 
-    out["startup"] = startup(args.data_dir)
-    s = out["startup"]
-    print(f"start-up: `raymix run` (README example) to its first completed step {s['first_step_s']:.1f} s; "
-          f"peak RSS: driver and actors {s['own_peak_mb']:.0f} MiB, Ray's daemons {s['ray_peak_mb']:.0f} MiB (rc {s['rc']})", flush=True)
+    out["startup"] = s = cli_run(args.data_dir, 3, 1)
+    print(f"start-up: `raymix run` (README example) to its first completed step: {s['first_record_s']:.1f} s (rc {s['rc']})", flush=True)
+    out["memory"] = m = cli_run(args.data_dir, total, args.steps)
+    print(f"memory of `raymix run` over {total} steps, peak: driver and actors RSS {m['own_mb']:.0f} MiB (PSS {m['own_pss_mb']:.0f}); "
+          f"Ray's daemons and idle workers RSS {m['ray_mb']:.0f} MiB (PSS {m['ray_pss_mb']:.0f}) (rc {m['rc']})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -152,8 +152,8 @@ def test_validation_does_not_start_or_import_ray():
 def test_resources_gpu_fractions_and_packing():
     c = ExperimentConfig(n=12, f=2, workers_per_actor=5)
     sizes = actor_sizes(c)
-    assert sizes == [5, 5, 1]  # two packs, the server (aggregator and adversary)
-    assert actor_sizes(c.replace(attack="label_flip")) == [5, 5, 3]  # the server trains the f Byzantine workers too
+    assert sizes == [5, 5]  # the server (aggregator, adversary, first pack), the second pack
+    assert actor_sizes(c.replace(attack="label_flip")) == [7, 5]  # the server trains the f Byzantine workers too
     cpu, gpu = plan_resources(c, {"CPU": 16, "GPU": 1}, sizes)
     assert gpu == pytest.approx(1 / 12) and cpu == pytest.approx(0.2)  # no actor above one CPU
     assert plan_resources(c, {"CPU": 2}, sizes)[1] == 0.0

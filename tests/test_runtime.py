@@ -226,7 +226,7 @@ def test_label_sorted_omniscient_run(ray_session, tmp_path):
 
     def grab(step, ctx):
         if step == 1:
-            labels["honest"] = sum(ray.get([h.labels.remote() for h in ctx.honest_workers]), [])
+            labels["honest"] = sum(ray.get([h.labels.remote() for h in [ctx.server] + ctx.honest_workers]), [])
 
     c = ExperimentConfig(dataset="synthetic", n=12, f=2, partition="label_sorted", aggregator="omniscient",
                          attack="ipm(epsilon=10)", steps=3, eval_every=3, batch_size=8, workers_per_actor=5,
@@ -270,7 +270,7 @@ def test_python_dash_m_raymix():
 
 
 def test_resource_plan_that_cannot_fit_is_refused(ray_session, tmp_path):
-    with pytest.raises(ValueError, match=r"actors need 7 CPUs in all but the Ray cluster has 2"):
+    with pytest.raises(ValueError, match=r"actors need 6 CPUs in all but the Ray cluster has 2"):
         run_experiment(cfg(tmp_path, num_cpus_per_worker=1.0))
 
 
@@ -279,7 +279,7 @@ def test_auto_packing_gives_about_one_honest_actor_per_cpu(ray_session, tmp_path
     from raymix.runtime import Simulation
 
     with Simulation(ExperimentConfig(dataset="synthetic", model="mlp", n=12, f=2, steps=2, eval_every=2, batch_size=8)) as sim:
-        assert sim.config.workers_per_actor == 5 and len(sim.honest) == 2
-        assert sim.placement()["actors"] == 3  # two packs and the server
+        assert sim.config.workers_per_actor == 5 and len(sim.honest) == 1  # the server hosts the first pack
+        assert sim.placement()["actors"] == 2
         rec = sim.advance()
         assert rec["step"] == 2 and sim.done

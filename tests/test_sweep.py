@@ -64,7 +64,7 @@ def test_result_files_and_columns(small_sweep):
 def test_each_trials_actors_sat_in_its_placement_group(small_sweep):
     for d in small_sweep["trial_dirs"]:
         for rec in lines(d / "result.json"):
-            assert rec["actors"] == 2  # one packed honest actor, the server (aggregator and adversary)
+            assert rec["actors"] == 1  # the server: the aggregator, the adversary and the one pack of 6
             assert rec["actors_in_trial_placement_group"] == rec["actors"]
 
 
@@ -158,12 +158,12 @@ def test_each_trial_reserves_a_bundle_per_actor_it_starts():
                                           "num_cpus_per_worker": 0.05, "num_gpus_per_worker": 0.0, **kw})
         return trial_resources(cfg).bundles
 
-    # the trial itself + 2 honest packs + the server (aggregator and adversary in one process)
-    assert len(bundles(aggregator="krum")) == 4
-    assert len(bundles(aggregator="omniscient")) == 4
+    # the trial itself, the server (aggregator, adversary, first pack), the second pack
+    assert len(bundles(aggregator="krum")) == 3
+    assert len(bundles(aggregator="omniscient")) == 3
     assert bundles(aggregator="krum")[1] == {"CPU": 0.25}  # 5 workers x 0.05
     gpu = bundles(aggregator="krum", num_gpus_per_worker=1 / 12)
-    assert gpu[1]["GPU"] == pytest.approx(5 / 12, abs=1e-4) and gpu[-1]["GPU"] == pytest.approx(1 / 12, abs=1e-4)
+    assert gpu[1]["GPU"] == pytest.approx(5 / 12, abs=1e-4) and gpu[-1]["GPU"] == pytest.approx(5 / 12, abs=1e-4)
 
 
 def test_run_checkpoint_every_and_scale_overrides():
@@ -202,7 +202,7 @@ def test_a_trial_with_one_actor_per_worker_starts(ray_session, tmp_path):
                                      "attack": "alie", "steps": 2, "eval_every": 2, "workers_per_actor": 1}, {}, {})
     grid = run_sweep(sweep, storage_path=str(tmp_path), verbose=0)
     assert [r.error for r in grid] == [None]
-    assert grid[0].metrics["step"] == 2 and grid[0].metrics["actors_in_trial_placement_group"] == grid[0].metrics["actors"] == 6  # 5 honest, the server
+    assert grid[0].metrics["step"] == 2 and grid[0].metrics["actors_in_trial_placement_group"] == grid[0].metrics["actors"] == 5  # the server (with worker 0) and 4 packs
 
 
 def test_raymix_run_and_a_one_trial_sweep_of_the_same_config_write_the_same_records(ray_session, tmp_path):

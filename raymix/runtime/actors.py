@@ -2,10 +2,12 @@
 
 - ``WorkerActor``: a pack of ``workers_per_actor`` honest logical workers (their shards and
   one model replica): ``compute(weights, step) -> (rows, (losses, seconds))``.
-- ``ServerActor``: the aggregator (:class:`~raymix.step.Server`) and the adversary
-  (:class:`~raymix.step.Adversary`) as two separate objects in one process, so that a step
-  is one call after the honest rows are ready: two dependent hand-offs per step (workers ->
-  server -> workers) instead of three. The adversary object still receives only its
+- ``ServerActor``: the aggregator (:class:`~raymix.step.Server`), the adversary
+  (:class:`~raymix.step.Adversary`) and the first honest pack, as separate objects in one
+  process. A step is then one call after the other packs' rows are ready: two dependent
+  hand-offs per step (packs -> server -> packs), none at all for the server's own pack,
+  which computes the next step's rows while the other packs receive the weights (and a
+  one-pack simulation is one process). The adversary object still receives only its
   ``AdversaryView`` (or, for a data attack, its own shards and batch keys): never the seed,
   the server's key or the draw.
 
@@ -41,22 +43,36 @@ class WorkerActor:
 
 
 class ServerActor:
-    def __init__(self, config, init_weights, model, test, byzantine_shards=None, norm=None):
+    def __init__(self, config, init_weights, model, test, pack_ids, pack_shards, byzantine_shards=None, norm=None):
         device = actor_device()
         self.config = config
         self.server = Server(config, init_weights, model, test, device)
         self.adversary = Adversary.for_config(config, model, byzantine_shards, device, norm)
+        self.pack = Workers.honest(config, pack_ids, pack_shards, model, device, norm)
+        self.rows: dict[int, tuple] = {}
+
+    def compute(self, step: int) -> None:
+        """The server's own pack at the current weights (those after step-1: actor calls run in
+        order); kept for ``step``."""
+        t0 = time.perf_counter()
+        rows, losses = self.pack.compute(self.server.w.detach(), step)
+        self.rows = {step: (rows, (losses, time.perf_counter() - t0))}
 
     def weights(self) -> torch.Tensor:
         return self.server.weights()
+
+    def labels(self) -> list[list[int]]:
+        return self.pack.labels()
 
     def load_state(self, state: dict) -> torch.Tensor:
         return self.server.load_state(state)
 
     def step(self, step: int, evaluate: bool, diagnose: bool, num_blocks: int, *blocks):
-        """``blocks``: the honest packs' rows (worker order: Ray resolves them as top-level
-        arguments whatever order the packs finished in), then their (losses, seconds)."""
-        rows, aux = blocks[:num_blocks], blocks[num_blocks:]
+        """``blocks``: the other packs' rows (worker order: Ray resolves them as top-level
+        arguments whatever order the packs finished in), then their (losses, seconds); the
+        server's own pack (the first workers) was computed by ``compute(step)``."""
+        own_rows, own_aux = self.rows.pop(step)
+        rows, aux = (own_rows,) + blocks[:num_blocks], (own_aux,) + blocks[num_blocks:]
         H = torch.cat(rows)
         t0 = time.perf_counter()
         byz = None

@@ -41,11 +41,11 @@ def actor_groups(num_workers: int, workers_per_actor: int) -> list[list[int]]:
 
 def actor_sizes(config) -> list[int]:
     """Logical workers per actor, in the order the runtime creates the actors (and the Tune
-    layer lays out their bundles): each honest pack, then the server (the aggregator and the
-    adversary in one process: counted as one, plus the f Byzantine workers when they train
-    on data of their own)."""
-    sizes = [len(g) for g in actor_groups(config.num_honest, config.workers_per_actor)]
-    return sizes + [1 + (config.f if config.byzantine_use_data else 0)]
+    layer lays out their bundles): the server first (the aggregator, the adversary and the
+    first honest pack in one process: the pack's workers, plus the f Byzantine workers when
+    they train on data of their own), then each other honest pack."""
+    first, *others = [len(g) for g in actor_groups(config.num_honest, config.workers_per_actor)]
+    return [first + (config.f if config.byzantine_use_data else 0)] + others
 
 
 DRIVER_CPUS = 0.05  # a Tune trial's own process (bundle 0): it only submits tasks and waits

@@ -10,10 +10,11 @@
 
 One step, as the driver submits it (it never waits on weights or gradients)::
 
-    rows_i, aux_i = WorkerActor_i.compute(w_ref, t)              # every honest pack, same w_ref
+    rows_i, aux_i = WorkerActor_i.compute(w_ref, t)              # every pack but the first, same w_ref
+    ServerActor.compute(t)                                        # the first pack, in the server's process
     w_ref, stats  = ServerActor.step(t, eval?, diag?, k, *rows, *aux)
 
-Two dependent hand-offs per step (packs -> server -> packs). One step stays in flight:
+Two dependent hand-offs per step (packs -> server -> packs), none for the server's own pack. One step stays in flight:
 while the driver waits for step t's stats, step t+1 is already submitted, across
 ``advance`` calls too. The server returns its state with the stats of every evaluation
 step, so a checkpoint is the state after an evaluation even with the next step running.
@@ -99,8 +100,8 @@ def _ensure_ray(address: str | None) -> bool:
 
 def _bundle_assigner() -> Callable[[], dict]:
     """Inside a placement group (a Tune trial), each actor gets its own bundle, in the order
-    the Tune layer laid them out (bundle 0 is the trial itself; then the honest packs, then the
-    server): left to pick any bundle, small actors can fill the one sized for a larger
+    the Tune layer laid them out (bundle 0 is the trial itself; then the server, then the other
+    honest packs): left to pick any bundle, small actors can fill the one sized for a larger
     actor, which then never starts. Outside a placement group: no constraint."""
     from ray.util import get_current_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -146,8 +147,17 @@ class Simulation:
             bundle = _bundle_assigner()
             cpu_w, gpu_w = float(cfg.num_cpus_per_worker), float(cfg.num_gpus_per_worker)
             self._refs = []  # held for the run: a restarted actor re-reads its arguments
-            self.honest = []
-            for ids in actor_groups(cfg.num_honest, cfg.workers_per_actor):
+            self.honest = []  # the packs after the first (the server hosts the first)
+            first, *others = actor_groups(cfg.num_honest, cfg.workers_per_actor)
+            res = resources_for(cpu_w, gpu_w, len(first) + (cfg.f if cfg.byzantine_use_data else 0))
+            refs = [ray.put(x) for x in ([inputs.honest_shards[i] for i in first], inputs.test, inputs.byzantine_shards)]
+            self._refs += refs
+            # The server restarts, but never retries a step by itself: the driver reloads the
+            # last evaluation's state into it and replays the steps since (see _recover).
+            self.server = ray.remote(ServerActor).options(
+                num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0,
+                **bundle()).remote(cfg, inputs.init_weights, inputs.model, refs[1], first, refs[0], refs[2], inputs.norm)
+            for ids in others:
                 res = resources_for(cpu_w, gpu_w, len(ids))
                 shards = ray.put([inputs.honest_shards[i] for i in ids])
                 self._refs.append(shards)
@@ -155,14 +165,6 @@ class Simulation:
                     num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS,
                     max_task_retries=MAX_RESTARTS, **bundle()).remote(cfg, ids, shards, inputs.model, inputs.norm))
             self._actors += self.honest
-            res = resources_for(cpu_w, gpu_w, 1 + (cfg.f if cfg.byzantine_use_data else 0))
-            test, byz = ray.put(inputs.test), ray.put(inputs.byzantine_shards)
-            self._refs += [test, byz]
-            # The server restarts, but never retries a step by itself: the driver reloads the
-            # last evaluation's state into it and replays the steps since (see _recover).
-            self.server = ray.remote(ServerActor).options(
-                num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0,
-                **bundle()).remote(cfg, inputs.init_weights, inputs.model, test, byz, inputs.norm)
             self._actors.append(self.server)
             del inputs  # the object store holds the shards; the driver keeps nothing it does not need
             self._w_ref = self.server.weights.remote()
@@ -186,6 +188,7 @@ class Simulation:
         for cb in self._on_step:
             cb(t, StepContext(t, cfg, self.server, self.honest))
         outs = [h.compute.options(num_returns=2).remote(self._w_ref, t) for h in self.honest]
+        self.server.compute.remote(t)
         is_eval = cfg.is_eval_step(t)
         self._w_ref, stats = self.server.step.options(num_returns=2).remote(
             t, is_eval, is_eval and cfg.diagnostics, len(outs), *[r for r, _ in outs], *[a for _, a in outs])
