@@ -90,6 +90,9 @@ class SweepConfig:
         """The same sweep shrunk or grown without editing the YAML: ``steps`` replaces the
         experiment's step count (eval and checkpoint intervals are clipped to it), ``seeds``
         replaces the seed axis by seeds 0..seeds-1, ``set_values`` sets experiment fields."""
+        for name, value in (("steps", steps), ("seeds", seeds)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"--{name} must be an integer >= 1, got {value!r}")
         exp = dict(self.experiment)
         search = dict(self.search)
         if set_values:
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
-        if args.steps or args.seeds or args.set:
+        if args.steps is not None or args.seeds is not None or args.set:
             sweep = sweep.scaled(steps=args.steps, seeds=args.seeds, set_values=_parse_set(args.set))
         if args.max_concurrent:
             sweep = replace(sweep, run={**sweep.run, "max_concurrent_trials": args.max_concurrent})

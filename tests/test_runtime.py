@@ -274,12 +274,14 @@ def test_resource_plan_that_cannot_fit_is_refused(ray_session, tmp_path):
         run_experiment(cfg(tmp_path, num_cpus_per_worker=1.0))
 
 
-def test_auto_packing_gives_about_one_honest_actor_per_cpu(ray_session, tmp_path):
-    """workers_per_actor: auto (the default) on the 2-CPU test Ray: 10 honest workers in 2 packs."""
+def test_auto_packing_gives_about_one_pack_per_two_cpus(ray_session, tmp_path):
+    """workers_per_actor: auto (the default) on the 2-CPU test Ray: the 10 honest workers in one
+    pack, in the server's process, on two threads: the whole simulation is one actor."""
     from raymix.runtime import Simulation
 
     with Simulation(ExperimentConfig(dataset="synthetic", model="mlp", n=12, f=2, steps=2, eval_every=2, batch_size=8)) as sim:
-        assert sim.config.workers_per_actor == 5 and len(sim.honest) == 1  # the server hosts the first pack
-        assert sim.placement()["actors"] == 2
+        assert sim.config.workers_per_actor == 10 and sim.honest == []  # the server hosts the pack
+        where = sim.placement()
+        assert where["actors"] == 1 and where["threads"] == "2"
         rec = sim.advance()
         assert rec["step"] == 2 and sim.done

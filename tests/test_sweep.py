@@ -188,7 +188,7 @@ def test_a_trial_fits_its_cpu_budget_whatever_the_packing(wpa):
     assert total <= 2.0 + 1e-9, total
     check_trial_fits(cfg, {"CPU": 2.0})
     if wpa == "auto":
-        assert cfg.workers_per_actor == 5 and resolve_trial(params, {"CPU": 4.0}, 4.0).workers_per_actor == 3
+        assert cfg.workers_per_actor == 10 and resolve_trial(params, {"CPU": 4.0}, 4.0).workers_per_actor == 5
     with pytest.raises(ValueError, match="the cluster has 1"):
         check_trial_fits(cfg.replace(num_cpus_per_worker=0.5, num_gpus_per_worker=0.0), {"CPU": 1.0})
 
@@ -223,3 +223,23 @@ def test_raymix_run_and_a_one_trial_sweep_of_the_same_config_write_the_same_reco
     ckpts = sorted(trial.glob("checkpoint_*"))
     assert ckpts and load_checkpoint(ckpts[-1])["step"] == 4  # Tune's checkpoint, raymix's format
     assert list(trial.glob("events.out.tfevents.*"))  # TensorBoard-readable, by Tune
+
+
+@pytest.mark.parametrize("flags, message", [(["--steps", "0"], "--steps must be an integer >= 1"),
+                                            (["--seeds", "0"], "--seeds must be an integer >= 1")])
+def test_impossible_overrides_are_refused_in_one_line(flags, message, capsys):
+    from raymix.sweep import main
+
+    assert main([str(REPO / "tune_configs" / "quick.yaml")] + flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_default_concurrency_counts_memory_as_well_as_cpus():
+    from raymix.runtime.resources import PROCESS_MEMORY, default_concurrency
+
+    cfg = ExperimentConfig(dataset="synthetic", n=12, f=2, workers_per_actor=10)  # one process: the server
+    per_trial = 2 * PROCESS_MEMORY  # the server and the trial's own process
+    assert default_concurrency({"CPU": 8.0, "memory": 100 * per_trial}, cfg) == 8  # CPUs bind
+    assert default_concurrency({"CPU": 8.0, "memory": 3.5 * per_trial}, cfg) == 3  # memory binds
+    assert default_concurrency({"CPU": 8.0, "memory": 0.5 * per_trial}, cfg) == 1  # never below one

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from raymix.runtime.resources import actor_device, actor_placement
+from raymix.runtime.resources import actor_device, actor_placement, actor_threads
 from raymix.step import Adversary, Server, Workers, knowledge_rows
 
 __all__ = ["WorkerActor", "ServerActor"]
@@ -28,6 +28,7 @@ __all__ = ["WorkerActor", "ServerActor"]
 
 class WorkerActor:
     def __init__(self, config, worker_ids, shards, model, norm=None):
+        torch.set_num_threads(actor_threads(config.num_cpus_per_worker, len(worker_ids)))
         self.workers = Workers.honest(config, worker_ids, shards, model, actor_device(), norm)
 
     def compute(self, weights: torch.Tensor, step: int):
@@ -44,6 +45,7 @@ class WorkerActor:
 
 class ServerActor:
     def __init__(self, config, init_weights, model, test, pack_ids, pack_shards, byzantine_shards=None, norm=None):
+        torch.set_num_threads(actor_threads(config.num_cpus_per_worker, len(pack_ids) + (config.f if byzantine_shards else 0)))
         device = actor_device()
         self.config = config
         self.server = Server(config, init_weights, model, test, device)
