@@ -8,11 +8,12 @@ Setting: n=12 workers, f=2 Byzantine, batch 50, the paper CNN, the 64-rule pool
   gradients in one ``torch.func.vmap`` pass, the same adversary, draw, update and records
   as raymix (the step module itself): the best a single process does.
 - ``single (loop)``: the same, the gradients one after another (what the paper's code does).
-- ``raymix``: ``run_experiment`` (the Simulation on a local Ray), ``workers_per_actor`` auto.
+- ``raymix``: the ``Simulation`` on a local Ray, ``workers_per_actor`` auto (``--packings``:
+  others beside it, each planned for the machine's cores).
 
-Steady-state rates: steps/s between the records after ``--warmup`` steps (start-up
-excluded), the median of ``--repeats`` windows; the single processes are measured before
-and after raymix, since a shared machine's load drifts. Start-up: seconds from launching
+Steady-state rates (start-up excluded: ``--warmup`` steps first), in windows of ``--steps``
+steps taken in turn (vmap, loop, raymix, vmap, ...), so each ratio compares neighbours in
+time on a machine whose load drifts; the medians are reported. Start-up: seconds from launching
 the README's ``raymix run`` command to its first completed step (a fresh process, Ray
 started by it). Memory: the same command over the benchmark's step count, the peak sampled
 every 0.2 s of the summed RSS and PSS of its own processes (the driver and the actors) and,
@@ -20,6 +21,8 @@ separately, of Ray's daemons and idle workers (raylet, GCS, agents, ...).
 
     .venv/bin/python benchmarks/step_throughput.py            # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/step_throughput.py --quick    # about 1.5 minutes
+    .venv/bin/python benchmarks/step_throughput.py --packings auto,5   # and two packs of 5, interleaved too
+    .venv/bin/python benchmarks/step_throughput.py --quick --scaling 100,1000   # and raymix at n = 100, 1000
 """
 from __future__ import annotations
 
@@ -87,24 +90,48 @@ class PeakRSS:
         self._thread.join()
 
 
-def windows(records: list[dict], warmup: int, steps: int) -> list[float]:
-    """Steps/s over each timed window (records every ``steps`` steps after ``warmup``)."""
-    at = {r["step"]: r["wall_time"] for r in records}
-    ends = [s for s in sorted(at) if s > warmup]
-    return [steps / (at[e] - at[e - steps]) for e in ends if e - steps in at]
-
-
-def timings(records: list[dict], warmup: int) -> dict[str, float]:
-    late = [r for r in records if r["step"] > warmup]
+def timings(records: list[dict]) -> dict[str, float]:
     keys = ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait")
-    return {k: statistics.mean(r[k] for r in late) for k in keys}
+    return {k: statistics.mean(r[k] for r in records) for k in keys}
 
 
-def single(cfg, method: str, warmup: int) -> dict:
-    from raymix.step import run_local
+def interleaved(cfg, warmup: int, repeats: int, packings: list) -> dict:
+    """Steady-state steps/s of the two single processes and raymix, window by window in turn
+    (vmap, loop, raymix, vmap, ...), so that each ratio compares neighbours in time on a
+    machine whose load drifts. raymix's window is timed from a settled start (no step in
+    flight) to a settled end: exactly one window of steps either way."""
+    from raymix.runtime import Simulation
+    from raymix.step import LocalSimulation
 
-    recs = run_local(cfg, computer_method=method)
-    return {"rates": windows(recs, warmup, cfg.eval_every), "timings": timings(recs, warmup)}
+    sims = {"single (vmap)": LocalSimulation(cfg, "vmap"), "single (loop)": LocalSimulation(cfg, "loop")}
+    cpus = os.cpu_count()
+    for p in packings:
+        sim = Simulation(cfg.replace(workers_per_actor=p, num_cpus_per_worker=cpus / cfg.num_honest) if p != "auto" else cfg, cpus=cpus)
+        sims[f"raymix ({-(-cfg.num_honest // sim.config.workers_per_actor)}x{sim.config.workers_per_actor})"] = sim
+    raymix = [name for name in sims if name.startswith("raymix")]
+    out = {name: {"rates": [], "records": []} for name in sims}
+    try:
+        for name, sim in sims.items():  # warm-up, untimed: start-up, first allocations
+            while sim.step < warmup:
+                sim.advance()
+            if name in raymix:
+                sim.settle()
+        for _ in range(repeats):
+            for name, sim in sims.items():
+                start, t0 = sim.step, time.perf_counter()
+                rec = sim.advance()
+                if name in raymix:
+                    sim.settle()
+                out[name]["rates"].append((rec["step"] - start) / (time.perf_counter() - t0))
+                out[name]["records"].append(rec)
+    finally:
+        for name in raymix:
+            sims[name].close()
+    for r in out.values():
+        r["timings"] = t = timings(r.pop("records"))
+        # The records' own wait counts the other processes' windows in between: take it from the window instead.
+        t["time_wait"] = max(statistics.median(1 / x for x in r["rates"]) - sum(v for k, v in t.items() if k != "time_wait"), 0.0)
+    return out
 
 
 def cli_run(data_dir: str, steps: int, eval_every: int) -> dict:
@@ -131,9 +158,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("RAYMIX_DATA_DIR") or str(REPO.parent / "shared" / "data"))
     ap.add_argument("--steps", type=int, default=20, help="steps per timed window")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps first (start-up)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed windows per measurement (median reported)")
-    ap.add_argument("--workers-per-actor", default="auto")
+    ap.add_argument("--repeats", type=int, default=6, help="timed windows of each (medians reported)")
+    ap.add_argument("--packings", default="auto", help="raymix's packings to run, interleaved: 'auto' or "
+                    "workers per pack, comma-separated (e.g. 10,5: one pack of 10 on two threads against two of 5)")
     ap.add_argument("--quick", action="store_true", help="--steps 10 --warmup 10 --repeats 2")
+    ap.add_argument("--scaling", default="", help="comma-separated n (f=2) for raymix alone afterwards, e.g. 100,1000")
+    ap.add_argument("--scaling-steps", type=int, default=4, help="timed steps per scaling run (after as many untimed)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -144,39 +174,41 @@ def main(argv=None) -> int:
     from raymix.config import ExperimentConfig
     from raymix.runtime import run_experiment
 
-    wpa = args.workers_per_actor if args.workers_per_actor == "auto" else int(args.workers_per_actor)
+    packings = [p if p == "auto" else int(p) for p in args.packings.split(",")]
     total = args.warmup + args.repeats * args.steps
     cfg = ExperimentConfig(dataset="mnist", data_dir=args.data_dir, n=12, f=2, batch_size=50, lr=0.001, momentum=0.9,
                            weight_decay=1e-4, aggregator="mixtailor", attack="ipm(epsilon=0.1)", eval_test_limit=500,
-                           steps=total, eval_every=args.steps, workers_per_actor=wpa, seed=0)
+                           steps=total, eval_every=args.steps, seed=0)
     out: dict = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:]}
 
     def show(name: str, r: dict) -> None:
         print(f"{name:16s}: {statistics.median(r['rates']):6.2f} steps/s (windows {', '.join(f'{x:.2f}' for x in r['rates'])})"
               + "\n                  per step s: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in r["timings"].items()), flush=True)
 
-    for method in ("vmap", "loop"):
-        out[f"single_{method}"] = single(cfg, method, args.warmup)
-        show(f"single ({method})", out[f"single_{method}"])
-
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # Room for every packing's actors at once (only one computes at a time); each plans for the real cores.
+    ray.init(num_cpus=os.cpu_count() * len(packings), include_dashboard=False, log_to_driver=False)
     try:
-        res = run_experiment(cfg)
-        out["raymix"] = {"rates": windows(res.records, args.warmup, args.steps), "timings": timings(res.records, args.warmup),
-                         "workers_per_actor": res.config.workers_per_actor}
-        show(f"raymix ({-(-10 // res.config.workers_per_actor)}x{res.config.workers_per_actor})", out["raymix"])
+        out.update(interleaved(cfg, args.warmup, args.repeats, packings))
+        for name in [k for k in out if k.startswith(("single", "raymix"))]:
+            show(name, out[name])
+        for name in [k for k in out if k.startswith("raymix")]:
+            for base in ("single (vmap)", "single (loop)"):
+                ratios = [a / b for a, b in zip(out[name]["rates"], out[base]["rates"])]
+                out[f"ratio {name} / {base}"] = statistics.median(ratios)
+                print(f"ratio {name} / {base}, window by window: {', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}x")
+            best = [a / max(b, c) for a, b, c in zip(out[name]["rates"], out["single (vmap)"]["rates"], out["single (loop)"]["rates"])]
+            out[f"ratio {name} / best"] = statistics.median(best)
+            print(f"ratio {name} / the faster single process of each window: median {statistics.median(best):.2f}x", flush=True)
+        out["scaling"] = []
+        for n in [int(x) for x in args.scaling.split(",") if x.strip()]:
+            k = args.scaling_steps
+            r = run_experiment(cfg.replace(n=n, steps=2 * k, eval_every=k))
+            at = {x["step"]: x["wall_time"] for x in r.records}
+            row = {"n": n, "workers_per_actor": r.config.workers_per_actor, "rates": [k / (at[2 * k] - at[k])], "timings": timings(r.records[1:])}
+            out["scaling"].append(row)
+            show(f"raymix n={n} ({-(-(n - 2) // r.config.workers_per_actor)}x{r.config.workers_per_actor})", row)
     finally:
         ray.shutdown()
-    for method in ("vmap", "loop"):
-        again = single(cfg, method, args.warmup)
-        out[f"single_{method}"]["rates"] += again["rates"]
-        print(f"single ({method}), again: windows {', '.join(f'{x:.2f}' for x in again['rates'])}", flush=True)
-
-    rm = statistics.median(out["raymix"]["rates"])
-    for method in ("vmap", "loop"):
-        ref = statistics.median(out[f"single_{method}"]["rates"])
-        out[f"ratio_{method}"] = rm / ref
-        print(f"ratio raymix / single ({method}, median of its {len(out[f'single_{method}']['rates'])} windows {ref:.2f}): {rm / ref:.2f}x")
 
     out["startup"] = s = cli_run(args.data_dir, 3, 1)
     print(f"start-up: `raymix run` (README example) to its first completed step: {s['first_record_s']:.1f} s (rc {s['rc']})", flush=True)

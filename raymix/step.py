@@ -27,7 +27,7 @@ from raymix.seeding import stream_seed, torch_generator
 
 __all__ = [
     "ModelSpec", "Workers", "Adversary", "Server", "Inputs", "prepare", "keys_for",
-    "aggregate", "apply_update", "update_stats", "fooled_members", "knowledge_rows", "run_local",
+    "aggregate", "apply_update", "update_stats", "fooled_members", "knowledge_rows", "LocalSimulation", "run_local",
 ]
 
 
@@ -343,36 +343,55 @@ class Server:
 
 
 # ---------------------------------------------------------------------------- the single process
-def run_local(config, on_record: Callable[[dict], None] | None = None, computer_method: str | None = None) -> list[dict]:
+class LocalSimulation:
     """The whole simulation in this one process, no Ray: every honest worker's gradient in one
-    vectorised pass, the same adversary, draws, update and records as the Ray runtime. The
-    baseline the benchmarks measure raymix against, and the reference its tests compare with."""
-    from raymix.records import Interval, make_record
+    vectorised pass, the same adversary, draws, update and records as the Ray runtime, and the
+    same surface as ``raymix.runtime.Simulation`` (``advance`` to the next evaluation,
+    ``done``). The baseline the benchmarks measure raymix against, and the reference its tests
+    compare with. ``computer_method``: ``vmap`` (default) or ``loop`` for the gradients."""
 
-    inputs = prepare(config)
-    workers = Workers.honest(config, range(config.num_honest), inputs.honest_shards, inputs.model, norm=inputs.norm)
-    if computer_method is not None:
-        workers.computer.method = computer_method
-    adversary = Adversary.for_config(config, inputs.model, inputs.byzantine_shards, norm=inputs.norm)
-    server = Server(config, inputs.init_weights, inputs.model, inputs.test)
-    interval, records = Interval(), []
-    t_start = t_interval = time.perf_counter()
-    for t in range(1, config.steps + 1):
-        w = server.weights()
-        t0 = time.perf_counter()
-        H, losses = workers.compute(w, t)
-        t1 = time.perf_counter()
-        byz = None if adversary is None else adversary.rows(t, H, w, knowledge_rows(config, t))
-        t2 = time.perf_counter()
-        is_eval = config.is_eval_step(t)
-        stats = server.step(t, H, byz, losses, is_eval, is_eval and config.diagnostics)
-        stats.update(time_gradients=t1 - t0, time_attack=t2 - t1)
-        stats.pop("state", None)
-        interval.add(stats)
-        if is_eval:
-            now = time.perf_counter()
-            records.append(make_record(stats, interval, now - t_interval, now - t_start))
-            if on_record is not None:
-                on_record(records[-1])
-            interval, t_interval = Interval(), now
+    def __init__(self, config, computer_method: str | None = None):
+        inputs = prepare(config)
+        self.config = config
+        self.workers = Workers.honest(config, range(config.num_honest), inputs.honest_shards, inputs.model, norm=inputs.norm)
+        if computer_method is not None:
+            self.workers.computer.method = computer_method
+        self.adversary = Adversary.for_config(config, inputs.model, inputs.byzantine_shards, norm=inputs.norm)
+        self.server = Server(config, inputs.init_weights, inputs.model, inputs.test)
+        self.step = 0
+        self._t_start = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.config.steps
+
+    def advance(self) -> dict:
+        """Run to the next evaluation step and return its record."""
+        from raymix.records import Interval, make_record
+
+        interval, t_interval = Interval(), time.perf_counter()
+        while True:
+            t = self.step = self.step + 1
+            w = self.server.weights()
+            t0 = time.perf_counter()
+            H, losses = self.workers.compute(w, t)
+            t1 = time.perf_counter()
+            byz = None if self.adversary is None else self.adversary.rows(t, H, w, knowledge_rows(self.config, t))
+            t2 = time.perf_counter()
+            is_eval = self.config.is_eval_step(t)
+            stats = self.server.step(t, H, byz, losses, is_eval, is_eval and self.config.diagnostics)
+            stats.update(time_gradients=t1 - t0, time_attack=t2 - t1)
+            stats.pop("state", None)
+            interval.add(stats)
+            if is_eval:
+                now = time.perf_counter()
+                return make_record(stats, interval, now - t_interval, now - self._t_start)
+
+
+def run_local(config, computer_method: str | None = None) -> list[dict]:
+    """:class:`LocalSimulation` from the first step to the last: its records."""
+    sim = LocalSimulation(config, computer_method)
+    records = []
+    while not sim.done:
+        records.append(sim.advance())
     return records

@@ -69,10 +69,14 @@ class ServerActor:
     def load_state(self, state: dict) -> torch.Tensor:
         return self.server.load_state(state)
 
-    def step(self, step: int, evaluate: bool, diagnose: bool, num_blocks: int, *blocks):
+    def step(self, step: int, evaluate: bool, diagnose: bool, send_weights: bool, num_blocks: int, *blocks):
         """``blocks``: the other packs' rows (worker order: Ray resolves them as top-level
         arguments whatever order the packs finished in), then their (losses, seconds); the
-        server's own pack (the first workers) was computed by ``compute(step)``."""
+        server's own pack (the first workers) was computed by ``compute(step)``, or is
+        computed now when there is no other pack to overlap with. Returns (the new weights,
+        or None when no other pack needs them, and the stats)."""
+        if step not in self.rows:
+            self.compute(step)
         own_rows, own_aux = self.rows.pop(step)
         rows, aux = (own_rows,) + blocks[:num_blocks], (own_aux,) + blocks[num_blocks:]
         H = torch.cat(rows)
@@ -85,7 +89,7 @@ class ServerActor:
         stats = self.server.step(step, H, byz, torch.cat([l.reshape(-1) for l, _ in aux]), evaluate, diagnose)
         stats["time_gradients"] = max(s for _, s in aux)
         stats["time_attack"] = t1 - t0
-        return self.server.weights(), stats
+        return (self.server.weights() if send_weights else None), stats
 
     def where(self) -> dict:
         return actor_placement()

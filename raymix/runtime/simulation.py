@@ -12,7 +12,9 @@ One step, as the driver submits it (it never waits on weights or gradients)::
 
     rows_i, aux_i = WorkerActor_i.compute(w_ref, t)              # every pack but the first, same w_ref
     ServerActor.compute(t)                                        # the first pack, in the server's process
-    w_ref, stats  = ServerActor.step(t, eval?, diag?, k, *rows, *aux)
+    w_ref, stats  = ServerActor.step(t, eval?, diag?, True, k, *rows, *aux)
+
+With one pack (the server's), a step is one call: ``ServerActor.step(t, eval?, diag?, False, 0)``.
 
 Two dependent hand-offs per step (packs -> server -> packs), none for the server's own pack. One step stays in flight:
 while the driver waits for step t's stats, step t+1 is already submitted, across
@@ -188,10 +190,11 @@ class Simulation:
         for cb in self._on_step:
             cb(t, StepContext(t, cfg, self.server, self.honest))
         outs = [h.compute.options(num_returns=2).remote(self._w_ref, t) for h in self.honest]
-        self.server.compute.remote(t)
+        if outs:  # the server's own pack works while the others receive the weights
+            self.server.compute.remote(t)
         is_eval = cfg.is_eval_step(t)
         self._w_ref, stats = self.server.step.options(num_returns=2).remote(
-            t, is_eval, is_eval and cfg.diagnostics, len(outs), *[r for r, _ in outs], *[a for _, a in outs])
+            t, is_eval, is_eval and cfg.diagnostics, bool(outs), len(outs), *[r for r, _ in outs], *[a for _, a in outs])
         self._pending.append((t, stats))
         self._submitted = t
 
@@ -219,6 +222,14 @@ class Simulation:
                 record = make_record(stats, self._interval, now - self._t_interval, now - self._t_start)
                 self._interval, self._t_interval = Interval(), now
                 return record
+
+    def settle(self) -> None:
+        """Wait until the step already in flight has finished (benchmarks time another
+        computation next to this one without overlapping it)."""
+        import ray
+
+        if self._pending:
+            ray.wait([self._pending[0][1]], num_returns=1)
 
     def _recover(self) -> None:
         """The server died (Ray restarts it): once it answers again, reload the last
