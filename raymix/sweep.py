@@ -270,14 +270,17 @@ def run_sweep(
         sweep = load_sweep(sweep)
     run = dict(sweep.run)
     storage = str(Path(storage_path or run.get("storage_path") or "~/ray_results").expanduser().resolve())
+    from raymix.runtime.resources import check_files
     from raymix.runtime.simulation import _ensure_ray
 
+    points = [_absolute_data_dir(p) for p in expand_grid(sweep.experiment, sweep.search)]
+    for point in points:  # before Ray starts: a missing data directory costs nothing
+        check_files(ExperimentConfig.from_dict(point))
     started = _ensure_ray(address)
     try:
         from raymix.runtime.resources import default_concurrency
 
         cluster = ray.cluster_resources()
-        points = [_absolute_data_dir(p) for p in expand_grid(sweep.experiment, sweep.search)]
         concurrency = int(run.get("max_concurrent_trials") or 0) or None
         if concurrency is None and not run.get("trial_cpus"):
             # One trial per CPU, as many as memory holds: trials share nothing, so running

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
+__all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
 
 
 class Refused(ValueError):
@@ -72,6 +72,17 @@ def auto_workers_per_actor(num_honest: int, cpus: float, gpus: float) -> int:
     return math.ceil(num_honest / min(max(actors, 1), max(num_honest, 1)))
 
 
+def check_files(config) -> None:
+    """The preflight's first half, which needs no Ray: the data files are there (run before
+    Ray starts, so a missing directory costs no start-up)."""
+    from raymix.config import check_data
+
+    try:
+        check_data(config)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+
+
 def preflight(config, cluster: dict[str, float], cpus: float | None = None):
     """The checks of the environment, apart from value validation, and the resolved config.
 
@@ -80,12 +91,7 @@ def preflight(config, cluster: dict[str, float], cpus: float | None = None):
     resolves ``workers_per_actor: auto`` and the per-worker CPU/GPU shares, and refuses a
     plan whose actors cannot all be placed at once. Returns the config with every ``auto``
     replaced by its value, which is what travels to the actors."""
-    from raymix.config import check_data
-
-    try:
-        check_data(config)
-    except ValueError as exc:
-        raise Refused(str(exc)) from None
+    check_files(config)
     total_cpus = float(cluster.get("CPU", 1) or 1)
     budget = total_cpus if cpus is None else float(cpus)
     gpus = float(cluster.get("GPU", 0) or 0)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 from raymix.config import ExperimentConfig
 from raymix.records import Interval, RecordWriter, columns, make_record, read_records
 from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
-from raymix.runtime.resources import Refused, actor_groups, preflight, resources_for
+from raymix.runtime.resources import Refused, actor_groups, check_files, preflight, resources_for
 
 __all__ = ["Simulation", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
 
@@ -138,6 +138,7 @@ class Simulation:
         from raymix.runtime.actors import ServerActor, WorkerActor
         from raymix.step import prepare
 
+        check_files(config)  # before Ray starts: a missing data directory costs nothing
         self._started_ray = _ensure_ray(address)
         self._actors: list = []
         try:
