@@ -119,6 +119,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         return 2
     from raymix.runtime import run_experiment
     from raymix.runtime.resources import Refused
+    from raymix.runtime.simulation import Diverged
 
     try:
         result = run_experiment(cfg, resume=args.resume, address=args.address, overwrite=args.overwrite,
@@ -126,6 +127,9 @@ def cmd_run(argv: Sequence[str]) -> int:
     except Refused as exc:  # the preflight's refusals (data, resources, resume, overwrite)
         print(f"raymix run: {exc}", file=sys.stderr)
         return 2
+    except Diverged as exc:
+        print(f"raymix run: diverged at {exc}", file=sys.stderr)
+        return 3
     acc = result.final_accuracy
     print(f"final test accuracy {acc:.4f} at step {result.final.get('step')} ({result.steps_per_second:.2f} steps/s)"
           if acc is not None else "no evaluation recorded")

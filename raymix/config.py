@@ -27,6 +27,7 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
 MODELS = ("auto", "paper_cnn", "mlp", "logreg")
 MODES = ("gradient", "model")
+DIVERGENCE = ("stop", "skip")
 # Fields whose value is a spec string; from_dict also accepts {"name": ..., **args} for them.
 SPEC_FIELDS = ("aggregator", "attack")
 
@@ -56,6 +57,7 @@ class ExperimentConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     resampling: int = 0
+    on_divergence: str = "stop"
     # evaluation and records
     eval_every: int = 10
     eval_test_limit: int | None = None
@@ -300,6 +302,7 @@ def _validate(c: ExperimentConfig) -> None:
     need_num("momentum", 0.0, False)
     need_num("weight_decay", 0.0, False)
     need_int("resampling", 0)
+    need_choice("on_divergence", DIVERGENCE)
     need_int("eval_every", 1)
     need_int("eval_test_limit", 1, optional=True)
     need_bool("diagnostics")

@@ -19,7 +19,7 @@ __all__ = ["RecordWriter", "Interval", "is_record_key", "make_record", "columns"
 TIMING_KEYS = ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait", "steps_per_second", "wall_time")
 _PARTS = TIMING_KEYS[:5]  # the per-step busy times the stats report
 _RECORD_KEYS = frozenset(("step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio",
-                          "cosine_mean", "nonfinite_steps", "drawn", "drawn_family") + TIMING_KEYS)
+                          "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged", "drawn", "drawn_family") + TIMING_KEYS)
 
 
 def is_record_key(key: str) -> bool:
@@ -32,7 +32,7 @@ class Interval:
     Checkpoints are taken at evaluations only, where it is empty, so it is never saved."""
 
     def __init__(self) -> None:
-        self.steps, self.loss_sum, self.cos_sum, self.nonfinite = 0, 0.0, 0.0, 0
+        self.steps, self.loss_sum, self.cos_sum, self.nonfinite, self.skipped = 0, 0.0, 0.0, 0, 0
         self.drawn: Counter = Counter()
         self.family: Counter = Counter()
         self.times: Counter = Counter()
@@ -44,6 +44,7 @@ class Interval:
         self.loss_sum += s["train_loss"]
         self.cos_sum += s["cosine"] if s["cosine"] == s["cosine"] else 0.0
         self.nonfinite += int(s["nonfinite"])
+        self.skipped += int(s.get("skipped", False))
         for k in _PARTS:
             self.times[k] += s.get(k, 0.0)
 
@@ -61,9 +62,12 @@ def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall:
         "norm_ratio": stats["norm_ratio"],
         "cosine_mean": iv.cos_sum / k,
         "nonfinite_steps": iv.nonfinite,
+        "skipped_steps": iv.skipped,
         "drawn": dict(sorted(iv.drawn.items())),
         "drawn_family": dict(sorted(iv.family.items())),
     }
+    if "diverged" in stats:
+        rec["diverged"] = stats["diverged"]
     if "diagnostics" in stats:
         d = stats["diagnostics"]
         rec["diag_fooled_fraction"] = d["fooled_fraction"]
@@ -81,7 +85,7 @@ def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall:
 
 def columns(pool, diagnostics: bool) -> list[str]:
     """progress.csv's header, fixed at the start from the pool's members."""
-    cols = ["step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio", "cosine_mean", "nonfinite_steps"]
+    cols = ["step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio", "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged"]
     if pool is None:
         cols += ["drawn.omniscient", "drawn_family.omniscient"]
     else:
@@ -141,13 +145,17 @@ def read_records(path: "str | Path") -> list[dict[str, Any]]:
 
 
 def _truncate_lines(path: Path, keep: int) -> None:
-    """Keep the first ``keep`` lines of ``path``."""
+    """Keep the first ``keep`` lines of ``path``, cut in place (a crash while cutting loses
+    nothing before the cut; the file is not rewritten)."""
     if not path.exists():
         return
-    with open(path, "rb") as fh:
-        lines = fh.readlines()
-    with open(path, "wb") as fh:
-        fh.writelines(lines[:keep])
+    with open(path, "rb+") as fh:
+        for _ in range(keep):
+            if not fh.readline():
+                return
+        fh.truncate(fh.tell())
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 class RecordWriter:

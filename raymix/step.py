@@ -287,6 +287,7 @@ class Server:
     def __init__(self, config, init_weights: torch.Tensor, model: ModelSpec, test, device: str = "cpu"):
         c = config
         self.f = int(c.f)
+        self.on_divergence = c.on_divergence
         self.key = keys_for(c.seed)["aggregator"]
         self.device = device
         self.pool = c.build_pool()
@@ -330,7 +331,15 @@ class Server:
         stats["time_aggregation"] = t1 - t0
         stats["nonfinite"] = not bool(torch.isfinite(agg).all())
         stats.update(update_stats(agg, mu))
-        apply_update(self.w, self.opt, agg)
+        # A non-finite aggregate (or honest loss) never reaches the weights or the momentum:
+        # "stop" ends the run at this step, "skip" drops this step's update and goes on.
+        bad = "the aggregate" if stats["nonfinite"] else "the honest training loss" if not math.isfinite(stats["train_loss"]) else None
+        stats["skipped"] = bad is not None
+        if bad is None:
+            apply_update(self.w, self.opt, agg)
+        elif self.on_divergence == "stop":
+            stats["diverged"] = f"step {step}: {bad} is not finite (drawn rule {stats['drawn']}); the update was not applied"
+            evaluate = True  # the run ends here: a record of it, with the state before the step
         t2 = time.perf_counter()
         stats["time_update"] = t2 - t1
         if evaluate:
@@ -359,11 +368,12 @@ class LocalSimulation:
         self.adversary = Adversary.for_config(config, inputs.model, inputs.byzantine_shards, norm=inputs.norm)
         self.server = Server(config, inputs.init_weights, inputs.model, inputs.test)
         self.step = 0
+        self.diverged: str | None = None
         self._t_start = time.perf_counter()
 
     @property
     def done(self) -> bool:
-        return self.step >= self.config.steps
+        return self.step >= self.config.steps or self.diverged is not None
 
     def advance(self) -> dict:
         """Run to the next evaluation step and return its record."""
@@ -383,7 +393,9 @@ class LocalSimulation:
             stats.update(time_gradients=t1 - t0, time_attack=t2 - t1)
             stats.pop("state", None)
             interval.add(stats)
-            if is_eval:
+            if "diverged" in stats:
+                self.diverged = stats["diverged"]
+            if is_eval or "diverged" in stats:
                 now = time.perf_counter()
                 return make_record(stats, interval, now - t_interval, now - self._t_start)
 

@@ -178,7 +178,7 @@ def test_resume_refuses_a_different_config(base_run, tmp_path):
 def test_resume_may_move_the_data_and_nothing_is_overwritten(base_run, tmp_path):
     import shutil
 
-    with pytest.raises(ValueError, match="no checkpoint under"):
+    with pytest.raises(ValueError, match="nothing to resume in .*: no readable checkpoint under"):
         run_experiment(cfg(tmp_path), resume=True)  # nothing to resume: an error, not a fresh start
     shutil.copytree(base_run[0].output_dir, tmp_path, dirs_exist_ok=True)
     before = (tmp_path / "records.jsonl").read_text()
@@ -285,3 +285,51 @@ def test_auto_packing_gives_about_one_pack_per_two_cpus(ray_session, tmp_path):
         assert where["actors"] == 1 and where["threads"] == "2"
         rec = sim.advance()
         assert rec["step"] == 2 and sim.done
+
+
+def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_session, tmp_path):
+    """on_divergence: stop (the default): the run ends at the first non-finite aggregate with
+    a message naming the step and the drawn rule, the last record says so, the weights are
+    the ones before the step; `raymix run` exits 3 with one line. `skip` drops the update."""
+    from raymix.cli import main
+    from raymix.runtime.simulation import Diverged
+    from raymix.step import run_local
+
+    c = ExperimentConfig(dataset="synthetic", model="mlp", n=7, f=1, aggregator="mean", attack="nonfinite(kind='nan')",
+                         steps=6, eval_every=3, batch_size=8, output_dir=str(tmp_path / "stop"))
+    with pytest.raises(Diverged, match=r"step 1: the aggregate is not finite \(drawn rule mean\)"):
+        run_experiment(c)
+    recs = read_records(tmp_path / "stop")
+    assert [r["step"] for r in recs] == [1] and "step 1" in recs[0]["diverged"]
+    assert math.isfinite(recs[0]["test_loss"]) and recs[0]["skipped_steps"] == 1
+    local = run_local(c)
+    assert [r["step"] for r in local] == [1] and local[0]["diverged"] == recs[0]["diverged"]
+    skip = run_experiment(c.replace(on_divergence="skip", output_dir=str(tmp_path / "skip")))
+    assert [r["step"] for r in skip.records] == [3, 6] and all(r["skipped_steps"] == 3 for r in skip.records)
+    assert skip.records[-1]["test_loss"] == recs[0]["test_loss"]  # nothing was ever applied
+    args = ["run", "--dataset", "synthetic", "--model", "mlp", "--n", "7", "--f", "1", "--aggregator", "mean",
+            "--attack", "nonfinite(kind='nan')", "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--quiet"]
+    proc = subprocess.run([sys.executable, "-m", "raymix"] + args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert [l for l in proc.stderr.splitlines() if l.startswith("raymix run:")] == [
+        "raymix run: diverged at step 1: the aggregate is not finite (drawn rule mean); the update was not applied"]
+
+
+def test_resume_passes_over_a_torn_checkpoint_and_a_torn_record(base_run, tmp_path):
+    """A crash can leave the newest checkpoint half-written, a temporary directory and a
+    half-written last record behind: resume removes the temporary directory, warns and falls
+    back to the checkpoint before, cuts the records back in place, and ends with an
+    uninterrupted run's records."""
+    import shutil
+
+    shutil.copytree(base_run[0].output_dir, tmp_path, dirs_exist_ok=True)
+    newest = tmp_path / "checkpoints" / "step_000006"
+    data = (newest / "state.pt").read_bytes()
+    (newest / "state.pt").write_bytes(data[: len(data) // 2])  # torn
+    (tmp_path / "checkpoints" / ".tmp-step_000009-123").mkdir()
+    with open(tmp_path / "records.jsonl", "a") as fh:
+        fh.write('{"step": 7, "test_acc')  # torn
+    resumed = run_experiment(cfg(tmp_path), resume=True)
+    assert resumed.resumed_from == 3
+    same_records(base_run[0].records, read_records(tmp_path))
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))

@@ -243,3 +243,22 @@ def test_default_concurrency_counts_memory_as_well_as_cpus():
     assert default_concurrency({"CPU": 8.0, "memory": 100 * per_trial}, cfg) == 8  # CPUs bind
     assert default_concurrency({"CPU": 8.0, "memory": 3.5 * per_trial}, cfg) == 3  # memory binds
     assert default_concurrency({"CPU": 8.0, "memory": 0.5 * per_trial}, cfg) == 1  # never below one
+
+
+def test_a_diverged_trial_ends_without_retry_and_is_marked(ray_session, tmp_path):
+    from raymix.analysis import load_results
+    from raymix.analysis.plots import summary_table
+    from raymix.sweep import run_sweep
+
+    exp = {"dataset": "synthetic", "model": "mlp", "n": 7, "f": 1, "attack": "nonfinite(kind='nan')", "steps": 4,
+           "eval_every": 2, "batch_size": 8}
+    sweep = SweepConfig("div", exp, {"aggregator": {"grid_search": ["mean", "comed"]}}, {"max_failures": 2})
+    grid = run_sweep(sweep, storage_path=str(tmp_path), verbose=0)
+    by = {r.config["aggregator"]: r for r in grid}
+    assert by["mean"].error is None and "step 1" in by["mean"].metrics["diverged"]  # ended, not errored
+    assert not list(Path(by["mean"].path).glob("error.txt"))  # never retried
+    assert "diverged" not in by["comed"].metrics and by["comed"].metrics["step"] == 4  # comed shrugs the NaN rows off
+    df = load_results(tmp_path / "div")
+    assert set(df[df.trial_diverged].aggregator) == {"mean"}
+    table = summary_table(df).set_index("aggregator")
+    assert table.loc["mean", "diverged"] == 1 and table.loc["comed", "diverged"] == 0

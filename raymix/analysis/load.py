@@ -125,6 +125,8 @@ def load_results(source: "str | os.PathLike | Any", step_column: str = "step") -
         df["trial"] = tdir.name
         df["trial_dir"] = str(tdir)
         df["errored"] = (tdir / "error.txt").exists()
+        # A run stopped by on_divergence=stop ends with a record that says so.
+        df["trial_diverged"] = bool("diverged" in df.columns and df["diverged"].notna().any())
         for k, v in _describe(config).items():
             df[k] = v
         if step_column in df.columns:

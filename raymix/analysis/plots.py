@@ -165,8 +165,11 @@ def summary_table(df: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
     best = df.groupby("trial")[metric].max().rename("best")
     fin = fin.join(best, on="trial")
     keys = [k for k in ("attack", "aggregator") if k in fin.columns and fin[k].notna().any()]
+    if "trial_diverged" not in fin.columns:
+        fin = fin.assign(trial_diverged=False)
     table = fin.groupby(keys).agg(
-        final_mean=(metric, "mean"), final_std=(metric, "std"), best_mean=("best", "mean"), seeds=("trial", "count"), steps=(STEP, "max")
+        final_mean=(metric, "mean"), final_std=(metric, "std"), best_mean=("best", "mean"), seeds=("trial", "count"), steps=(STEP, "max"),
+        diverged=("trial_diverged", "sum"),
     ).reset_index()
     if "aggregator" in keys:
         if keys == ["aggregator"]:

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from raymix.rules import _kernels as K
 from raymix.rules._common import check, int_arg, rule_arg, spec_text
 from raymix.rules.base import RULES, Rule
 
@@ -33,15 +34,31 @@ def bucket_means(G: torch.Tensor, s: int, generator: torch.Generator | None = No
 
 def resample_means(G: torch.Tensor, s: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """s-replacement resampling: n outputs, output j the mean of row perm_r[j] over s
-    independent random permutations, so every input is used exactly s times (an (n, d) stack)."""
+    independent random permutations, so every input is used exactly s times (an (n, d) stack).
+
+    A pick that is a non-finite row (NaN/Inf entries, or a sum that overflows) is left out of
+    its output's mean, so a bad row never spoils the honest rows it is mixed with: an output
+    is non-finite only when all s of its picks are bad, which f bad rows (s uses each) can
+    do to at most f outputs, and the inner rule, kept at f, handles those."""
     n = G.shape[0]
     if generator is None:
         generator = torch.Generator().manual_seed(DEFAULT_SEED)
     perms = torch.stack([torch.randperm(n, generator=generator, device=generator.device) for _ in range(s)]).to(G.device)
-    out = G[perms[0]].clone()
-    for r in range(1, s):  # s rounds (s is small), each a whole-stack gather
-        out.add_(G[perms[r]])
-    return out.div_(s)
+    good = ~K.bad_rows(G)
+    if bool(good.all()):
+        out = G[perms[0]].clone()
+        for r in range(1, s):  # s rounds (s is small), each a whole-stack gather
+            out.add_(G[perms[r]])
+        return out.div_(s)
+    out = torch.zeros_like(G)
+    count = torch.zeros(n, dtype=G.dtype, device=G.device)
+    for r in range(s):
+        ok = good[perms[r]]
+        out[ok] += G[perms[r][ok]]
+        count += ok.to(G.dtype)
+    out = out / count.clamp_min(1)[:, None]
+    out[count == 0] = G[perms[0][count == 0]]  # every pick bad: the bad row itself
+    return out
 
 
 def _requirement(s: int, inner: Rule):

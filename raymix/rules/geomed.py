@@ -34,6 +34,8 @@ def weiszfeld_coefficients(Kg: torch.Tensor, nu: float, iters: int, tol: float) 
 
 
 def _geomed(G, f, p=2.0, nu=1e-6, iters=100, tol=1e-6, generator=None) -> torch.Tensor:
+    if bool(K.bad_rows(G).all()):  # no finite row: the median is undefined, and says so
+        return torch.full(G.shape[1:], float("nan"), dtype=G.dtype, device=G.device)
     if p == 2:
         Kf, bad = K.gram(G)
         if bool(bad.any()):
@@ -64,7 +66,7 @@ def geometric_median(G: torch.Tensor, f: int, p: float = 2, nu: float = 1e-6, it
     """Smoothed Weiszfeld from the mean of the finite rows: z <- sum_i w_i x_i / sum_i w_i,
     w_i = 1 / max(nu, ||x_i - z||_p), until ||z_new - z||_2 <= tol ||z_new||_2 or ``iters``
     steps. For p = 2 the classic geometric median; for p != 2 the fixed point of the same
-    iteration with l^p distances. Needs n > 2f."""
+    iteration with l^p distances. Needs n > 2f. With no finite row at all: a NaN vector."""
     p, nu, iters, tol = _args(p, nu, iters, tol)
     check("geomed", G, f, need_more_than_2f)
     return _geomed(G, f, p, nu, iters, tol)

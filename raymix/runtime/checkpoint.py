@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["write_checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_dir", "clear_checkpoints"]
+__all__ = ["write_checkpoint", "save_checkpoint", "load_checkpoint", "load_latest", "latest_checkpoint", "checkpoint_dir",
+           "clear_checkpoints", "remove_stale"]
 
 FORMAT = 1
 
@@ -28,13 +29,23 @@ def checkpoint_dir(output_dir: "str | Path") -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_checkpoint(directory: "str | Path", state: dict[str, Any]) -> Path:
-    """Write ``state`` into the (existing or new) ``directory``."""
+    """Write ``state`` into the (existing or new) ``directory``, flushed to the disk."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({**state, "format": FORMAT}, directory / "state.pt")
     with open(directory / "meta.json", "w") as fh:
         json.dump({"step": int(state["step"]), "records": int(state.get("records", 0)), "format": FORMAT}, fh)
+    for p in (directory / "state.pt", directory / "meta.json", directory):
+        _fsync(p)
     return directory
 
 
@@ -49,6 +60,7 @@ def save_checkpoint(directory: "str | Path", state: dict[str, Any]) -> Path:
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
+    _fsync(directory.parent)  # the rename itself survives a crash
     return directory
 
 
@@ -58,25 +70,55 @@ def load_checkpoint(directory: "str | Path") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain values "
-                         f"(a raymix checkpoint never does; loading it could run code): {str(exc).splitlines()[0]}") from None
+        if "weights only" in str(exc).lower():
+            raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain values "
+                             f"(a raymix checkpoint never does; loading it could run code)") from None
+        raise ValueError(f"{path} is corrupt: {str(exc).splitlines()[0]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a raymix checkpoint (format {FORMAT})")
     return state
 
 
-def latest_checkpoint(output_dir: "str | Path") -> Path | None:
+def _checkpoints(output_dir: "str | Path") -> list[Path]:
+    """The step_* checkpoints under ``output_dir``, newest first."""
     root = checkpoint_dir(output_dir)
-    if not root.exists():
-        return None
     found = []
-    for p in root.iterdir():
+    for p in root.iterdir() if root.exists() else ():
         if p.is_dir() and p.name.startswith("step_") and (p / "state.pt").exists():
             try:
                 found.append((int(p.name[5:]), p))
             except ValueError:
                 continue
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(output_dir: "str | Path") -> Path | None:
+    found = _checkpoints(output_dir)
+    return found[0] if found else None
+
+
+def load_latest(output_dir: "str | Path", warn=print) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that reads back: a torn or corrupt one (a crash while it was
+    written, a disk that filled up) is passed over, with a warning, for the one before.
+    A file holding code is refused, never passed over."""
+    for path in _checkpoints(output_dir):
+        try:
+            return path, load_checkpoint(path)
+        except ValueError as exc:
+            if "refusing to load" in str(exc):
+                raise
+            warn(f"raymix: skipping the unreadable checkpoint {path}: {exc}")
+        except (EOFError, RuntimeError, OSError) as exc:
+            warn(f"raymix: skipping the unreadable checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return None
+
+
+def remove_stale(output_dir: "str | Path") -> None:
+    """Remove the temporary directories a crash left behind while writing a checkpoint."""
+    root = checkpoint_dir(output_dir)
+    for p in root.iterdir() if root.exists() else ():
+        if p.is_dir() and p.name.startswith(".tmp-"):
+            shutil.rmtree(p)
 
 
 def clear_checkpoints(output_dir: "str | Path") -> None:

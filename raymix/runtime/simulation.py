@@ -28,6 +28,7 @@ since are replayed: the records are those of an undisturbed run.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -36,15 +37,20 @@ from typing import Any, Callable, Iterable, Sequence
 
 from raymix.config import ExperimentConfig
 from raymix.records import Interval, RecordWriter, columns, make_record, read_records
-from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, load_latest, remove_stale, save_checkpoint
 from raymix.runtime.resources import Refused, actor_groups, check_files, preflight, resources_for
 
-__all__ = ["Simulation", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
+__all__ = ["Simulation", "Diverged", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
 
 MAX_RESTARTS = 4  # per actor; a worker pack's tasks are retried as often
 # Fields a resumed run may change: where and how it runs, and how long; not what it computes.
 RESUME_MAY_CHANGE = {"output_dir", "data_dir", "steps", "checkpoint_every", "workers_per_actor", "num_gpus_per_worker",
                      "num_cpus_per_worker", "diagnostics"}
+
+
+class Diverged(RuntimeError):
+    """The run stopped at a non-finite aggregate or loss (``on_divergence: stop``): a
+    deterministic failure, recorded in the last record's ``diverged`` and not retried."""
 
 
 @dataclass
@@ -176,6 +182,7 @@ class Simulation:
             self._interval = Interval()
             self._last_state: dict[str, Any] = {"step": 0, "weights": None, "optimizer": None}
             self.recoveries = 0
+            self.diverged: str | None = None  # the message of a run stopped by on_divergence=stop
             self._t_start = self._t_interval = time.perf_counter()
         except BaseException:
             self.close()
@@ -184,7 +191,7 @@ class Simulation:
     # ------------------------------------------------------------------ driving
     @property
     def done(self) -> bool:
-        return self.step >= self.config.steps
+        return self.step >= self.config.steps or self.diverged is not None
 
     def _submit(self, t: int) -> None:
         cfg = self.config
@@ -219,6 +226,7 @@ class Simulation:
             self._interval.add(stats)
             if "state" in stats:
                 self._last_state = {"step": t, **stats.pop("state")}
+                self.diverged = stats.get("diverged")
                 now = time.perf_counter()
                 record = make_record(stats, self._interval, now - self._t_interval, now - self._t_start)
                 self._interval, self._t_interval = Interval(), now
@@ -345,10 +353,11 @@ def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hook
     if resume:
         if out is None:
             raise Refused("resume needs an output_dir")
-        path = latest_checkpoint(out)
-        if path is None:
-            raise Refused(f"nothing to resume in {out}: no checkpoint under {checkpoint_dir(out)}")
-        ckpt = load_checkpoint(path)
+        remove_stale(out)
+        found = load_latest(out, warn=lambda m: print(m, file=sys.stderr))
+        if found is None:
+            raise Refused(f"nothing to resume in {out}: no readable checkpoint under {checkpoint_dir(out)}")
+        ckpt = found[1]
     elif out is not None and (out / "records.jsonl").exists() and not overwrite:
         raise Refused(f"{out} already holds a run: resume it (--resume) or replace it (--overwrite)")
     on_eval = [h.on_eval for h in hooks or () if hasattr(h, "on_eval")] + ([progress] if progress else [])
@@ -371,11 +380,13 @@ def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hook
                 records.append(record)
                 for cb in on_eval:
                     cb(record)
-                if out is not None and checkpoint_due(cfg, record["step"]):
+                if out is not None and checkpoint_due(cfg, record["step"]) and sim.diverged is None:
                     path = save_checkpoint(checkpoint_dir(out) / f"step_{record['step']:06d}", {**sim.state(), "records": writer.count})
                     for cb in on_checkpoint:
                         cb(record["step"], path)
         finally:
             writer.close()
         loop = time.perf_counter() - t_loop
+        if sim.diverged is not None:
+            raise Diverged(sim.diverged + (f"; records in {out}" if out is not None else ""))
     return RunResult(sim.config, records, out, (cfg.steps - start) / loop if loop > 0 else 0.0, time.perf_counter() - t0, start)
