@@ -130,6 +130,12 @@ def cmd_run(argv: Sequence[str]) -> int:
     except Diverged as exc:
         print(f"raymix run: diverged at {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:  # the disk filled up, or went away, while writing records or a checkpoint
+        if exc.errno is None:
+            raise
+        print(f"raymix run: {exc.strerror} while writing {exc.filename or cfg.output_dir}: what was written is kept; "
+              f"free space and continue with --resume", file=sys.stderr)
+        return 1
     acc = result.final_accuracy
     print(f"final test accuracy {acc:.4f} at step {result.final.get('step')} ({result.steps_per_second:.2f} steps/s)"
           if acc is not None else "no evaluation recorded")

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 __all__ = ["ExperimentConfig", "check_data", "DATASETS", "PARTITIONS", "MODELS", "MODES", "SPEC_FIELDS"]
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
+_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "synthetic": 10}
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
 MODELS = ("auto", "paper_cnn", "mlp", "logreg")
 MODES = ("gradient", "model")
@@ -101,7 +102,8 @@ class ExperimentConfig:
     @classmethod
     def from_yaml(cls, path: "str | Path", overrides: Mapping[str, Any] | None = None) -> "ExperimentConfig":
         path = Path(path)
-        data = read_yaml_mapping(path, "config file", "a mapping of field: value")
+        lines: dict = {}
+        data = read_yaml_mapping(path, "config file", "a mapping of field: value", lines)
         # A sweep-style file ({experiment: {...}}) is accepted for its experiment section.
         if set(data) >= {"experiment"} and set(data) <= {"name", "description", "experiment", "search", "run"}:
             data = data["experiment"] or {}
@@ -117,7 +119,7 @@ class ExperimentConfig:
         try:
             return cls.from_dict(merged)
         except (ValueError, TypeError) as exc:
-            raise type(exc)(f"{path}: {exc}") from None
+            raise type(exc)(f"{path}{yaml_line(exc, lines, overrides)}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """A flat dict of plain values; ``from_dict(to_dict())`` gives an equal config."""
@@ -170,18 +172,60 @@ class ExperimentConfig:
 
 
 # ---------------------------------------------------------------------------- helpers
-def read_yaml_mapping(path: "str | Path", what: str, holds: str) -> dict:
-    """A YAML file's top-level mapping, with errors that name the file."""
+def read_yaml_mapping(path: "str | Path", what: str, holds: str, key_lines: dict | None = None) -> dict:
+    """A YAML file's top-level mapping, with errors that name the file and the line.
+    ``key_lines`` (optional) receives the line of every key, for messages about its value."""
     import yaml
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no {what} at {path}")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            data = yaml.load(fh, Loader=_make_unique_key_loader({} if key_lines is None else key_lines)) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}{where}: not valid YAML: {problem}") from None
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: a {what} holds {holds}")
     return dict(data)
+
+
+def yaml_line(exc: Exception, key_lines: dict, overrides: Mapping | None = None) -> str:
+    """' line N' of the first config field the message names that the YAML file set (and no
+    flag overrode), else ''."""
+    import re
+
+    words = re.findall(r"[A-Za-z_]+", str(exc))
+    for w in words:
+        if w in key_lines and w in ExperimentConfig.field_names() and not (overrides and w in overrides):
+            return f" line {key_lines[w]}"
+    return ""
+
+
+def _make_unique_key_loader(key_lines: dict):
+    """A safe YAML loader that refuses a key given twice in one mapping (YAML would let the
+    last one win silently), naming the key and both lines."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_lines[key] = key_node.start_mark.line + 1
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return Loader
 
 
 def make_pool(aggregator: str, n: int, f: int, resampling: int = 0, drop_invalid: bool = False):
@@ -363,6 +407,12 @@ def _validate(c: ExperimentConfig) -> None:
             attack.check(c.n, c.f)
     except (SpecError, ValueError, TypeError) as exc:
         raise err(f"attack {c.attack!r}: {exc}") from None
+    classes = getattr(attack, "num_classes", None)
+    if classes is not None and classes != _NUM_CLASSES[c.dataset]:
+        raise err(f"attack {c.attack}: num_classes={classes}, but {c.dataset} has {_NUM_CLASSES[c.dataset]} classes")
+    shards = c.n if (c.f > 0 and not c.is_omniscient and not getattr(attack, "crafts_gradients", True)) else c.num_honest
+    if c.train_limit is not None and c.train_limit < shards:
+        raise err(f"train_limit={c.train_limit} is fewer samples than the {shards} workers that need a shard each")
     if c.f > 0 and getattr(attack, "crafts_gradients", True) and not c.is_omniscient:
         need = getattr(attack, "min_visible", 0)
         if c.knowledge < need:

@@ -121,6 +121,9 @@ def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None)
     root = resolve_data_dir(data_dir)
     missing = _missing_files(name, root)
     if not missing:
+        if name in _IDX_DATASETS:
+            for f in _expected_files(name, root):
+                _check_idx_header(_find(f))
         return
     source = (
         "the data_dir argument" if data_dir not in (None, "")
@@ -137,6 +140,23 @@ def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None)
 
 
 # ----------------------------------------------------------------------------- readers
+def _check_idx_header(path: pathlib.Path) -> None:
+    """An idx file's header against its size, reading 16 bytes (a truncated or foreign file is
+    refused before any actor starts; gzipped files are checked when read)."""
+    if path.suffix == ".gz":
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        magic = int.from_bytes(head, "big") if len(head) == 4 else -1
+        ndim = magic & 0xFF if magic >= 0 else 0
+        if magic < 0 or (magic >> 8) & 0xFF != 0x08 or magic >> 16 != 0 or not 1 <= ndim <= 4:
+            raise ValueError(f"{path}: not a uint8 idx file (corrupt or foreign)")
+        dims = [int.from_bytes(fh.read(4), "big") for _ in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if path.stat().st_size != expected:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, its header says {expected} (truncated or corrupt)")
+
+
 def read_idx(path: "str | os.PathLike") -> np.ndarray:
     """Parse an idx file (optionally .gz): big-endian header (magic, dims), uint8 payload."""
     path = pathlib.Path(path)

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from raymix.config import ExperimentConfig, read_yaml_mapping
+from raymix.config import ExperimentConfig, read_yaml_mapping, yaml_line
 
 __all__ = ["SweepConfig", "load_sweep", "run_sweep", "trial_resources", "expand_grid"]
 
@@ -152,17 +152,24 @@ def expand_grid(experiment: Mapping[str, Any], search: Mapping[str, Any]) -> lis
 
 def load_sweep(path: "str | os.PathLike") -> SweepConfig:
     path = Path(path)
-    data = read_yaml_mapping(path, "sweep file", "a mapping with name, experiment, search and run")
+    lines: dict = {}
+    data = read_yaml_mapping(path, "sweep file", "a mapping with name, experiment, search and run", lines)
     unknown = set(data) - {"name", "description", "experiment", "search", "run"}
     if unknown:
         raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected name, description, experiment, search, run")
-    return SweepConfig(
-        name=data.get("name") or path.stem,
-        experiment=data.get("experiment") or {},
-        search=data.get("search") or {},
-        run=data.get("run") or {},
-        source=str(path),
-    )
+    try:
+        return SweepConfig(
+            name=data.get("name") or path.stem,
+            experiment=data.get("experiment") or {},
+            search=data.get("search") or {},
+            run=data.get("run") or {},
+            source=str(path),
+        )
+    except ValueError as exc:
+        line = yaml_line(exc, lines)
+        if not line:
+            raise
+        raise ValueError(f"{exc} ({path}{line})") from None
 
 
 # ---------------------------------------------------------------------------- resources

@@ -333,3 +333,54 @@ def test_resume_passes_over_a_torn_checkpoint_and_a_torn_record(base_run, tmp_pa
     assert resumed.resumed_from == 3
     same_records(base_run[0].records, read_records(tmp_path))
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_full_disk_while_checkpointing_costs_no_record(base_run, tmp_path, monkeypatch):
+    """The second checkpoint's write fails with ENOSPC: the run stops with the error, and a
+    resume (space freed) ends with an undisturbed run's records."""
+    import errno
+    import os
+
+    import raymix.runtime.checkpoint as ck
+
+    real, calls = ck.torch.save, []
+
+    def full_disk(obj, path, *a, **kw):
+        if not isinstance(path, (str, os.PathLike)):  # Ray serialises tensors with torch.save too
+            return real(obj, path, *a, **kw)
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(obj, path, *a, **kw)
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_experiment(cfg(tmp_path))
+    monkeypatch.setattr(ck.torch, "save", real)
+    resumed = run_experiment(cfg(tmp_path), resume=True)
+    assert resumed.resumed_from == 3
+    same_records(base_run[0].records, read_records(tmp_path))
+
+
+def test_a_sigkilled_driver_resumes_to_the_same_records(base_run, tmp_path):
+    """`raymix run` SIGKILLed (with the Ray it started) mid-run, then `--resume`: the records
+    equal an uninterrupted run's."""
+    import os
+    import signal
+    import time
+
+    c = cfg(tmp_path, steps=30, eval_every=2, checkpoint_every=0, diagnostics=False)
+    args = [sys.executable, "-m", "raymix", "run", "--quiet"] + [
+        x for k, v in c.to_dict().items() if v is not None and k not in ("num_cpus_per_worker", "num_gpus_per_worker")
+        for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(read_records(tmp_path) if (tmp_path / "records.jsonl").exists() else []) < 4:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = len(read_records(tmp_path))
+    assert 4 <= killed_at < 15, killed_at
+    resumed = run_experiment(c, resume=True)
+    assert resumed.resumed_from >= 6
+    same_records(run_experiment(c.replace(output_dir=str(tmp_path / "whole"))).records, read_records(tmp_path))

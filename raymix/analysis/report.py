@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="where to write (default: SWEEP_DIR/report)")
     ap.add_argument("--title", default=None)
     args = ap.parse_args(argv)
-    path = write_report(args.sweep_dir, args.out, args.title)
+    try:
+        path = write_report(args.sweep_dir, args.out, args.title)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"raymix report: {exc}", file=sys.stderr)
+        return 2
     print(path)
     return 0

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from raymix.runtime.resources import Refused
+
 __all__ = ["write_checkpoint", "save_checkpoint", "load_checkpoint", "load_latest", "latest_checkpoint", "checkpoint_dir",
            "clear_checkpoints", "remove_stale"]
 
@@ -71,11 +73,11 @@ def load_checkpoint(directory: "str | Path") -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower():
-            raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain values "
+            raise Refused(f"refusing to load {path}: it holds objects other than tensors and plain values "
                              f"(a raymix checkpoint never does; loading it could run code)") from None
-        raise ValueError(f"{path} is corrupt: {str(exc).splitlines()[0]}") from None
+        raise Refused(f"{path} is corrupt: {str(exc).splitlines()[0]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a raymix checkpoint (format {FORMAT})")
+        raise Refused(f"{path} is not a raymix checkpoint (format {FORMAT})")
     return state
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
 
@@ -75,12 +76,21 @@ def auto_workers_per_actor(num_honest: int, cpus: float, gpus: float) -> int:
 def check_files(config) -> None:
     """The preflight's first half, which needs no Ray: the data files are there (run before
     Ray starts, so a missing directory costs no start-up)."""
+    import tempfile
+
     from raymix.config import check_data
 
     try:
         check_data(config)
     except ValueError as exc:
         raise Refused(str(exc)) from None
+    if config.output_dir is not None:
+        out = Path(config.output_dir).expanduser()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=out).close()
+        except OSError as exc:
+            raise Refused(f"output_dir {str(out)!r} cannot be written: {exc.strerror or exc}") from None
 
 
 def preflight(config, cluster: dict[str, float], cpus: float | None = None):

@@ -279,11 +279,7 @@ class Simulation:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (a checkpoint). Only fields in ``RESUME_MAY_CHANGE`` may
         differ from the config it was saved with."""
-        saved = state.get("config") or {}
-        mine = self.config.to_dict()
-        diff = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and saved.get(k, mine[k]) != mine[k])
-        if diff:
-            raise Refused(f"cannot resume: the config differs from the checkpoint's in {diff}")
+        check_resumable(state, self.config)
         self._last_state = {k: state[k] for k in ("step", "weights", "optimizer")}
         self._load(self._last_state)
 
@@ -337,6 +333,15 @@ class RunResult:
         return self.final.get("test_accuracy")
 
 
+def check_resumable(state: dict[str, Any], config: ExperimentConfig) -> None:
+    """Refuse to continue ``state`` under a config that computes something else: only the
+    fields in ``RESUME_MAY_CHANGE`` (where and how it runs, and how long) may differ."""
+    saved, mine = state.get("config") or {}, config.to_dict()
+    diff = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and saved.get(k, mine[k]) != mine[k])
+    if diff:
+        raise Refused(f"cannot resume: the config differs from the checkpoint's in {diff}")
+
+
 def checkpoint_due(config: ExperimentConfig, step: int) -> bool:
     """At evaluations: every one (``checkpoint_every: 0``), or every ``checkpoint_every`` steps, and the last."""
     return config.is_eval_step(step) and (not config.checkpoint_every or step % config.checkpoint_every == 0 or step == config.steps)
@@ -358,6 +363,7 @@ def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hook
         if found is None:
             raise Refused(f"nothing to resume in {out}: no readable checkpoint under {checkpoint_dir(out)}")
         ckpt = found[1]
+        check_resumable(ckpt, cfg)  # before any actor starts
     elif out is not None and (out / "records.jsonl").exists() and not overwrite:
         raise Refused(f"{out} already holds a run: resume it (--resume) or replace it (--overwrite)")
     on_eval = [h.on_eval for h in hooks or () if hasattr(h, "on_eval")] + ([progress] if progress else [])
