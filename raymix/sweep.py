@@ -100,14 +100,16 @@ class SweepConfig:
                 search.pop(k, None)
                 exp[k] = v
         if steps is not None:
-            steps = int(steps)
+            steps, before = int(steps), int(exp.get("steps") or ExperimentConfig.steps)
             exp["steps"] = steps
             if int(exp.get("eval_every") or 1) > steps:
                 exp["eval_every"] = steps
             every = int(exp.get("eval_every") or 1)
-            if int(exp.get("checkpoint_every") or 0) > steps:
-                # The last evaluation at or before the end: a checkpoint goes with an evaluation.
-                exp["checkpoint_every"] = max(every, steps // every * every)
+            if int(exp.get("checkpoint_every") or 0):
+                # Proportional to the new length (the paper's 2,500 of 50,000 steps is 75 of
+                # 1,500), on an evaluation (a checkpoint goes with one), at least every one.
+                scaled = int(exp["checkpoint_every"]) * steps // before
+                exp["checkpoint_every"] = max(every, scaled // every * every)
         if seeds is not None:
             search.pop("seed", None)
             exp.pop("seed", None)

@@ -28,18 +28,19 @@ def main(out: Path) -> None:
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-    exp = {"dataset": "synthetic", "model": "mlp", "n": 7, "f": 1, "attack": "ipm(epsilon=0.1)", "steps": 40,
-           "eval_every": 4, "batch_size": 16, "lr": 0.05, "seed": 5}
+    exp = {"dataset": "synthetic", "model": "mlp", "n": 7, "f": 1, "attack": "ipm(epsilon=0.1)", "steps": 600,
+           "eval_every": 20, "batch_size": 16, "lr": 0.05, "seed": 5}
     sweep = SweepConfig("nodes", exp, {"aggregator": {"grid_search": ["mixtailor", "krum"]}}, {"max_failures": 3, "max_concurrent_trials": 2})
     removed = {}
 
     def remove_a_busy_node() -> None:
-        # Once both trials have written a record, take away the node of the first (by node id).
+        # Once both trials are under way (two records each, not finished), take away the first
+        # worker node: one trial per node, so one of them loses its node in the middle.
         deadline = time.time() + 240
         while time.time() < deadline:
             dirs = sorted((out / "nodes").glob("SimulationTrainable_*"))
-            done = [d for d in dirs if len(read_records(d / "raymix")) >= 2] if len(dirs) == 2 else []
-            if len(done) == 2:
+            counts = [len(read_records(d / "raymix")) for d in dirs] if len(dirs) == 2 else []
+            if counts and all(2 <= c < 20 for c in counts):
                 node = workers[0]
                 removed["node"] = node.unique_id
                 removed["records_before"] = {d.name: len(read_records(d / "raymix")) for d in dirs}
@@ -52,6 +53,9 @@ def main(out: Path) -> None:
     grid = run_sweep(sweep, storage_path=str(out), verbose=0)
     killer.join(timeout=1)
     result = {"removed": removed, "trials": []}
+    import torch
+
+    torch.set_num_threads(1)  # as each trial's server computed (one CPU a trial): the same float reductions
     for r in grid:
         d = Path(r.path)
         recs = read_records(d / "raymix")
@@ -63,7 +67,10 @@ def main(out: Path) -> None:
             "steps": [x["step"] for x in recs], "reference_steps": [x["step"] for x in ref], "equal": all(same) and len(recs) == len(ref),
             "failures": len(list(d.glob("error*.txt"))), "in_group": (r.metrics or {}).get("actors_in_trial_placement_group"),
             "actors": (r.metrics or {}).get("actors"),
+            # the nodes its actors ran on, in the order of its reports
+            "nodes": list(dict.fromkeys(json.loads(x)["nodes"] for x in (d / "result.json").read_text().splitlines() if x.strip())),
         })
+    result["worker_nodes"] = [w.node_id for w in workers]
     print(json.dumps(result))
     ray.shutdown()
     cluster.shutdown()

@@ -172,7 +172,9 @@ def test_run_checkpoint_every_and_scale_overrides():
     assert sweep.experiment["checkpoint_every"] == 50 and "checkpoint_every" not in sweep.run
     small = sweep.scaled(steps=35, seeds=2, set_values={"lr": 0.01})
     assert small.experiment["steps"] == 35 and small.experiment["lr"] == 0.01
-    assert small.experiment["checkpoint_every"] == 30  # the last evaluation before the end
+    assert small.experiment["checkpoint_every"] == 10  # 50 of 100 steps scaled to 35: 17, down to an evaluation
+    fig1 = load_sweep(REPO / "tune_configs" / "fig1_mnist_iid.yaml").scaled(steps=1500, set_values={"eval_every": 100})
+    assert fig1.experiment["checkpoint_every"] == 100  # 2,500 of 50,000 is 75 of 1,500: at least every evaluation
     assert small.search["seed"] == {"grid_search": [0, 1]}
     assert len(expand_grid(small.experiment, small.search)) == 2
 

@@ -292,7 +292,8 @@ class Simulation:
         own = pg.id.hex() if pg is not None else None
         where = ray.get([a.where.remote() for a in self._actors])
         return {"actors": len(where), "actors_in_trial_placement_group": sum(1 for w in where if own and w["placement_group"] == own),
-                "devices": ",".join(sorted({w["device"] for w in where})), "threads": ",".join(str(w["torch_threads"]) for w in where)}
+                "devices": ",".join(sorted({w["device"] for w in where})), "threads": ",".join(str(w["torch_threads"]) for w in where),
+                "nodes": ",".join(sorted({w["node"] for w in where}))}
 
     def close(self) -> None:
         import ray
