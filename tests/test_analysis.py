@@ -89,6 +89,12 @@ def test_plots_render_from_real_results(results, tmp_path):
     assert set(table["aggregator"]) == {"krum", "mixtailor"}
     assert {"final_mean", "best_mean", "seeds", "steps"} <= set(table.columns)
     assert (table["best_mean"] >= table["final_mean"] - 1e-9).all()
+    # Proposition 1's quantities per configuration: the fooled share and the norm-weighted
+    # expected inner product, the mean over the trial's evaluations of what the records hold
+    mt = results[results.aggregator == "mixtailor"]
+    row = table.set_index("aggregator").loc["mixtailor"]
+    assert row["expected_inner_product_mean"] == pytest.approx(mt["diag_expected_inner_product"].mean())
+    assert row["fooled_fraction_mean"] == pytest.approx(mt["diag_fooled_fraction"].mean())
 
 
 def test_drawn_classes_counts_match_the_pool(results):

@@ -164,12 +164,19 @@ def summary_table(df: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
     fin = _finals(df)
     best = df.groupby("trial")[metric].max().rename("best")
     fin = fin.join(best, on="trial")
+    # Proposition 1's quantities, averaged over each trial's evaluations: the share of the pool
+    # fooled, and the pool's expected aggregate's inner product with the honest mean (norm-weighted,
+    # over ||mean||^2; < 0: the expected step ascends).
+    diag = {c: f"{c[5:]}_mean" for c in ("diag_fooled_fraction", "diag_expected_inner_product") if c in df.columns}
+    if diag:
+        fin = fin.drop(columns=list(diag), errors="ignore").join(df.groupby("trial")[list(diag)].mean(), on="trial")
     keys = [k for k in ("attack", "aggregator") if k in fin.columns and fin[k].notna().any()]
     if "trial_diverged" not in fin.columns:
         fin = fin.assign(trial_diverged=False)
     table = fin.groupby(keys).agg(
         final_mean=(metric, "mean"), final_std=(metric, "std"), best_mean=("best", "mean"), seeds=("trial", "count"), steps=(STEP, "max"),
         diverged=("trial_diverged", "sum"),
+        **{name: (col, "mean") for col, name in diag.items()},
     ).reset_index()
     if "aggregator" in keys:
         if keys == ["aggregator"]:

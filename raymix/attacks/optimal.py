@@ -1,5 +1,5 @@
 """Optimised tailored attacks: against one known rule, and against a MixTailor pool whose
-members (and weights) are known but whose per-step draw is not (MixTailor, appendix A.4, P3).
+members (and weights) are known but whose per-step draw is not (MixTailor, appendix A.4).
 
 Both search a scalar lambda for crafted rows B(lambda) = a + lambda * v (all f rows equal):
 
@@ -9,8 +9,9 @@ Both search a scalar lambda for crafted rows B(lambda) = a + lambda * v (all f r
 
 and pick the lambda minimising the damage objective, i.e. the inner product of the aggregate of
 G(lambda) = [visible honest; B(lambda)] with the visible honest mean mu:
-``optimal``: <rule(G), mu>; ``pool_aware``: E_{rule ~ pool}[<rule(G), mu>] (``expected``) or
-max_{rule in pool} <rule(G), mu> (``worst``, a robust attack against the least-hurt member).
+``optimal``: <rule(G), mu>; ``pool_aware``: E_{rule ~ pool}[<rule(G), mu>] (``expected``, a
+variant) or max_{rule in pool} <rule(G), mu> (``worst``: the paper's problem P3, a robust attack
+against the least-hurt member).
 
 Grid: the given list, or log-spaced points from 1e-3 to 1e3 (all powers of ten included), then
 ``refine`` rounds of ``refine_points`` log-spaced points between the best point's grid
@@ -194,8 +195,8 @@ def pool_distribution(pool) -> list[tuple[str, float]]:
 class PoolAware(_Searching):
     """``pool_aware(objective=expected, search=epsilon, grid=none, refine=3, refine_points=6)``:
     the attacker knows the pool's members and weights (``view.pool``), not the draw, and picks
-    lambda minimising E_{rule~pool}[<rule(G(lambda)), mu>] (``expected``, MixTailor P3) or
-    max_{rule in pool, weight > 0} <rule(G(lambda)), mu> (``worst``).
+    lambda minimising E_{rule~pool}[<rule(G(lambda)), mu>] (``expected``, a variant) or
+    max_{rule in pool, weight > 0} <rule(G(lambda)), mu> (``worst``: MixTailor's problem P3).
 
     Each DISTINCT member is evaluated once per lambda and weighted by its total probability
     (the paper pool's 16 comed entries are one evaluation). Members that cannot run on the
