@@ -5,7 +5,6 @@ every evaluation; on resume both are truncated to the checkpoint's record count.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os

@@ -291,7 +291,6 @@ def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_
     """on_divergence: stop (the default): the run ends at the first non-finite aggregate with
     a message naming the step and the drawn rule, the last record says so, the weights are
     the ones before the step; `raymix run` exits 3 with one line. `skip` drops the update."""
-    from raymix.cli import main
     from raymix.runtime.simulation import Diverged
     from raymix.step import run_local
 

@@ -44,6 +44,7 @@ def test_omniscient_equals_plain_averaging(setup):
         sb = plain.step(step, H, None, _losses(6))
         torch.testing.assert_close(omni.weights(), plain.weights(), rtol=0, atol=0)
         assert sa["cosine"] == pytest.approx(1.0) and sa["drawn"] == "omniscient"
+        assert sa["cosine"] == pytest.approx(sb["cosine"]) and sb["drawn"] == "mean"
 
 
 def test_gradient_mode_is_torch_sgd_on_the_aggregate(setup):
