@@ -168,6 +168,11 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from raymix import __version__
+
+        print(f"raymix {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: raymix {" + ",".join(SUBCOMMANDS) + "} ...\n")
         for name, (_, text) in SUBCOMMANDS.items():

@@ -264,6 +264,7 @@ def run_sweep(
     address: "str | None" = None,
     hooks: "list | None" = None,
     verbose: int = 1,
+    status: bool = False,
 ):
     """Run (or, with ``resume``, continue) a sweep; returns Tune's ``ResultGrid``.
 
@@ -273,7 +274,7 @@ def run_sweep(
     import ray
     from ray import tune
 
-    from raymix.runtime.tune import RecordsCallback, SimulationTrainable
+    from raymix.runtime.tune import RecordsCallback, SimulationTrainable, StatusCallback
 
     if not isinstance(sweep, SweepConfig):
         sweep = load_sweep(sweep)
@@ -318,7 +319,7 @@ def run_sweep(
                 tune_config=tune.TuneConfig(num_samples=int(run.get("num_samples", 1)), max_concurrent_trials=concurrency),
                 run_config=tune.RunConfig(
                     name=sweep.name,
-                    callbacks=[RecordsCallback()],
+                    callbacks=[RecordsCallback()] + ([StatusCallback(len(points) * int(run.get("num_samples", 1)))] if status else []),
                     storage_path=storage,
                     failure_config=tune.FailureConfig(max_failures=int(run.get("max_failures", 0))),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -356,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: the YAML's run.max_concurrent_trials)")
     ap.add_argument("--address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     ap.add_argument("--report", action="store_true", help="write `raymix report` into the sweep directory when done")
+    ap.add_argument("--verbose", action="store_true", help="Tune's own progress tables instead of raymix's one-line status")
     args = ap.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
@@ -371,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     from raymix.runtime.resources import Refused
 
     try:
-        grid = run_sweep(sweep, resume=args.resume, storage_path=args.storage_path, address=args.address)
+        grid = run_sweep(sweep, resume=args.resume, storage_path=args.storage_path, address=args.address,
+                         verbose=1 if args.verbose else 0, status=not args.verbose)
     except (Refused, FileNotFoundError) as exc:  # the preflight of every trial, before Tune starts
         print(f"raymix sweep: {exc}", file=sys.stderr)
         return 2

@@ -264,3 +264,25 @@ def test_a_diverged_trial_ends_without_retry_and_is_marked(ray_session, tmp_path
     assert set(df[df.trial_diverged].aggregator) == {"mean"}
     table = summary_table(df).set_index("aggregator")
     assert table.loc["mean", "diverged"] == 1 and table.loc["comed", "diverged"] == 0
+
+
+def test_the_sweep_status_line_and_version(capsys):
+    """`raymix sweep` prints one compact line (trials by state, best and worst accuracy so far)
+    instead of Tune's tables; `raymix --version` names the version."""
+    from types import SimpleNamespace
+
+    from raymix import __version__
+    from raymix.cli import main
+    from raymix.runtime.tune import StatusCallback
+
+    a = SimpleNamespace(trial_id="a", config={"aggregator": "krum"}, status="RUNNING")
+    b = SimpleNamespace(trial_id="b", config={"aggregator": "mixtailor"}, status="RUNNING")
+    cb = StatusCallback(total=3, every=3600)
+    cb.on_trial_result(0, [a, b], a, {"step": 10, "test_accuracy": 0.1})  # the first line is printed at once
+    cb.on_trial_result(0, [a, b], b, {"step": 10, "test_accuracy": 0.8})  # then at most every `every` seconds
+    a.status = "TERMINATED"
+    cb.on_trial_complete(0, [a, b], a)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["raymix sweep: 2 running, 0 finished, 0 errored of 3; best 0.1000 (krum at step 10), worst 0.1000 (krum at step 10)",
+                     "raymix sweep: 1 running, 1 finished, 0 errored of 3; best 0.8000 (mixtailor at step 10), worst 0.1000 (krum at step 10)"]
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"raymix {__version__}"

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+import time
+
 from ray import tune
+from ray.tune import Callback
 from ray.tune.logger import LoggerCallback
 
 from raymix.config import ExperimentConfig
@@ -15,7 +19,7 @@ from raymix.runtime.checkpoint import load_checkpoint, write_checkpoint
 from raymix.runtime.resources import DRIVER_CPUS
 from raymix.runtime.simulation import Simulation, checkpoint_due
 
-__all__ = ["SimulationTrainable", "RecordsCallback"]
+__all__ = ["SimulationTrainable", "RecordsCallback", "StatusCallback"]
 
 
 class SimulationTrainable(tune.Trainable):
@@ -76,3 +80,45 @@ class RecordsCallback(LoggerCallback):
         writer = self.writers.pop(trial, None)
         if writer is not None:
             writer.close()
+
+
+class StatusCallback(Callback):
+    """One compact line on stderr, at most every ``every`` seconds and whenever a trial ends,
+    instead of Tune's wide tables: trials running, finished and errored, and the best and worst
+    test accuracy among the trials' latest records."""
+
+    def __init__(self, total: int, every: float = 10.0):
+        self.total, self.every = total, every
+        self.latest: dict = {}  # trial id -> (label, latest test accuracy)
+        self.running = self.finished = self.errored = 0
+        self._last = 0.0
+
+    def _line(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        parts = [f"{self.running} running, {self.finished} finished, {self.errored} errored of {self.total}"]
+        if self.latest:
+            (best, b), (worst, w) = max(self.latest.values(), key=lambda v: v[1]), min(self.latest.values(), key=lambda v: v[1])
+            parts.append(f"best {b:.4f} ({best}), worst {w:.4f} ({worst})")
+        print("raymix sweep: " + "; ".join(parts), file=sys.stderr, flush=True)
+
+    def _count(self, trials) -> None:
+        self.running = sum(1 for t in trials if t.status == "RUNNING")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._count(trials)
+        if "test_accuracy" in result:
+            self.latest[trial.trial_id] = (f"{trial.config.get('aggregator')} at step {result.get('step')}", float(result["test_accuracy"]))
+        self._line()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._count(trials)
+        self.finished += 1
+        self._line(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._count(trials)
+        self.errored += 1
+        self._line(force=True)
