@@ -20,10 +20,17 @@ import time
 
 import torch
 
-from raymix.runtime.resources import actor_device, actor_placement, actor_threads
+from raymix.runtime.resources import actor_device, actor_placement, actor_sizes, actor_threads
 from raymix.step import Adversary, Server, Workers, knowledge_rows
 
 __all__ = ["WorkerActor", "ServerActor"]
+
+
+def _timed(workers: Workers, weights: torch.Tensor, step: int):
+    """A pack's (rows, (losses, seconds)) at ``weights``: what the server's step receives."""
+    t0 = time.perf_counter()
+    rows, losses = workers.compute(weights, step)
+    return rows, (losses, time.perf_counter() - t0)
 
 
 class WorkerActor:
@@ -32,9 +39,7 @@ class WorkerActor:
         self.workers = Workers.honest(config, worker_ids, shards, model, actor_device(), norm)
 
     def compute(self, weights: torch.Tensor, step: int):
-        t0 = time.perf_counter()
-        rows, losses = self.workers.compute(weights, step)
-        return rows, (losses, time.perf_counter() - t0)
+        return _timed(self.workers, weights, step)
 
     def labels(self) -> list[list[int]]:
         return self.workers.labels()
@@ -45,7 +50,7 @@ class WorkerActor:
 
 class ServerActor:
     def __init__(self, config, init_weights, model, test, pack_ids, pack_shards, byzantine_shards=None, norm=None):
-        torch.set_num_threads(actor_threads(config.num_cpus_per_worker, len(pack_ids) + (config.f if byzantine_shards else 0)))
+        torch.set_num_threads(actor_threads(config.num_cpus_per_worker, actor_sizes(config)[0]))
         device = actor_device()
         self.config = config
         self.server = Server(config, init_weights, model, test, device)
@@ -56,9 +61,7 @@ class ServerActor:
     def compute(self, step: int) -> None:
         """The server's own pack at the current weights (those after step-1: actor calls run in
         order); kept for ``step``."""
-        t0 = time.perf_counter()
-        rows, losses = self.pack.compute(self.server.w.detach(), step)
-        self.rows = {step: (rows, (losses, time.perf_counter() - t0))}
+        self.rows = {step: _timed(self.pack, self.server.w.detach(), step)}
 
     def weights(self) -> torch.Tensor:
         return self.server.weights()

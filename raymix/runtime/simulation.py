@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 from raymix.config import ExperimentConfig
 from raymix.records import Interval, RecordWriter, columns, make_record, read_records
 from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, load_latest, remove_stale, save_checkpoint
-from raymix.runtime.resources import Refused, actor_groups, check_files, preflight, resources_for
+from raymix.runtime.resources import Refused, actor_groups, actor_sizes, check_files, preflight, resources_for
 
 __all__ = ["Simulation", "Diverged", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
 
@@ -152,13 +152,12 @@ class Simulation:
             self.pool = cfg.build_pool()
             self._on_step = _on_step_hooks(hooks)
             inputs = prepare(cfg)
-            self.model = inputs.model
             bundle = _bundle_assigner()
             cpu_w, gpu_w = float(cfg.num_cpus_per_worker), float(cfg.num_gpus_per_worker)
             self._refs = []  # held for the run: a restarted actor re-reads its arguments
             self.honest = []  # the packs after the first (the server hosts the first)
             first, *others = actor_groups(cfg.num_honest, cfg.workers_per_actor)
-            res = resources_for(cpu_w, gpu_w, len(first) + (cfg.f if cfg.byzantine_use_data else 0))
+            res = resources_for(cpu_w, gpu_w, actor_sizes(cfg)[0])  # the server: its pack (and data-training Byzantines)
             refs = [ray.put(x) for x in ([inputs.honest_shards[i] for i in first], inputs.test, inputs.byzantine_shards)]
             self._refs += refs
             # The server restarts, but never retries a step by itself: the driver reloads the
