@@ -3,6 +3,9 @@
     python benchmarks/aggregators.py            # all three cases (about 10 minutes)
     python benchmarks/aggregators.py --quick    # the small case only, fewer repeats
     python benchmarks/aggregators.py --memory   # also peak extra RSS per rule (subprocesses)
+    python benchmarks/aggregators.py --n1000    # n = 1,000, d = 21,840, f = 2 and f = 200 (slow)
+    python benchmarks/aggregators.py --vs-byzfl # comed / trimmed mean / Krum / geomed against
+                                                # ByzFL's, when ByzFL is importable (optional)
 
 For each case (n workers, d coordinates, f = the largest f for which every pool member is
 valid, i.e. n >= 4f+3) every distinct spec of the paper pool (and a few other rules) is
@@ -25,6 +28,9 @@ from raymix.pool import paper_pool_specs
 from raymix.rules import build_rule
 
 CASES = [(12, 21_840), (12, 11_700_000), (100, 1_000_000)]
+# Issue #11, rules that scale in n: one timed call per rule (two for fast ones), f = 2
+# and f = 200 (every pool member is valid for both: n >= 4f+3).
+CASES_N1000 = [(1000, 21_840, 2), (1000, 21_840, 200)]
 EXTRA = ["trimmed_mean", "multi_krum", "centered_clipping", "nnm", "bucketing(s=2, rule=comed)"]
 
 
@@ -53,8 +59,8 @@ def time_call(fn, repeats: int, budget_s: float) -> list[float]:
     return out[1:] if len(out) >= 3 else out
 
 
-def run_case(n: int, d: int, repeats: int, budget_s: float, specs: list[str]) -> dict:
-    f = f_for(n)
+def run_case(n: int, d: int, repeats: int, budget_s: float, specs: list[str], f: int | None = None) -> dict:
+    f = f_for(n) if f is None else f
     g = torch.Generator().manual_seed(n * 1_000_003 + d)
     G = torch.randn(n, d, generator=g)
     mean_fn = lambda: G.mean(0)  # noqa: E731
@@ -77,6 +83,8 @@ def run_case(n: int, d: int, repeats: int, budget_s: float, specs: list[str]) ->
             flush=True,
         )
     pool = [s for s, _ in paper_pool_specs()]
+    if any(s not in times for s in pool):  # --specs: no pool average
+        return {"n": n, "d": d, "f": f, "times": times, "ratio": ratio}
     return {
         "n": n, "d": d, "f": f, "times": times, "mins": mins, "ratio": ratio, "ratio_min": ratio_min,
         "mean_ms": statistics.median(mean_samples), "mean_min": min(mean_samples),
@@ -110,23 +118,76 @@ def peak_memory(n: int, d: int, spec: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _split_specs(text: str) -> list[str]:
+    """Split "a, b(x=1, y=2)" at top-level commas."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+            continue
+        depth += ch in "([" and 1 or (-1 if ch in ")]" else 0)
+        cur += ch
+    return [x for x in out + [cur] if x.strip()]
+
+
+def vs_byzfl() -> int:
+    """comed, trimmed mean, Krum and geomed against ByzFL's (``byzfl`` importable, never a
+    dependency): same float32 input, median of up to 5 calls within 3 s. ByzFL's geomed runs its
+    default T = 3 Weiszfeld steps (nu = 0.1); ours runs to tol = 1e-6 (up to 100 steps)."""
+    try:
+        import byzfl
+    except ImportError:
+        print("byzfl is not importable: install it somewhere and put it on PYTHONPATH (it is not a dependency)")
+        return 1
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, byzfl {getattr(byzfl, '__version__', '?')}")
+    print("| rule | n | d | f | raymix ms | ByzFL ms | ByzFL / raymix |")
+    print("|---|---|---|---|---|---|---|")
+    for n, d in [(30, 100_000), (30, 1_000_000), (100, 100_000)]:
+        f = (n - 3) // 4
+        G = torch.randn(n, d, generator=torch.Generator().manual_seed(n + d))
+        pairs = [
+            ("comed", build_rule("comed"), byzfl.Median()),
+            ("trimmed_mean", build_rule("trimmed_mean"), byzfl.TrMean(f=f)),
+            ("krum", build_rule("krum"), byzfl.Krum(f=f)),
+            ("geomed", build_rule("geomed"), byzfl.GeometricMedian()),
+        ]
+        for name, ours, theirs in pairs:
+            a = statistics.median(time_call(lambda: ours(G, f), 5, 3.0))
+            b = statistics.median(time_call(lambda: theirs(G), 5, 3.0))
+            print(f"| {name} | {n} | {d:,} | {f} | {a:.1f} | {b:.1f} | {b / a:.1f}x |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the small case, fewer repeats")
     ap.add_argument("--memory", action="store_true", help="also peak extra memory per rule class (n=12, d=11.7M)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
+    ap.add_argument("--n1000", action="store_true", help="only n = 1,000, d = 21,840 with f = 2 and f = 200 (slow)")
+    ap.add_argument("--vs-byzfl", action="store_true", help="only the table against ByzFL's rules (needs byzfl importable)")
+    ap.add_argument("--specs", default=None, help="comma-separated specs to time instead of the pool (mean is always timed)")
     args = ap.parse_args(argv)
+    if args.vs_byzfl:
+        torch.set_num_threads(args.threads or threads())
+        return vs_byzfl()
     torch.set_num_threads(args.threads or threads())
     pool = list(dict.fromkeys(s for s, _ in paper_pool_specs()))
     specs = ["mean"] + pool + EXTRA
-    cases = CASES[:1] if args.quick else CASES
+    if args.specs:
+        specs = ["mean"] + [x.strip() for x in _split_specs(args.specs)]
+    cases = [(n, d, None) for n, d in (CASES[:1] if args.quick else CASES)]
+    if args.n1000:
+        cases = CASES_N1000
     results = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(pool)} distinct pool specs", flush=True)
-    for n, d in cases:
+    for n, d, f in cases:
         small = n * d < 1e6
-        repeats = (5 if args.quick else 15) if small else 3
+        repeats = (5 if args.quick else 15) if small else (1 if n >= 1000 else 3)
         budget = 1.0 if small else 2.0
-        results.append(run_case(n, d, repeats, budget, specs))
+        results.append(run_case(n, d, repeats, budget, specs, f))
+    if args.specs:
+        return 0
 
     print()
     print("Cells: time / time of mean, from medians / from minima (median ms per call).")

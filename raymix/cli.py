@@ -1,20 +1,28 @@
-"""``raymix`` command line: ``raymix run``, ``raymix demo`` (and ``sweep``/``report`` when
-those modules provide a ``main``).
+"""``raymix`` command line: ``run``, ``sweep``, ``report``, ``demo``, and the listings
+``rules`` and ``attacks``.
 
 ``raymix run --config x.yaml --n 12 --attack "ipm(epsilon=0.1)" --steps 200``: every
 :class:`~raymix.config.ExperimentConfig` field is a flag (``--batch-size`` or
-``--batch_size``); flags override the YAML. A progress line goes to stderr at every
-evaluation; the final test accuracy is printed on stdout.
+``--batch_size``), its help line the field's own documentation (``config.knob``); booleans
+are ``--diagnostics`` / ``--no-diagnostics``; flags override the YAML. A progress line with
+the time left goes to stderr at every evaluation; the final test accuracy is printed on
+stdout. Messages go through :mod:`logging` (logger ``raymix``); Ray's own start-up lines stay
+out of the terminal unless ``--verbose``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib
+import inspect
+import logging
+import os
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 from raymix.config import ExperimentConfig
+from raymix.progress import time_left
 
 __all__ = ["main", "build_run_parser", "config_from_args"]
 
@@ -25,15 +33,6 @@ def _none_or(conv: Callable[[str], Any]) -> Callable[[str], Any]:
 
     parse.__name__ = getattr(conv, "__name__", "value")
     return parse
-
-
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _auto_or_float(text: str) -> Any:
@@ -64,27 +63,67 @@ def _converter(f: dataclasses.Field) -> Callable[[str], Any]:
     if f.name in _CONVERTERS:
         return _CONVERTERS[f.name]
     default = f.default
-    if isinstance(default, bool):
-        return _bool
-    if isinstance(default, int):
+    if isinstance(default, int) and not isinstance(default, bool):
         return int
     if isinstance(default, float):
         return float
     return str
 
 
+class _Switch(argparse.Action):
+    """``--diagnostics`` sets true, ``--no-diagnostics`` false."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, not option_string.startswith("--no-"))
+
+
+def _choices(kind: "tuple | str | None") -> str:
+    if kind is None:
+        return ""
+    if isinstance(kind, tuple):
+        return "; one of " + ", ".join(kind)
+    if kind in ("rules", "attacks"):
+        return f"; `raymix {kind}` lists them"
+    names = _registry(kind).names()
+    return "; one of " + ", ".join(names) if names else ""
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """A field's help line: its documentation, its choices, its default."""
+    default = f.default
+    shown = "none" if default is None else ("true" if default is True else "false" if default is False else
+                                             ", ".join(default) or "none" if isinstance(default, tuple) else default)
+    return f"{f.metadata.get('doc', '')}{_choices(f.metadata.get('choices'))} (default: {shown})".replace("%", "%%")
+
+
 def build_run_parser(prog: str = "raymix run") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description="Run one simulation (see docs/runtime.md).")
+    ap = argparse.ArgumentParser(prog=prog, description="Run one simulation (docs/runtime.md explains every field).")
     ap.add_argument("--config", help="a YAML file of config fields (flags override it)")
+    ap.add_argument("--plugin", action="append", metavar="MODULE",
+                    help="import MODULE first: its rules, attacks, models and datasets become usable (repeatable)")
     ap.add_argument("--address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     ap.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir (refused otherwise)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--verbose", action="store_true", help="let Ray's own start-up and log lines through")
     fields = ap.add_argument_group("experiment fields")
     for f in dataclasses.fields(ExperimentConfig):
+        if f.name == "plugins":  # --plugin above, once per module
+            continue
         names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        fields.add_argument(*names, dest=f.name, type=_converter(f), default=argparse.SUPPRESS,
-                            metavar=f.name.upper(), help=f"default: {f.default!r}")
+        if isinstance(f.default, bool):
+            flag = names[0][2:]
+            fields.add_argument(f"--{flag}", f"--no-{flag}", dest=f.name, action=_Switch, default=argparse.SUPPRESS,
+                                help=field_help(f))
+            if len(names) > 1:  # the underscore spelling works too, without a second help line
+                fields.add_argument(f"--{f.name}", f"--no-{f.name}", dest=f.name, action=_Switch,
+                                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        else:
+            fields.add_argument(*names, dest=f.name, type=_converter(f), default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=field_help(f))
     return ap
 
 
@@ -92,19 +131,36 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     names = set(ExperimentConfig.field_names())
     overrides = {k: v for k, v in vars(args).items() if k in names}
     if args.config:
+        if getattr(args, "plugin", None):  # added to the YAML's own list (the config imports them first)
+            from raymix.config import read_yaml_mapping
+            from raymix.plugins import normalise_plugins
+
+            data = read_yaml_mapping(args.config, "config file", "a mapping of field: value")
+            data = data["experiment"] if isinstance(data.get("experiment"), dict) else data
+            overrides["plugins"] = tuple(dict.fromkeys(normalise_plugins(data.get("plugins")) + tuple(args.plugin)))
         return ExperimentConfig.from_yaml(args.config, overrides)
+    if getattr(args, "plugin", None):
+        overrides["plugins"] = tuple(args.plugin)
     return ExperimentConfig.from_dict(overrides)
 
 
 def _progress(total: int) -> Callable[[dict], None]:
+    """One line per evaluation, with the time left at the rate since the first evaluation
+    (start-up and the first interval are not steady state: the line after the first shows it)."""
+    first: list = []
+
     def show(rec: dict) -> None:
-        acc = rec.get("test_accuracy")
-        sps = rec.get("steps_per_second")
-        print(
-            f"step {rec['step']}/{total}  test_accuracy {acc:.4f}  train_loss {rec['train_loss']:.4f}  "
-            f"steps/s {sps:.2f}" if acc is not None and sps is not None else f"step {rec['step']}/{total}",
-            file=sys.stderr, flush=True,
-        )
+        now, step = time.monotonic(), int(rec["step"])
+        if not first:
+            first.append((now, step))
+        left = time_left(step - first[0][1], total - first[0][1], now - first[0][0])
+        acc, sps = rec.get("test_accuracy"), rec.get("steps_per_second")
+        line = f"step {step}/{total}"
+        if acc is not None and sps is not None:
+            line += f"  test_accuracy {acc:.4f}  train_loss {rec['train_loss']:.4f}  steps/s {sps:.2f}"
+        if left:
+            line += f"  about {left} left"
+        print(line, file=sys.stderr, flush=True)
 
     return show
 
@@ -123,7 +179,7 @@ def cmd_run(argv: Sequence[str]) -> int:
 
     try:
         result = run_experiment(cfg, resume=args.resume, address=args.address, overwrite=args.overwrite,
-                                progress=None if args.quiet else _progress(cfg.steps))
+                                progress=None if args.quiet else _progress(cfg.steps), verbose=args.verbose)
     except Refused as exc:  # the preflight's refusals (data, resources, resume, overwrite)
         print(f"raymix run: {exc}", file=sys.stderr)
         return 2
@@ -157,13 +213,69 @@ def _delegate(module: str, argv: Sequence[str], name: str) -> int:
     return int(entry(list(argv)) or 0)
 
 
+def _registry(kind: str):
+    """The registry behind a listing or a field's choices, installed plugins loaded."""
+    from raymix.plugins import registry
+
+    return registry(kind)
+
+
+def _describe(obj: Any) -> tuple[str, str, str]:
+    """(summary, precondition, where) of a registered class or factory."""
+    doc = (inspect.getdoc(obj) or "").strip().splitlines()
+    module = getattr(obj, "__module__", "") or ""
+    return doc[0] if doc else "", str(getattr(obj, "needs", "") or ""), "" if module.startswith("raymix.") else f"[{module}]"
+
+
+def cmd_list(kind: str, argv: Sequence[str]) -> int:
+    """``raymix rules`` / ``raymix attacks``: every registered name (built-in and plugins)
+    with its one-line description and its precondition on n and f."""
+    ap = argparse.ArgumentParser(prog=f"raymix {kind}", description=f"List the {kind} a spec may name, plugins included.")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first (repeatable)")
+    args = ap.parse_args(list(argv))
+    try:
+        if args.plugin:
+            from raymix.plugins import load_plugins
+
+            load_plugins(args.plugin)
+    except ValueError as exc:
+        print(f"raymix {kind}: {exc}", file=sys.stderr)
+        return 2
+    registry = _registry(kind)
+    rows = [(name, *_describe(registry.factory(name))) for name in registry.names()]
+    width = max(len(r[0]) for r in rows)
+    needs_width = max(len(r[2]) for r in rows)
+    for name, summary, needs, where in rows:
+        print(f"{name:{width}s}  {needs:{needs_width}s}  {summary}{'  ' + where if where else ''}".rstrip())
+    if kind == "rules":
+        from raymix.pool import COMPOSITIONS
+
+        print(f"\npools (the aggregator field also takes): mixtailor (the paper's 64 rules), "
+              f"mixtailor(composition={'|'.join(COMPOSITIONS[1:])}), mixtailor(exclude=[...]), mixtailor(add=[your_rule]), "
+              f"pool(members=[...], weights=[...]), and omniscient (the honest rows' mean)")
+    return 0
+
+
 # subcommand -> (handler, one-line help). sweep/report delegate to their module's main(argv).
 SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "run": (cmd_run, "run one simulation"),
     "demo": (lambda argv: _delegate("raymix.demo", argv, "demo"), "one-step demonstration: which rules each attack fools"),
     "sweep": (lambda argv: _delegate("raymix.sweep", argv, "sweep"), "a Ray Tune sweep from a YAML"),
     "report": (lambda argv: _delegate("raymix.analysis.report", argv, "report"), "figures and tables from a sweep"),
+    "rules": (lambda argv: cmd_list("rules", argv), "the aggregation rules a spec may name, with their preconditions"),
+    "attacks": (lambda argv: cmd_list("attacks", argv), "the attacks a spec may name, with their preconditions"),
 }
+
+
+def _setup_logging() -> None:
+    """Library messages (logger ``raymix``) to stderr as plain lines; a program embedding
+    raymix keeps its own logging setup (this runs only from the command line)."""
+    logger = logging.getLogger("raymix")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,10 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name:8s} {text}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    _setup_logging()
     if name not in SUBCOMMANDS:
         print(f"raymix: unknown command {name!r}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    return SUBCOMMANDS[name][0](rest)
+    try:
+        return SUBCOMMANDS[name][0](rest)
+    except BrokenPipeError:  # `raymix rules | head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,55 +21,65 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["ExperimentConfig", "check_data", "DATASETS", "PARTITIONS", "MODELS", "MODES", "SPEC_FIELDS"]
+from raymix import checks
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
-_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "synthetic": 10}
+__all__ = ["ExperimentConfig", "check_data", "PARTITIONS", "MODES", "SPEC_FIELDS"]
+
+# Datasets and models are registries (raymix.data.DATASETS, raymix.models.MODELS) that plugins extend.
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
-MODELS = ("auto", "paper_cnn", "mlp", "logreg")
 MODES = ("gradient", "model")
 DIVERGENCE = ("stop", "skip")
 # Fields whose value is a spec string; from_dict also accepts {"name": ..., **args} for them.
 SPEC_FIELDS = ("aggregator", "attack")
 
 
+def knob(default: Any, doc: str, choices: "tuple[str, ...] | str | None" = None):
+    """A config field with its one-line documentation: the single source of ``raymix run
+    --help``, ``raymix sweep --help`` and docs/runtime.md's table. ``choices`` names the
+    allowed values (a tuple), or the registry that holds them (``"rules"``, ``"attacks"``,
+    ``"models"``, ``"datasets"``), which plugins extend."""
+    return field(default=default, metadata={"doc": doc, "choices": choices})
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
+    # plugins: imported first, so their rules, attacks, models and datasets are known below
+    plugins: tuple = knob((), "modules to import before anything is built (your own rules, attacks, models, datasets)")
     # data
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    partition: str = "iid"
-    dirichlet_alpha: float = 0.5
-    train_limit: int | None = None
-    model: str = "auto"
+    dataset: str = knob("synthetic", "the training and test data (synthetic needs no files)", "datasets")
+    data_dir: str | None = knob(None, "data root; none = RAYMIX_DATA_DIR, else ~/.cache/raymix/data; never downloaded")
+    partition: str = knob("iid", "how the training set is split among the workers", PARTITIONS)
+    dirichlet_alpha: float = knob(0.5, "concentration of the dirichlet partition (smaller: more skewed)")
+    train_limit: int | None = knob(None, "keep a seeded subset of this many training samples (quick runs)")
+    model: str = knob("auto", "the network; auto = the dataset's default (paper_cnn for the image sets)", "models")
     # workers and threat model
-    n: int = 12
-    f: int = 2
-    aggregator: str = "mixtailor"
-    drop_invalid: bool = False
-    attack: str = "ipm(epsilon=0.1)"
-    attack_knowledge: "str | int" = "all"
+    n: int = knob(12, "workers in all, Byzantine ones included")
+    f: int = knob(2, "Byzantine workers among the n (f < n/2)")
+    aggregator: str = knob("mixtailor", "a rule spec (krum, comed, ...), a pool (mixtailor, mixtailor(exclude=[bulyan])) or omniscient", "rules")
+    drop_invalid: bool = knob(False, "leave out the pool members whose precondition fails for n, f (else: refused)")
+    attack: str = knob("ipm(epsilon=0.1)", "the Byzantine workers' attack spec (none: honest behaviour)", "attacks")
+    attack_knowledge: "str | int" = knob("all", "honest gradients the adversary sees each step: all, or a count k")
     # training
-    mode: str = "gradient"
-    local_steps: int = 1
-    steps: int = 100
-    batch_size: int = 50
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    resampling: int = 0
-    on_divergence: str = "stop"
+    mode: str = knob("gradient", "workers send gradients, or model updates after local_steps of SGD", MODES)
+    local_steps: int = knob(1, "local SGD steps per round in model mode")
+    steps: int = knob(100, "training steps (rounds)")
+    batch_size: int = knob(50, "samples per worker per step")
+    lr: float = knob(0.001, "the server's SGD learning rate")
+    momentum: float = knob(0.9, "the server's SGD momentum (0 in model mode)")
+    weight_decay: float = knob(1e-4, "the server's SGD weight decay")
+    resampling: int = knob(0, "s > 1 wraps every pool member in s-replacement resampling (0, 1: off)")
+    on_divergence: str = knob("stop", "a non-finite aggregate or loss: stop the run there, or skip that step's update", DIVERGENCE)
     # evaluation and records
-    eval_every: int = 10
-    eval_test_limit: int | None = None
-    diagnostics: bool = False
+    eval_every: int = knob(10, "evaluate and write a record every k steps (and at the last step)")
+    eval_test_limit: int | None = knob(None, "test samples per evaluation; none = the whole test set")
+    diagnostics: bool = knob(False, "at each evaluation apply every pool member to that step's inputs (fooled share, expected inner product)")
     # execution
-    workers_per_actor: "str | int" = "auto"
-    num_gpus_per_worker: "str | float" = "auto"
-    num_cpus_per_worker: "str | float" = "auto"
-    seed: int = 0
-    checkpoint_every: int = 0
-    output_dir: str | None = None
+    workers_per_actor: "str | int" = knob("auto", "honest workers per actor (one vectorised pass); auto = one pack per GPU, else per 2 CPUs")
+    num_gpus_per_worker: "str | float" = knob("auto", "GPU share per worker; auto = 1/n of a GPU when the cluster has GPUs, else 0")
+    num_cpus_per_worker: "str | float" = knob("auto", "CPU share per worker; auto = the cluster's CPUs shared by all actors")
+    seed: int = knob(0, "every random stream (data, draws, attack) derives from it")
+    checkpoint_every: int = knob(0, "checkpoint every k steps (a multiple of eval_every); 0 = at every evaluation")
+    output_dir: str | None = knob(None, "where records, config.json and checkpoints go; none = records in memory only, no checkpoints")
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -297,44 +307,49 @@ def _set(cfg: ExperimentConfig, name: str, value: Any) -> None:
 
 
 def _validate(c: ExperimentConfig) -> None:
-    def err(msg: str) -> ValueError:
-        return ValueError(f"invalid experiment config: {msg}")
+    # Every message is "invalid experiment config: <field> must be <expectation>, got <value>"
+    # (raymix.checks), or names the impossible combination.
+    owner = "invalid experiment config"
 
+    def err(msg: str) -> ValueError:
+        return checks.ArgumentError(f"{owner}: {msg}")
+
+    # Each check stores the value in its plain type (numpy scalars from Tune become int/float).
     def need_int(name: str, lo: int, optional: bool = False) -> None:
-        v = getattr(c, name)
-        if optional and v is None:
-            return
-        if not _is_int(v) or v < lo:
-            raise err(f"{name} must be an integer >= {lo}{' or none' if optional else ''}, got {v!r}")
-        _set(c, name, int(v))
+        _set(c, name, checks.integer(owner, name, getattr(c, name), lo, optional=optional))
 
     def need_num(name: str, lo: float, strict: bool) -> None:
-        v = getattr(c, name)
-        if not _is_num(v) or v < lo or (strict and v == lo):
-            raise err(f"{name} must be a number {'>' if strict else '>='} {lo:g}, got {v!r}")
-        _set(c, name, float(v))
+        _set(c, name, checks.number(owner, name, getattr(c, name), lo, strict=strict))
 
     def need_choice(name: str, options) -> None:
-        v = getattr(c, name)
-        if not isinstance(v, str) or v not in options:
-            raise err(f"unknown {name} {v!r}; known: {', '.join(options)}")
+        checks.choice(owner, name, getattr(c, name), options)
 
     def need_bool(name: str) -> None:
-        if not isinstance(getattr(c, name), bool):
-            raise err(f"{name} must be true or false, got {getattr(c, name)!r}")
+        checks.boolean(owner, name, getattr(c, name))
+
+    # plugins first: the rules, attacks, models and datasets they register are known below
+    from raymix.plugins import PluginError, load_plugins
+
+    try:
+        _set(c, "plugins", load_plugins(c.plugins))
+    except PluginError as exc:
+        raise err(str(exc)) from exc.__cause__
+
+    def need_known(name: str, kind: str, extra: tuple = ()) -> None:
+        from raymix.plugins import registry
+
+        v, reg = getattr(c, name), registry(kind)
+        if not isinstance(v, str) or (v not in extra and v not in reg):
+            raise err(f"unknown {name} {v!r}; known: {', '.join(extra + tuple(reg.names()))}")
 
     # scalars first: cheap, and later checks rely on them
-    need_choice("dataset", DATASETS)
+    need_known("dataset", "datasets")
     need_choice("partition", PARTITIONS)
     need_num("dirichlet_alpha", 0.0, True)
     need_int("train_limit", 1, optional=True)
-    need_choice("model", MODELS)
+    need_known("model", "models", ("auto",))
     need_int("n", 1)
-    if not _is_int(c.f):
-        raise err(f"f must be an integer >= 0, got {c.f!r}")
-    if c.f < 0:
-        raise err(f"f must be >= 0 (the number of Byzantine workers), got {c.f}")
-    _set(c, "f", int(c.f))
+    need_int("f", 0)
     if 2 * c.f >= c.n:
         raise err(f"f={c.f} Byzantine workers out of n={c.n}: f must be < n/2")
     need_bool("drop_invalid")
@@ -351,14 +366,18 @@ def _validate(c: ExperimentConfig) -> None:
     need_int("eval_test_limit", 1, optional=True)
     need_bool("diagnostics")
     if c.workers_per_actor != "auto":
-        need_int("workers_per_actor", 1)
+        try:
+            need_int("workers_per_actor", 1)
+        except checks.ArgumentError:
+            raise checks.fail(owner, "workers_per_actor", "'auto' or an integer >= 1", c.workers_per_actor) from None
     for name in ("num_gpus_per_worker", "num_cpus_per_worker"):
-        v = getattr(c, name)
-        if v == "auto":
+        if getattr(c, name) == "auto":
             continue
-        if not _is_num(v) or v < 0 or (name == "num_cpus_per_worker" and v == 0):
-            raise err(f"{name} must be 'auto' or a number {'> 0' if name == 'num_cpus_per_worker' else '>= 0'}, got {v!r}")
-        _set(c, name, float(v))
+        strict = name == "num_cpus_per_worker"
+        try:
+            need_num(name, 0.0, strict)
+        except checks.ArgumentError:
+            raise checks.fail(owner, name, f"'auto' or a finite number {'>' if strict else '>='} 0", getattr(c, name)) from None
     need_int("seed", 0)
     need_int("checkpoint_every", 0)
     if c.data_dir is not None and not isinstance(c.data_dir, str):
@@ -382,7 +401,7 @@ def _validate(c: ExperimentConfig) -> None:
         k = int(k)
     if k != "all":
         if not _is_int(k) or not (0 <= k <= c.n - c.f):
-            raise err(f"attack_knowledge must be 'all' or an integer in 0..n-f={c.n - c.f}, got {c.attack_knowledge!r}")
+            raise checks.fail(owner, "attack_knowledge", f"'all' or an integer in 0..n-f={c.n - c.f}", c.attack_knowledge)
         k = int(k)
     _set(c, "attack_knowledge", k)
 
@@ -392,7 +411,7 @@ def _validate(c: ExperimentConfig) -> None:
     for name in SPEC_FIELDS:
         v = getattr(c, name)
         if not isinstance(v, str):
-            raise err(f"{name} must be a spec string, got {v!r}")
+            raise checks.fail(owner, name, "a spec string", v)
         try:
             _set(c, name, str(parse_spec(v)))
         except SpecError as exc:
@@ -407,9 +426,11 @@ def _validate(c: ExperimentConfig) -> None:
             attack.check(c.n, c.f)
     except (SpecError, ValueError, TypeError) as exc:
         raise err(f"attack {c.attack!r}: {exc}") from None
-    classes = getattr(attack, "num_classes", None)
-    if classes is not None and classes != _NUM_CLASSES[c.dataset]:
-        raise err(f"attack {c.attack}: num_classes={classes}, but {c.dataset} has {_NUM_CLASSES[c.dataset]} classes")
+    from raymix.data import num_classes_of
+
+    classes, dataset_classes = getattr(attack, "num_classes", None), num_classes_of(c.dataset)
+    if classes is not None and dataset_classes is not None and classes != dataset_classes:
+        raise err(f"attack {c.attack}: num_classes={classes}, but {c.dataset} has {dataset_classes} classes")
     shards = c.n if (c.f > 0 and not c.is_omniscient and not getattr(attack, "crafts_gradients", True)) else c.num_honest
     if c.train_limit is not None and c.train_limit < shards:
         raise err(f"train_limit={c.train_limit} is fewer samples than the {shards} workers that need a shard each")

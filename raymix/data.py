@@ -12,15 +12,18 @@ import os
 import pathlib
 import pickle
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from raymix.plugins import Catalogue
 from raymix.seeding import numpy_generator, torch_generator
 
 __all__ = [
     "DATASETS",
+    "DatasetEntry",
+    "num_classes_of",
     "PARTITIONS",
     "TensorDataset",
     "resolve_data_dir",
@@ -32,7 +35,6 @@ __all__ = [
     "read_idx",
 ]
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
 
 # name -> (folder under data_dir, mean per channel, std per channel)
@@ -55,6 +57,49 @@ SYNTHETIC_SHAPE = (1, 16, 16)
 SYNTHETIC_TRAIN = 2000
 SYNTHETIC_TEST = 500
 SYNTHETIC_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset. ``load`` (plugins; None for the built-ins, read below) is called
+    with whichever of ``data_dir`` (the resolved directory), ``seed`` and ``download`` it
+    declares and returns ``(x_train, y_train, x_test, y_test)`` (x float (N, C, H, W) or
+    (N, D), normalised; y integer labels) or a :class:`TensorDataset`. ``num_classes``: known
+    without loading (else the labels say, at load time); ``files``: the paths under the data
+    directory that must exist (checked before any actor starts); ``default_model``: what
+    ``model: auto`` means for it."""
+
+    name: str
+    load: "Callable[..., Any] | None" = None
+    num_classes: "int | None" = None
+    default_model: str = "mlp"
+    files: "Callable[[pathlib.Path], Sequence[pathlib.Path]] | None" = None
+
+
+def _entry(name: str, load: Any, num_classes: "int | None" = None, default_model: str = "mlp", files=None) -> DatasetEntry:
+    if not callable(load):
+        raise TypeError(f"dataset {name!r} must be registered with a loader function, got {load!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+        raise ValueError(f"dataset {name!r}: num_classes must be an integer >= 2, got {num_classes!r}")
+    return DatasetEntry(name, load, num_classes, str(default_model), files)
+
+
+# name -> DatasetEntry. Plugins add theirs with ``@DATASETS.register("name", num_classes=3)``
+# on a loader function (docs/extending.md).
+DATASETS = Catalogue("dataset", "datasets", wrap=_entry)
+
+
+def _builtin(name: str, default_model: str) -> None:
+    DATASETS._store(name, DatasetEntry(name, None, 10, default_model))
+
+
+for _name, _model in (("mnist", "paper_cnn"), ("fashion_mnist", "paper_cnn"), ("cifar10", "paper_cnn"), ("synthetic", "mlp")):
+    _builtin(_name, _model)
+
+
+def num_classes_of(name: str) -> "int | None":
+    """The classes of dataset ``name`` without loading it (None: a plugin that did not say)."""
+    return DATASETS.get(name).num_classes
 
 
 @dataclass(frozen=True)
@@ -86,9 +131,8 @@ def resolve_data_dir(configured: "str | os.PathLike | None" = None) -> pathlib.P
     return pathlib.Path("~/.cache/raymix/data").expanduser()
 
 
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+def _check_name(name: str) -> DatasetEntry:
+    return DATASETS.get(name)  # ValueError naming the known datasets
 
 
 def _find(path: pathlib.Path) -> "pathlib.Path | None":
@@ -105,6 +149,9 @@ def _expected_files(name: str, root: pathlib.Path) -> list[pathlib.Path]:
         return [raw / f for pair in _IDX_FILES.values() for f in pair]
     if name == "cifar10":
         return [root / _CIFAR_FOLDER / f for f in _CIFAR_TRAIN + _CIFAR_TEST]
+    entry = DATASETS.get(name)
+    if entry.load is not None and entry.files is not None:  # a plugin that reads files
+        return [root / p for p in entry.files(root)]
     return []
 
 
@@ -115,8 +162,8 @@ def _missing_files(name: str, root: pathlib.Path) -> list[pathlib.Path]:
 def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None) -> None:
     """Cheap existence check (reads nothing). ValueError for an unknown name,
     FileNotFoundError naming the directory searched, the files expected and the fix."""
-    _check_name(name)
-    if name == "synthetic":
+    entry = _check_name(name)
+    if name == "synthetic" or (entry.load is not None and entry.files is None):
         return
     root = resolve_data_dir(data_dir)
     missing = _missing_files(name, root)
@@ -178,8 +225,8 @@ def read_idx(path: "str | os.PathLike") -> np.ndarray:
 def _normalise(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(N, C, H, W) uint8 -> float32, (x/255 - mean) / std per channel."""
     x = x_uint8.to(torch.float32).div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)  # on the batch's device (a GPU)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return x.sub_(m).div_(s)
 
 
@@ -279,10 +326,12 @@ def load_dataset(
     ``raw=True`` keeps image datasets as uint8 (4x smaller: what the runtime ships to its
     actors) with ``norm`` set; :func:`normalise` of a batch then gives exactly the floats
     ``raw=False`` would have held (the same operations, elementwise)."""
-    _check_name(name)
+    entry = _check_name(name)
     root = resolve_data_dir(data_dir)
     norm = None
-    if name in _IDX_DATASETS:
+    if entry.load is not None:
+        xtr, ytr, xte, yte, num_classes, norm = _load_plugin(entry, root, download, seed)
+    elif name in _IDX_DATASETS:
         xtr, ytr, xte, yte, norm = _load_idx_dataset(name, root, download)
         num_classes = 10
     elif name == "cifar10":
@@ -296,6 +345,48 @@ def load_dataset(
     if norm is not None and not raw:
         xtr, xte, norm = normalise(xtr, norm), normalise(xte, norm), None
     return TensorDataset(name, xtr, ytr, xte, yte, num_classes, norm)
+
+
+def _load_plugin(entry: DatasetEntry, root: pathlib.Path, download: bool, seed: int):
+    """Call a plugin's loader with the arguments it declares and check what it returns."""
+    import inspect
+
+    offered = {"data_dir": root, "seed": seed, "download": download}
+    try:
+        params = inspect.signature(entry.load).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = offered if takes_all else {k: v for k, v in offered.items() if k in params}
+    except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+        kwargs = {}
+    out = entry.load(**kwargs)
+    what = f"dataset {entry.name!r}"
+    norm = None
+    if isinstance(out, TensorDataset):
+        xtr, ytr, xte, yte, norm = out.x_train, out.y_train, out.x_test, out.y_test, out.norm
+    elif isinstance(out, (tuple, list)) and len(out) == 4:
+        xtr, ytr, xte, yte = out
+    else:
+        raise TypeError(f"{what}: the loader must return (x_train, y_train, x_test, y_test) or a TensorDataset, got {type(out).__name__}")
+    arrays = []
+    for part, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if x.dim() == 2:
+            x = x.reshape(x.shape[0], 1, 1, x.shape[1])  # (N, D) features: one 1x1xD image each
+        if x.dim() != 4 or x.shape[0] == 0:
+            raise ValueError(f"{what}: x_{part} must be a non-empty (N, C, H, W) or (N, D) tensor, got shape {tuple(x.shape)}")
+        if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
+            raise ValueError(f"{what}: y_{part} must be {x.shape[0]} integer labels, got {y.dtype} of shape {tuple(y.shape)}")
+        if norm is None:
+            x = x.to(torch.float32)
+        arrays += [x.contiguous(), y.to(torch.int64).contiguous()]
+    xtr, ytr, xte, yte = arrays
+    if tuple(xtr.shape[1:]) != tuple(xte.shape[1:]):
+        raise ValueError(f"{what}: train inputs are {tuple(xtr.shape[1:])} but test inputs are {tuple(xte.shape[1:])}")
+    num_classes = entry.num_classes or int(max(int(ytr.max()), int(yte.max()))) + 1
+    lo, hi = int(min(ytr.min(), yte.min())), int(max(ytr.max(), yte.max()))
+    if lo < 0 or hi >= num_classes or num_classes < 2:
+        raise ValueError(f"{what}: labels must lie in [0, {num_classes}) with at least 2 classes, got range [{lo}, {hi}]")
+    return xtr, ytr, xte, yte, num_classes, norm
 
 
 def normalise(x: torch.Tensor, norm: "tuple[Sequence[float], Sequence[float]] | None") -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
+from raymix.plugins import Catalogue
 from raymix.seeding import torch_generator
 
 __all__ = [
@@ -24,13 +25,16 @@ __all__ = [
     "LogReg",
     "build_model",
     "default_model",
+    "uses_masks",
     "num_params",
     "get_flat_params",
     "set_flat_params",
     "GradientComputer",
 ]
 
-MODELS = ("paper_cnn", "mlp", "logreg")
+# name -> a callable (input_shape (C, H, W), num_classes) -> nn.Module: a class or a function.
+# Plugins add theirs with ``@MODELS.register("name")`` (docs/extending.md).
+MODELS = Catalogue("model", "models")
 
 
 def _drop(x: torch.Tensor, mask: "torch.Tensor | None", p: float, training: bool) -> torch.Tensor:
@@ -117,26 +121,54 @@ class LogReg(nn.Module):
         return self.fc(x.reshape(x.shape[0], -1))
 
 
-_CLASSES = {"paper_cnn": PaperCNN, "mlp": MLP, "logreg": LogReg}
+MODELS.register("paper_cnn", PaperCNN)
+MODELS.register("mlp", MLP)
+MODELS.register("logreg", LogReg)
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """A freshly initialised model (PyTorch default init, from the global RNG: seed it first)."""
-    if name not in _CLASSES:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    """A freshly initialised model (PyTorch default init, from the global RNG: seed it first).
+    ``name`` is a built-in model or one a plugin registered in :data:`MODELS`."""
+    factory = MODELS.get(name)
     if len(tuple(input_shape)) != 3:
         raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    return _CLASSES[name](tuple(int(s) for s in input_shape), int(num_classes))
+    model = factory(tuple(int(s) for s in input_shape), int(num_classes))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model {name!r} must build a torch.nn.Module, got {type(model).__name__}")
+    return model
 
 
 def default_model(dataset_name: str) -> str:
-    if dataset_name in ("mnist", "fashion_mnist", "fmnist", "cifar10"):
-        return "paper_cnn"
-    if dataset_name == "synthetic":
-        return "mlp"
-    raise ValueError(f"no default model for dataset {dataset_name!r}")
+    """The model ``model: auto`` means for a dataset (a plugin dataset says its own)."""
+    if dataset_name == "fmnist":
+        dataset_name = "fashion_mnist"
+    from raymix.data import DATASETS
+
+    try:
+        entry = DATASETS.get(dataset_name)
+    except ValueError:
+        raise ValueError(f"no default model for dataset {dataset_name!r}") from None
+    return entry.default_model
+
+
+def uses_masks(model: nn.Module) -> bool:
+    """Whether ``model`` takes raymix's explicit dropout masks: ``mask_specs(batch)`` and
+    ``forward(x, masks=None)`` (the built-in models do). A model without them must have no
+    randomness of its own (see :class:`GradientComputer`)."""
+    import inspect
+
+    if not callable(getattr(model, "mask_specs", None)):
+        return False
+    try:
+        return "masks" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return False
+
+
+_RANDOM_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_STATEFUL_MODULES = (nn.modules.batchnorm._BatchNorm,)
 
 
 def num_params(model: nn.Module) -> int:
@@ -161,6 +193,22 @@ def set_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
             off += k
 
 
+def _check_functional(name: str, model: nn.Module, masked: bool) -> None:
+    """Refuse, with the fix, a model whose gradients would depend on the packing or that
+    cannot run under ``vmap``: dropout modules drawing from the global RNG (use the masks
+    protocol, :func:`uses_masks`) and batch norm with running statistics."""
+    for sub_name, sub in model.named_modules():
+        where = f"model {name!r}: {sub_name or 'the model'} ({type(sub).__name__})"
+        if isinstance(sub, _RANDOM_MODULES) and not masked:
+            raise ValueError(
+                f"{where} draws dropout from the global RNG, so a worker's gradient would depend on the packing; "
+                f"take explicit masks instead: mask_specs(batch) and forward(x, masks=None) (docs/extending.md)")
+        if isinstance(sub, _STATEFUL_MODULES) and sub.track_running_stats:
+            raise ValueError(
+                f"{where} keeps running statistics, which the vectorised gradients cannot update; "
+                f"use GroupNorm/LayerNorm, or track_running_stats=False")
+
+
 class GradientComputer:
     """Stochastic gradients of W logical workers at the same weights.
 
@@ -183,6 +231,8 @@ class GradientComputer:
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):  # a scratch module: do not advance the caller's global RNG
             self.model = build_model(model_name, self.input_shape, self.num_classes).to(self.device)
+        self.uses_masks = uses_masks(self.model)
+        _check_functional(model_name, self.model, self.uses_masks)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.shapes = [p.shape for _, p in self.model.named_parameters()]
         self.sizes = [p.numel() for _, p in self.model.named_parameters()]
@@ -194,12 +244,13 @@ class GradientComputer:
         return {n: t.view(s) for n, t, s in zip(self.names, torch.split(flat, self.sizes), self.shapes)}
 
     def _loss(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, masks: tuple) -> torch.Tensor:
-        logits = functional_call(self.model, self._params(flat), (x,), {"masks": masks})
+        kwargs = {"masks": masks} if self.uses_masks else {}
+        logits = functional_call(self.model, self._params(flat), (x,), kwargs)
         return F.cross_entropy(logits, y)
 
     def masks(self, seeds: Sequence[int], batch: int) -> tuple[torch.Tensor, ...]:
         """Per worker, its dropout masks (pre-scaled by 1/(1-p)); stacked: one (W, ...) tensor per dropout site."""
-        specs = self.model.mask_specs(batch)
+        specs = self.model.mask_specs(batch) if self.uses_masks else []
         per_worker = []
         for s in seeds:
             g = torch_generator(int(s), "dropout")
@@ -242,7 +293,7 @@ class GradientComputer:
         for i, s in enumerate(seeds):
             masks = tuple(m[0] for m in self.masks([s], xs.shape[1]))
             self.model.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(self.model(xs[i], masks), ys[i])
+            loss = F.cross_entropy(self.model(xs[i], masks) if self.uses_masks else self.model(xs[i]), ys[i])
             loss.backward()
             grads.append(torch.cat([p.grad.reshape(-1) for p in self.model.parameters()]))
             losses.append(loss.detach())

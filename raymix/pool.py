@@ -11,6 +11,9 @@ Pool specs (the same text in YAML, on the command line and in Tune grids):
 - ``mixtailor(composition=no_bulyan)``: the leave-one-class-out pools by name
   (``full``, ``no_comed``, ``no_krum``, ``no_geomed``, ``no_bulyan``).
 - ``mixtailor(random_p=true, p_seed=3)``: the paper's "p drawn at random from 1 to 16", seeded.
+- ``mixtailor(add=[my_rule, krum(p=3)])``: the pool plus each listed rule (a plugin's too) as a
+  class of its own, drawn as often as each of the pool's classes (16 entries each); with
+  ``include``/``exclude``/``composition`` it joins whatever classes they leave.
 - ``pool(members=[krum(p=1), comed], weights=[1, 3])``: any list of rules, optional weights.
 - any single rule spec, e.g. ``krum``: a pool of one (a deterministic baseline).
 """
@@ -24,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from raymix import checks
 from raymix.rules.base import Rule, build_rule
 from raymix.spec import Spec, SpecError, parse_spec
 
@@ -52,18 +56,26 @@ def composition_classes(name: str) -> tuple[str, ...]:
     raise SpecError(f"unknown pool composition {name!r}; known: {', '.join(COMPOSITIONS)}")
 
 
-def _with_p(part: str, p: int) -> str:
-    return f"{part}(p={p})" if part in ("krum", "geomed") else part
+def _part(part: str, p: "int | None", geomed_iters: "int | None") -> str:
+    """A pool rule's spec: ``krum``/``geomed`` with their p (None: the default 2), and
+    geomed's Weiszfeld iterations when they differ from its default."""
+    args = [f"p={p}"] if p is not None and part in ("krum", "geomed") else []
+    if part == "geomed" and geomed_iters is not None:
+        args.append(f"iters={geomed_iters}")
+    return f"{part}({', '.join(args)})" if args else part
 
 
-def paper_pool_specs(classes: Sequence[str] = PAPER_CLASSES, random_p: bool = False, p_seed: int = 0) -> list[tuple[str, str]]:
+def paper_pool_specs(classes: Sequence[str] = PAPER_CLASSES, random_p: bool = False, p_seed: int = 0,
+                     geomed_iters: "int | None" = None) -> list[tuple[str, str]]:
     """(spec, class) for the paper's pool, restricted to ``classes``, 16 members per class.
 
     comed has no norm, so its 16 members are one rule sampled with weight 16/64 — that keeps
     each class at a quarter of the draws, as in the paper. Krum and geomed take p = 1..16
     (or, with ``random_p``, p drawn uniformly from 1..16 by a generator seeded with ``p_seed``;
     Bulyan's Krum/geomed parts then draw their p too). Bulyan takes the 16 (selection,
-    aggregation) pairs over {krum, mean, geomed, comed}.
+    aggregation) pairs over {krum, mean, geomed, comed}. ``geomed_iters`` sets the Weiszfeld
+    iterations of every geometric median in the pool, the geomed members and Bulyan's geomed
+    parts (default: geomed's own, 100; the original smoothed Weiszfeld ran a few).
     """
     unknown = [c for c in classes if c not in PAPER_CLASSES]
     if unknown:
@@ -75,12 +87,11 @@ def paper_pool_specs(classes: Sequence[str] = PAPER_CLASSES, random_p: bool = Fa
 
     # Draw every class's p values in a fixed order whatever the selection, so that
     # leaving a class out does not change the p of the members that remain.
-    krum = [f"krum(p={p_of(p)})" for p in _P_VALUES]
-    geomed = [f"geomed(p={p_of(p)})" for p in _P_VALUES]
+    krum = [_part("krum", p_of(p), None) for p in _P_VALUES]
+    geomed = [_part("geomed", p_of(p), geomed_iters) for p in _P_VALUES]
     bulyan = [
-        f"bulyan(select={_with_p(s, p_of(2))}, agg={_with_p(a, p_of(2))})"
-        if random_p
-        else f"bulyan(select={s}, agg={a})"
+        f"bulyan(select={_part(s, p_of(2) if random_p else None, geomed_iters)}, "
+        f"agg={_part(a, p_of(2) if random_p else None, geomed_iters)})"
         for s in _BULYAN_PARTS
         for a in _BULYAN_PARTS
     ]
@@ -150,7 +161,8 @@ class MixTailorPool:
             _bind(_mixtailor_members, parsed, kw)
             members = _mixtailor_members(str(parsed), **kw)
             rules = [build_rule(s) for s, _ in members]
-            pool = cls(rules, [c for _, c in members], kw.get("weights"), name=str(parsed))
+            families = [c if c is not None else r.family for (_, c), r in zip(members, rules)]
+            pool = cls(rules, families, kw.get("weights"), name=str(parsed))
         elif parsed.name == "pool":
             _bind(_explicit_pool, parsed, kw, skip=2)
             pool = _explicit_pool(cls, str(parsed), **kw)
@@ -249,7 +261,9 @@ def _mixtailor_members(
     random_p: bool = False,
     p_seed: int = 0,
     weights: "Sequence[float] | None" = None,
-) -> list[tuple[str, str]]:
+    add: "Sequence | None" = None,
+    geomed_iters: "int | None" = None,
+) -> list[tuple["str | Spec", "str | None"]]:
     def names(xs, what) -> list[str]:
         if not isinstance(xs, (list, tuple)):
             xs = [xs]
@@ -272,9 +286,18 @@ def _mixtailor_members(
     if exclude is not None:
         drop = names(exclude, "exclude")
         classes = [c for c in classes if c not in drop]
-    if not classes:
+    extra = [] if add is None else list(add) if isinstance(add, (list, tuple)) else [add]
+    for x in extra:
+        if not isinstance(x, (Spec, str)):
+            raise SpecError(f"{name}: add takes rule specs, e.g. add=[my_rule, krum(p=3)], got {x!r}")
+    if not classes and not extra:
         raise SpecError(f"{name}: no rule class left in the pool")
-    return paper_pool_specs(classes, random_p=random_p, p_seed=p_seed)
+    if geomed_iters is not None:
+        geomed_iters = checks.integer(name, "geomed_iters", geomed_iters, 1)
+    members: list = paper_pool_specs(classes, random_p=random_p, p_seed=p_seed, geomed_iters=geomed_iters) if classes else []
+    # each added rule is a class of its own, as often drawn as each of the paper's (16 entries);
+    # its family (None here) is the rule's own, read once it is built
+    return members + [(x, None) for x in extra for _ in _P_VALUES]
 
 
 def _explicit_pool(cls, name: str, members: "Sequence | None" = None, weights: "Sequence[float] | None" = None) -> MixTailorPool:

@@ -15,13 +15,16 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
-__all__ = ["Spec", "SpecError", "parse_spec", "Registry"]
+from raymix.checks import ArgumentError
+
+__all__ = ["Spec", "SpecError", "parse_spec", "init_args", "Registry"]
 
 
-class SpecError(ValueError):
-    """A spec string that does not parse, or names something unknown."""
+# A spec string that does not parse, or names something unknown: the one error type of
+# every bad argument (raymix.checks), so ``except SpecError`` also catches bad values.
+SpecError = ArgumentError
 
 
 @dataclass(frozen=True)
@@ -182,14 +185,62 @@ def parse_spec(text: "str | Spec") -> Spec:
     return spec
 
 
+def init_args(obj: Any) -> dict[str, Any]:
+    """The spec arguments that rebuild ``obj`` from its class's ``__init__``: each argument
+    whose value (the attribute of the same name) differs from its default, in signature
+    order. A nested object with ``canonical_spec()`` (a rule) is written as that spec, an
+    integral float as an int (``p=3``, not ``p=3.0``), a list as a tuple."""
+    out: dict[str, Any] = {}
+    params = list(inspect.signature(type(obj).__init__).parameters.values())[1:]
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not hasattr(obj, p.name):
+            continue
+        v = getattr(obj, p.name)
+        if p.default is not p.empty and _is_default(v, p.default):
+            continue
+        out[p.name] = _spec_value(v)
+    return out
+
+
+def _is_default(v: Any, default: Any) -> bool:
+    if hasattr(v, "canonical_spec"):
+        if isinstance(default, (str, Spec)):
+            try:
+                return v.canonical_spec() == str(parse_spec(default))
+            except SpecError:
+                return False
+        return hasattr(default, "canonical_spec") and v.canonical_spec() == default.canonical_spec()
+    if isinstance(v, bool) or isinstance(default, bool):
+        return v is default
+    if isinstance(v, (int, float)) and isinstance(default, (int, float)):
+        return float(v) == float(default)
+    return type(v) is type(default) and v == default
+
+
+def _spec_value(v: Any) -> Any:
+    if hasattr(v, "canonical_spec"):
+        return parse_spec(v.canonical_spec())
+    if isinstance(v, float) and v == v and abs(v) < 1e15 and v.is_integer():
+        return int(v)
+    if isinstance(v, (list, tuple)):
+        return tuple(_spec_value(x) for x in v)
+    return v
+
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
     """Names to factories. ``build`` turns a spec into an object, with clear errors.
 
-    Factories take the spec's arguments as keyword arguments; nested specs arrive as
-    :class:`Spec` values and the factory decides what to build from them.
+    A factory is a class (its ``__init__`` takes the spec's arguments) or a function; both
+    take the spec's arguments as keyword arguments, and nested specs arrive as :class:`Spec`
+    values that the factory decides what to build from. ``register`` is a decorator::
+
+        @RULES.register("krum")
+        class Krum(Rule): ...
+
+    and a class that does not set its own ``name`` gets the registered one.
     """
 
     def __init__(self, kind: str):
@@ -200,6 +251,8 @@ class Registry(Generic[T]):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if isinstance(fn, type) and "name" not in vars(fn):
+                fn.name = name
             self._factories[name] = fn
             return fn
 
@@ -212,6 +265,10 @@ class Registry(Generic[T]):
         return name in self._factories
 
     def factory(self, name: str) -> Callable[..., T]:
+        if name not in self._factories:  # maybe an installed plugin's: load them (once)
+            from raymix.plugins import load_entry_points
+
+            load_entry_points()
         try:
             return self._factories[name]
         except KeyError:

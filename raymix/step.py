@@ -356,17 +356,21 @@ class LocalSimulation:
     """The whole simulation in this one process, no Ray: every honest worker's gradient in one
     vectorised pass, the same adversary, draws, update and records as the Ray runtime, and the
     same surface as ``raymix.runtime.Simulation`` (``advance`` to the next evaluation,
-    ``done``). The baseline the benchmarks measure raymix against, and the reference its tests
-    compare with. ``computer_method``: ``vmap`` (default) or ``loop`` for the gradients."""
+    ``done``, ``state``/``restore``). The baseline the benchmarks measure raymix against, the
+    reference its tests compare with, and, in a sweep, a one-pack trial's engine inside the
+    trial's own actor (``runtime/tune.py``). ``computer_method``: ``vmap`` (default) or
+    ``loop`` for the gradients; ``on_step``: callables ``hook(step, self)`` before each step."""
 
-    def __init__(self, config, computer_method: str | None = None):
+    def __init__(self, config, computer_method: str | None = None, on_step: Sequence[Callable] = (), device: str = "cpu"):
         inputs = prepare(config)
+        self.on_step = list(on_step)
+        self._last_state: dict[str, Any] = {"step": 0, "weights": None, "optimizer": None}
         self.config = config
-        self.workers = Workers.honest(config, range(config.num_honest), inputs.honest_shards, inputs.model, norm=inputs.norm)
+        self.workers = Workers.honest(config, range(config.num_honest), inputs.honest_shards, inputs.model, device, inputs.norm)
         if computer_method is not None:
             self.workers.computer.method = computer_method
-        self.adversary = Adversary.for_config(config, inputs.model, inputs.byzantine_shards, norm=inputs.norm)
-        self.server = Server(config, inputs.init_weights, inputs.model, inputs.test)
+        self.adversary = Adversary.for_config(config, inputs.model, inputs.byzantine_shards, device, inputs.norm)
+        self.server = Server(config, inputs.init_weights, inputs.model, inputs.test, device)
         self.step = 0
         self.diverged: str | None = None
         self._t_start = time.perf_counter()
@@ -381,6 +385,8 @@ class LocalSimulation:
 
         interval, t_interval = Interval(), time.perf_counter()
         while True:
+            for hook in self.on_step:
+                hook(self.step + 1, self)
             t = self.step = self.step + 1
             w = self.server.weights()
             t0 = time.perf_counter()
@@ -391,7 +397,8 @@ class LocalSimulation:
             is_eval = self.config.is_eval_step(t)
             stats = self.server.step(t, H, byz, losses, is_eval, is_eval and self.config.diagnostics)
             stats.update(time_gradients=t1 - t0, time_attack=t2 - t1)
-            stats.pop("state", None)
+            if "state" in stats:
+                self._last_state = {"step": t, **stats.pop("state")}
             interval.add(stats)
             if "diverged" in stats:
                 self.diverged = stats["diverged"]
@@ -400,9 +407,25 @@ class LocalSimulation:
                 return make_record(stats, interval, now - t_interval, now - self._t_start)
 
 
-def run_local(config, computer_method: str | None = None) -> list[dict]:
+    def state(self) -> dict[str, Any]:
+        """The state after the last evaluation: step, weights, optimizer state, the config."""
+        if self._last_state["weights"] is None:
+            raise RuntimeError("no evaluation yet: nothing to save")
+        return {**self._last_state, "config": self.config.to_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a checkpoint; the caller checks it fits this config)."""
+        self.server.load_state(state)
+        self.step = int(state["step"])
+        self._last_state = {k: state[k] for k in ("step", "weights", "optimizer")}
+
+    def close(self) -> None:
+        pass
+
+
+def run_local(config, computer_method: str | None = None, device: str = "cpu") -> list[dict]:
     """:class:`LocalSimulation` from the first step to the last: its records."""
-    sim = LocalSimulation(config, computer_method)
+    sim = LocalSimulation(config, computer_method, device=device)
     records = []
     while not sim.done:
         records.append(sim.advance())

@@ -189,11 +189,15 @@ def resolve_trial(params: Mapping[str, Any], cluster: Mapping[str, float], cpus_
 def trial_bundles(config: ExperimentConfig) -> list[dict[str, float]]:
     """A trial's placement-group bundles: bundle 0 for the trial itself (the Tune Trainable,
     which drives the Simulation), then one per simulation actor, in the order the runtime
-    pins its actors to them. ``config`` is resolved (:func:`resolve_trial`)."""
-    from raymix.runtime.resources import actor_sizes, resources_for
+    pins its actors to them; a trial that runs inside its own actor (one pack on CPUs) is
+    one bundle with the pack's share. ``config`` is resolved (:func:`resolve_trial`)."""
+    from raymix.runtime.resources import actor_sizes, resources_for, trial_runs_inside
 
     cpu_w, gpu_w = float(config.num_cpus_per_worker), float(config.num_gpus_per_worker)
-    return [{"CPU": DRIVER_CPUS}] + [resources_for(cpu_w, gpu_w, k).bundle() for k in actor_sizes(config)]
+    actors = [resources_for(cpu_w, gpu_w, k).bundle() for k in actor_sizes(config)]
+    if trial_runs_inside(config):
+        return [{"CPU": DRIVER_CPUS + actors[0]["CPU"]}]
+    return [{"CPU": DRIVER_CPUS}] + actors
 
 
 def trial_resources(config: ExperimentConfig):
@@ -281,12 +285,12 @@ def run_sweep(
     run = dict(sweep.run)
     storage = str(Path(storage_path or run.get("storage_path") or "~/ray_results").expanduser().resolve())
     from raymix.runtime.resources import check_files
-    from raymix.runtime.simulation import _ensure_ray
+    from raymix.runtime.simulation import ensure_ray, release_ray
 
     points = [_absolute_data_dir(p) for p in expand_grid(sweep.experiment, sweep.search)]
     for point in points:  # before Ray starts: a missing data directory costs nothing
         check_files(ExperimentConfig.from_dict(point))
-    started = _ensure_ray(address)
+    started = ensure_ray(address, verbose=bool(verbose))
     try:
         from raymix.runtime.resources import default_concurrency
 
@@ -316,7 +320,10 @@ def run_sweep(
             tuner = tune.Tuner(
                 trainable,
                 param_space=space,
-                tune_config=tune.TuneConfig(num_samples=int(run.get("num_samples", 1)), max_concurrent_trials=concurrency),
+                # reuse_actors: the next trial of the same shape starts in a finished trial's
+                # process (SimulationTrainable.reset_config), with torch already imported.
+                tune_config=tune.TuneConfig(num_samples=int(run.get("num_samples", 1)), max_concurrent_trials=concurrency,
+                                            reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=sweep.name,
                     callbacks=[RecordsCallback()] + ([StatusCallback(len(points) * int(run.get("num_samples", 1)))] if status else []),
@@ -329,7 +336,7 @@ def run_sweep(
         return tuner.fit()
     finally:
         if started:
-            ray.shutdown()
+            release_ray()
 
 
 # ---------------------------------------------------------------------------- command line
@@ -353,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="override the step count of every trial")
     ap.add_argument("--seeds", type=int, help="replace the seed axis by seeds 0..SEEDS-1")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set an experiment field for every trial (repeatable)")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import MODULE first, here and in every trial: its rules, attacks, models and datasets become usable (repeatable)")
     ap.add_argument("--storage-path", help="where Tune writes results (default: the YAML's run.storage_path, else ~/ray_results)")
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: the YAML's run.max_concurrent_trials)")
     ap.add_argument("--address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
@@ -360,9 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="Tune's own progress tables instead of raymix's one-line status")
     args = ap.parse_args(argv)
     try:
+        sets = _parse_set(args.set)
+        if args.plugin:  # imported before the YAML is read: its specs may name what they define
+            from raymix.plugins import load_plugins
+
+            load_plugins(args.plugin)
         sweep = load_sweep(args.sweep)
-        if args.steps is not None or args.seeds is not None or args.set:
-            sweep = sweep.scaled(steps=args.steps, seeds=args.seeds, set_values=_parse_set(args.set))
+        if args.plugin:
+            sets["plugins"] = list(dict.fromkeys([*sweep.experiment.get("plugins", ()), *args.plugin]))
+        if args.steps is not None or args.seeds is not None or sets:
+            sweep = sweep.scaled(steps=args.steps, seeds=args.seeds, set_values=sets)
         if args.max_concurrent:
             sweep = replace(sweep, run={**sweep.run, "max_concurrent_trials": args.max_concurrent})
         # Re-validate after the overrides (SweepConfig validates at construction).

@@ -134,3 +134,40 @@ def test_notebooks_run_headless(notebook, small_sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("RAYMIX_FIGURE_DIR", str(tmp_path))
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert list(tmp_path.glob("*.png")), "the notebook drew no figure"
+
+
+def test_fluctuation_measures_the_settled_curves_step_to_step_changes():
+    """The paper's remark (MixTailor's curves fluctuate less) made a number: the std of the
+    changes between consecutive evaluations over the second half of the steps, in points."""
+    import numpy as np
+    import pandas as pd
+
+    from raymix.analysis.plots import fluctuation, summary_table
+
+    steps = list(range(100, 1100, 100))
+    zigzag = [0.5 + 0.01 * i for i in range(5)] + [0.9, 0.92, 0.9, 0.92, 0.9]  # late: +2, -2, +2, -2 points
+    df = pd.DataFrame(
+        [{"trial": "a", "aggregator": "mixtailor", "attack": "x", "step": s, "test_accuracy": 0.9} for s in steps]
+        + [{"trial": "b", "aggregator": "krum", "attack": "x", "step": s, "test_accuracy": z} for s, z in zip(steps, zigzag)])
+    f = fluctuation(df)
+    assert f["a"] == 0.0 and f["b"] == pytest.approx(np.std([0.02, -0.02, 0.02, -0.02], ddof=1))  # the early rise is left out
+    table = summary_table(df).set_index("aggregator")
+    assert table.loc["krum", "fluctuation_mean"] == pytest.approx(100 * f["b"]) and table.loc["mixtailor", "fluctuation_mean"] == 0.0
+
+
+def test_gap_curves_subtract_at_the_same_step_and_seed(tmp_path):
+    """The figure of MixTailor's gap to omniscient against steps: omniscient's accuracy minus
+    the aggregator's, step by step and seed by seed; refused without an omniscient trial."""
+    import pandas as pd
+
+    from raymix.analysis.plots import gap_curves
+
+    rows = [{"trial": f"{a}{seed}", "aggregator": a, "attack": "x", "seed": seed, "step": s, "test_accuracy": acc}
+            for seed in (0, 1) for s in (100, 200)
+            for a, acc in (("omniscient", 0.9 + 0.01 * seed), ("mixtailor", 0.8 + 0.01 * seed + (0.05 if s == 200 else 0)))]
+    fig = gap_curves(pd.DataFrame(rows), out=tmp_path / "gap")
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [100, 200] and list(line.get_ydata()) == pytest.approx([10.0, 5.0])
+    assert (tmp_path / "gap.png").exists()
+    with pytest.raises(ValueError, match="no omniscient"):
+        gap_curves(pd.DataFrame([r for r in rows if r["aggregator"] != "omniscient"]))

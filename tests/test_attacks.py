@@ -181,43 +181,109 @@ def test_every_registered_attack_is_covered():
     assert covered == set(ATTACKS.names())
 
 
+def test_attacks_pickle_as_they_are_rules_and_caches_included():
+    """Rules are plain objects now: an attack carries its rule objects through pickle as they
+    are (nothing stripped and rebuilt), and a pool-aware attack keeps its cache of members."""
+    import pickle
+
+    assert "__getstate__" not in vars(Attack) and "__setstate__" not in vars(Attack)
+    for spec in ("fang_krum(p=3)", "optimal(rule=bulyan(select=krum(p=3), agg=comed))"):
+        a = build_attack(spec)
+        b = pickle.loads(pickle.dumps(a))
+        assert b.rule == a.rule and b.rule.spec == a.rule.spec and b.rule is not a.rule, spec
+    a = build_attack("pool_aware(grid=[0.1, 10], refine=0)")
+    a(view(pool=SMALL_POOL))
+    b = pickle.loads(pickle.dumps(a))
+    assert set(b._rules) == {"krum", "comed", "geomed"} and b._rules == a._rules
+    assert torch.equal(a(view(pool=SMALL_POOL)), b(view(pool=SMALL_POOL)))
+
+
+def test_every_registered_attack_is_a_documented_class():
+    """A one-line summary first (what ``raymix attacks`` lists), the formula and the
+    precondition in the docstring, and ``needs`` in words."""
+    for name in ATTACKS.names():
+        factory = ATTACKS.factory(name)
+        cls = factory if isinstance(factory, type) else type(build_attack(name))
+        assert issubclass(cls, Attack) and cls.summary() and len(cls.summary()) > 20, name
+        assert (factory.__doc__ or "").strip().splitlines()[0], name
+        assert cls.needs and getattr(factory, "needs", None) == cls.needs, name
+        doc = cls.__doc__ or ""
+        assert "Needs" in doc or "needs" in doc, name
+        assert f"{parse_spec(build_attack(name).spec).name}" == name
+
+
+class _Shift(Attack):
+    """Shift: every row is the honest mean plus ``delta`` (an attack of the user's own). Needs one honest row."""
+
+    needs = "one visible honest row"
+
+    def __init__(self, delta: float = 1.0):
+        from raymix import checks
+
+        self.delta = checks.number("attack test_shift", "delta", delta)
+
+    def craft(self, view):
+        return (view.honest.mean(0) + self.delta).expand(view.f, -1).clone()
+
+
+def test_a_user_attack_is_written_as_a_class():
+    import pickle
+
+    ATTACKS.register("test_shift")(_Shift)
+    try:
+        a = build_attack("test_shift(delta=2)")
+        assert a.spec == "test_shift(delta=2)" and _Shift(delta=3).spec == "test_shift(delta=3)" and _Shift().spec == "test_shift"
+        H = honest()
+        torch.testing.assert_close(a(view(H)), (H.mean(0) + 2).expand(F, -1))
+        b = pickle.loads(pickle.dumps(a))
+        assert b.spec == a.spec and torch.equal(b(view(H)), a(view(H)))
+        with pytest.raises(SpecError, match=r"^attack test_shift: delta must be a finite number, got nan$"):
+            build_attack("test_shift(delta=nan)")
+    finally:
+        ATTACKS._factories.pop("test_shift", None)
+
+
 @pytest.mark.parametrize(
-    "spec, match",
+    "spec, message",
     [
-        ("ipm(epsilon='big')", "epsilon must be a number"),
-        ("ipm(epsilon=nan)", "epsilon must be finite"),
-        ("ipm(epsilon=inf)", "epsilon must be finite"),
-        ("ipm(epsilon=-0.1)", "epsilon must be >= 0"),
-        ("ipm(scale=median)", "scale must be one of mean, sum_over_f"),
-        ("tailored(epsilon=true)", "epsilon must be a number"),
-        ("random_ipm(epsilons=[])", "non-empty list"),
-        ("random_ipm(epsilons=[0.1, -1])", "epsilons must be >= 0"),
-        ("random_ipm(epsilons=0.1)", "non-empty list"),
-        ("alie(z=nan)", "z must be finite"),
-        ("fang_krum(p=0.5)", "p must be >= 1"),
-        ("fang_krum(spread=-1)", "spread must be >= 0"),
-        ("fang_krum(ref=origin)", "ref must be one of zero, mean"),
-        ("fang_krum(threshold=0)", "threshold must be > 0"),
-        ("fang_median(b=1)", "b must be > 1"),
-        ("fang_trimmed_mean(b='x')", "b must be a number"),
-        ("optimal(rule=nosuchrule)", "unknown rule"),
-        ("optimal(rule=krum(p=0))", "bad rule"),
-        ("optimal(search=everything)", "search must be one of"),
-        ("optimal(grid=[1, -1])", "grid must be >= 0"),
-        ("optimal(grid=[])", "non-empty list"),
-        ("optimal(refine=-1)", "refine must be an integer >= 0"),
-        ("pool_aware(objective=best)", "objective must be one of expected, worst"),
-        ("pool_aware(refine_points=0)", "refine_points must be an integer >= 1"),
-        ("sign_flip(scale=0)", "scale must be > 0"),
-        ("gaussian(std=-1)", "std must be >= 0"),
-        ("gaussian(center=median)", "center must be one of"),
-        ("nonfinite(kind=huge)", "kind must be one of"),
-        ("label_flip(num_classes=1)", "num_classes must be an integer >= 2"),
-        ("label_flip(num_classes=2.5)", "num_classes must be an integer"),
+        ("ipm(epsilon='big')", "attack ipm: epsilon must be a finite number >= 0, got 'big'"),
+        ("ipm(epsilon=nan)", "attack ipm: epsilon must be a finite number >= 0, got nan"),
+        ("ipm(epsilon=inf)", "attack ipm: epsilon must be a finite number >= 0, got inf"),
+        ("ipm(epsilon=-0.1)", "attack ipm: epsilon must be a finite number >= 0, got -0.1"),
+        ("ipm(scale=median)", "attack ipm: scale must be one of mean, sum_over_f, got 'median'"),
+        ("tailored(epsilon=true)", "attack ipm: epsilon must be a finite number >= 0, got True"),
+        ("random_ipm(epsilons=[])", "attack random_ipm: epsilons must be a non-empty list of finite numbers >= 0, got ()"),
+        ("random_ipm(epsilons=[0.1, -1])", "attack random_ipm: epsilons must be a non-empty list of finite numbers >= 0, got (0.1, -1)"),
+        ("random_ipm(epsilons=0.1)", "attack random_ipm: epsilons must be a non-empty list of finite numbers >= 0, got 0.1"),
+        ("alie(z=nan)", "attack alie: z must be a finite number, got nan"),
+        ("fang_krum(p=0.5)", "attack fang_krum: p must be a number >= 1 (or inf), got 0.5"),
+        ("fang_krum(spread=-1)", "attack fang_krum: spread must be a finite number >= 0, got -1"),
+        ("fang_krum(ref=origin)", "attack fang_krum: ref must be one of zero, mean, got 'origin'"),
+        ("fang_krum(threshold=0)", "attack fang_krum: threshold must be a finite number > 0, got 0"),
+        ("fang_krum(max_halvings=-1)", "attack fang_krum: max_halvings must be an integer >= 0, got -1"),
+        ("fang_median(b=1)", "attack fang_median: b must be a finite number > 1, got 1"),
+        ("fang_trimmed_mean(b='x')", "attack fang_trimmed_mean: b must be a finite number > 1, got 'x'"),
+        ("optimal(rule=nosuchrule)", "attack optimal: bad rule 'nosuchrule': unknown rule 'nosuchrule'"),
+        ("optimal(rule=krum(p=0))", "attack optimal: bad rule 'krum(p=0)': rule krum: p must be a number >= 1 (or inf), got 0"),
+        ("optimal(rule=3)", "attack optimal: rule must be a rule spec such as krum or krum(p=3), got 3"),
+        ("optimal(search=everything)", "attack optimal: search must be one of epsilon, sign, alie, got 'everything'"),
+        ("optimal(grid=[1, -1])", "attack optimal: grid must be a non-empty list of finite numbers >= 0, got (1, -1)"),
+        ("optimal(grid=[])", "attack optimal: grid must be a non-empty list of finite numbers >= 0, got ()"),
+        ("optimal(refine=-1)", "attack optimal: refine must be an integer >= 0, got -1"),
+        ("pool_aware(objective=best)", "attack pool_aware: objective must be one of expected, worst, got 'best'"),
+        ("pool_aware(refine_points=0)", "attack pool_aware: refine_points must be an integer >= 1, got 0"),
+        ("sign_flip(scale=0)", "attack sign_flip: scale must be a finite number > 0, got 0"),
+        ("gaussian(std=-1)", "attack gaussian: std must be a finite number >= 0, got -1"),
+        ("gaussian(center=median)", "attack gaussian: center must be one of zero, mean, got 'median'"),
+        ("nonfinite(kind=huge)", "attack nonfinite: kind must be one of nan, inf, -inf, big, got 'huge'"),
+        ("label_flip(num_classes=1)", "attack label_flip: num_classes must be an integer >= 2, got 1"),
+        ("label_flip(num_classes=2.5)", "attack label_flip: num_classes must be an integer >= 2, got 2.5"),
     ],
 )
-def test_bad_parameters_fail_at_construction(spec, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_parameters_fail_at_construction(spec, message):
+    import re
+
+    with pytest.raises(SpecError, match=re.escape(message)):
         build_attack(spec)
 
 

@@ -61,7 +61,7 @@ CASES = [
     # (name, argv builder, message)
     ("malformed YAML", lambda r, m: ["run", "--config", f"{r}/malformed.yaml"], r"malformed.yaml line 2: not valid YAML"),
     ("a YAML key given twice", lambda r, m: ["run", "--config", f"{r}/twice.yaml"], r"the key 'lr' is given twice \(lines 2 and 3\)"),
-    ("a bad value in a YAML", lambda r, m: ["run", "--config", f"{r}/value.yaml"], r"value.yaml line 4: .*lr must be a number > 0"),
+    ("a bad value in a YAML", lambda r, m: ["run", "--config", f"{r}/value.yaml"], r"value.yaml line 4: .*lr must be a finite number > 0, got -1"),
     ("f >= n/2", lambda r, m: ["run", "--n", "6", "--f", "3"], r"f must be < n/2"),
     ("an unknown attack", lambda r, m: ["run", *SYN, "--attack", "nope"], r"unknown attack 'nope'"),
     ("a missing data directory", lambda r, m: ["run", "--dataset", "mnist", "--data-dir", f"{r}/nowhere"], r"dataset 'mnist' not found"),

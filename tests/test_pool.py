@@ -125,3 +125,20 @@ def test_aggregate_applies_the_drawn_member():
     G = torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0]])
     assert pool.aggregate(Draw(0, "mean", "mean"), G, 1).item() == pytest.approx(21.2)
     assert pool.aggregate(Draw(1, "comed", "comed"), G, 1).item() == pytest.approx(2.0)
+
+
+def test_geomed_iters_sets_every_weiszfeld_in_the_pool():
+    """The sensitivity knob of the readings (docs/results): every geometric median of the pool,
+    the geomed members and Bulyan's geomed parts, runs the given Weiszfeld iterations; the
+    rest of the pool is unchanged."""
+    from raymix.pool import paper_pool_specs
+
+    base, few = paper_pool_specs(), paper_pool_specs(geomed_iters=5)
+    changed = [(a, b) for (a, _), (b, _) in zip(base, few) if a != b]
+    assert len(changed) == 16 + 7  # 16 geomed members, 7 Bulyan pairs with a geomed part
+    assert all("geomed" in a and b.count("iters=5") == a.count("geomed") for a, b in changed)
+    assert ("geomed(p=3)", "geomed(p=3, iters=5)") in changed
+    pool = MixTailorPool.from_spec("mixtailor(geomed_iters=5)", 12, 2)
+    assert len(pool) == 64 and any(r.spec == "geomed(p=16, iters=5)" for r in pool.rules)
+    with pytest.raises(ValueError, match="geomed_iters must be an integer >= 1, got 0"):
+        MixTailorPool.from_spec("mixtailor(geomed_iters=0)", 12, 2)

@@ -309,8 +309,10 @@ def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_
     args = ["run", "--dataset", "synthetic", "--model", "mlp", "--n", "7", "--f", "1", "--aggregator", "mean",
             "--attack", "nonfinite(kind='nan')", "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--quiet"]
     proc = subprocess.run([sys.executable, "-m", "raymix"] + args, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 3 and "Traceback" not in proc.stderr
-    assert [l for l in proc.stderr.splitlines() if l.startswith("raymix run:")] == [
+    assert proc.returncode == 3
+    # The whole of stderr: Ray's start-up lines, its token warning and its C++ core's
+    # bookkeeping warnings stay out of the terminal (`--verbose` lets them through).
+    assert proc.stderr.strip().splitlines() == [
         "raymix run: diverged at step 1: the aggregate is not finite (drawn rule mean); the update was not applied"]
 
 
@@ -370,8 +372,8 @@ def test_a_sigkilled_driver_resumes_to_the_same_records(base_run, tmp_path):
 
     c = cfg(tmp_path, steps=30, eval_every=2, checkpoint_every=0, diagnostics=False)
     args = [sys.executable, "-m", "raymix", "run", "--quiet"] + [
-        x for k, v in c.to_dict().items() if v is not None and k not in ("num_cpus_per_worker", "num_gpus_per_worker")
-        for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
+        x for k, v in c.to_dict().items() if v is not None and k not in ("num_cpus_per_worker", "num_gpus_per_worker", "plugins")
+        for x in (((f"--{k}" if v else f"--no-{k}"),) if isinstance(v, bool) else (f"--{k}", str(v)))]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and len(read_records(tmp_path) if (tmp_path / "records.jsonl").exists() else []) < 4:

@@ -164,6 +164,9 @@ def test_each_trial_reserves_a_bundle_per_actor_it_starts():
     assert bundles(aggregator="krum")[1] == {"CPU": 0.25}  # 5 workers x 0.05
     gpu = bundles(aggregator="krum", num_gpus_per_worker=1 / 12)
     assert gpu[1]["GPU"] == pytest.approx(5 / 12, abs=1e-4) and gpu[-1]["GPU"] == pytest.approx(5 / 12, abs=1e-4)
+    # one pack on CPUs runs inside the trial's own actor: one bundle, the trial's and the pack's share
+    assert bundles(aggregator="krum", workers_per_actor=10) == [{"CPU": pytest.approx(0.05 + 0.5)}]
+    assert len(bundles(aggregator="krum", workers_per_actor=10, num_gpus_per_worker=1 / 12)) == 2  # a GPU share: an actor
 
 
 def test_run_checkpoint_every_and_scale_overrides():
@@ -218,7 +221,8 @@ def test_raymix_run_and_a_one_trial_sweep_of_the_same_config_write_the_same_reco
            "steps": 4, "eval_every": 2, "batch_size": 8, "lr": 0.05, "seed": 7, "diagnostics": True}
     grid = run_sweep(SweepConfig("same", exp, {}, {}), storage_path=str(tmp_path / "sweep"), verbose=0)
     trial = Path(grid[0].path)
-    args = ["run", "--output-dir", str(tmp_path / "run")] + [x for k, v in exp.items() for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
+    args = ["run", "--output-dir", str(tmp_path / "run")] + [x for k, v in exp.items() for x in
+                                                            ((f"--{k}" if v else f"--no-{k}",) if isinstance(v, bool) else (f"--{k}", str(v)))]
     assert main(args) == 0
     same_curve(read_records(trial / "raymix"), read_records(tmp_path / "run"))
     assert [json.loads(x)["step"] for x in (trial / "result.json").read_text().splitlines()] == [2, 4]
@@ -266,23 +270,45 @@ def test_a_diverged_trial_ends_without_retry_and_is_marked(ray_session, tmp_path
     assert table.loc["mean", "diverged"] == 1 and table.loc["comed", "diverged"] == 0
 
 
-def test_the_sweep_status_line_and_version(capsys):
-    """`raymix sweep` prints one compact line (trials by state, best and worst accuracy so far)
-    instead of Tune's tables; `raymix --version` names the version."""
+def test_the_sweep_status_line(caplog, monkeypatch):
+    """`raymix sweep` logs one compact line (trials by state, best and worst accuracy so far,
+    the time left at the trial-steps rate so far) instead of Tune's tables."""
+    import logging
     from types import SimpleNamespace
 
-    from raymix import __version__
-    from raymix.cli import main
-    from raymix.runtime.tune import StatusCallback
+    from raymix.runtime import tune as rt
 
-    a = SimpleNamespace(trial_id="a", config={"aggregator": "krum"}, status="RUNNING")
-    b = SimpleNamespace(trial_id="b", config={"aggregator": "mixtailor"}, status="RUNNING")
-    cb = StatusCallback(total=3, every=3600)
-    cb.on_trial_result(0, [a, b], a, {"step": 10, "test_accuracy": 0.1})  # the first line is printed at once
-    cb.on_trial_result(0, [a, b], b, {"step": 10, "test_accuracy": 0.8})  # then at most every `every` seconds
-    a.status = "TERMINATED"
-    cb.on_trial_complete(0, [a, b], a)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["raymix sweep: 2 running, 0 finished, 0 errored of 3; best 0.1000 (krum at step 10), worst 0.1000 (krum at step 10)",
-                     "raymix sweep: 1 running, 1 finished, 0 errored of 3; best 0.8000 (mixtailor at step 10), worst 0.1000 (krum at step 10)"]
-    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"raymix {__version__}"
+    clock = iter([10000.0, 10030.0, 10030.0, 10040.0, 10060.0, 10060.0])  # init, then (now, time left) per line
+    monkeypatch.setattr(rt.time, "monotonic", lambda: next(clock))
+    a = SimpleNamespace(trial_id="a", config={"aggregator": "krum", "steps": 40}, status="RUNNING")
+    b = SimpleNamespace(trial_id="b", config={"aggregator": "mixtailor", "steps": 40}, status="RUNNING")
+    with caplog.at_level(logging.INFO, logger="raymix"):
+        cb = rt.StatusCallback(total=3, every=3600)
+        cb.on_trial_result(0, [a, b], a, {"step": 10, "test_accuracy": 0.1})  # the first line is logged at once
+        cb.on_trial_result(0, [a, b], b, {"step": 10, "test_accuracy": 0.8})  # then at most every `every` seconds
+        a.status = "TERMINATED"
+        cb.on_trial_complete(0, [a, b], a)  # and whenever a trial ends: a's 40 steps done, b's 10
+    # 10 of 120 trial-steps after 30 s, then 50 of 120 after 60 s: 84 s left at that rate.
+    assert [r.getMessage() for r in caplog.records] == [
+        "raymix sweep: 2 running, 0 finished, 0 errored of 3; best 0.1000 (krum at step 10), worst 0.1000 (krum at step 10); about 5m30s left",
+        "raymix sweep: 1 running, 1 finished, 0 errored of 3; best 0.8000 (mixtailor at step 10), worst 0.1000 (krum at step 10); about 1m24s left"]
+
+
+def test_one_pack_trials_run_inside_their_trainable_and_reuse_its_process(ray_session, tmp_path):
+    """A trial that is one pack on CPUs is one process, the Trainable's (one bundle), and Tune
+    starts the next such trial in a finished one's process: three trials one at a time run in
+    one process, with the records of `raymix run`'s actors."""
+    from raymix.sweep import run_sweep
+
+    exp = {"dataset": "synthetic", "model": "mlp", "n": 7, "f": 1, "attack": "ipm(epsilon=0.1)", "steps": 4,
+           "eval_every": 2, "batch_size": 8, "lr": 0.05, "diagnostics": True}
+    sweep = SweepConfig("inside", exp, {"aggregator": {"grid_search": ["mixtailor", "krum", "comed"]}},
+                        {"max_concurrent_trials": 1, "trial_cpus": 1})
+    grid = run_sweep(sweep, storage_path=str(tmp_path), verbose=0)
+    results = [lines(Path(r.path) / "result.json") for r in grid]
+    assert all(r.error is None for r in grid) and all(rows[-1]["step"] == 4 for rows in results)
+    assert len({rows[0]["pid"] for rows in results}) == 1  # one process for the three trials
+    assert all(rows[-1]["actors"] == rows[-1]["actors_in_trial_placement_group"] == 1 for rows in results)
+    by_rule = {r.config["aggregator"]: Path(r.path) for r in grid}
+    actors = run_experiment(ExperimentConfig(**exp, aggregator="krum", workers_per_actor=3))  # two packs: actors
+    same_curve(read_records(by_rule["krum"] / "raymix"), actors.records)

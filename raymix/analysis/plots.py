@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["accuracy_curves", "ablation_bars", "drawn_classes", "fooled_fraction", "summary_table", "label_of"]
+__all__ = ["accuracy_curves", "ablation_bars", "drawn_classes", "fooled_fraction", "fluctuation", "gap_curves", "summary_table", "label_of"]
 
 ACC = "test_accuracy"
 STEP = "step"
@@ -67,6 +67,41 @@ def accuracy_curves(df: pd.DataFrame, out=None, panel_by: str | None = "auto", m
     axes[0][-1].legend(fontsize=8, loc="lower right")
     if title and panels != [None]:
         fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def gap_curves(df: pd.DataFrame, out=None, metric: str = ACC):
+    """Each aggregator's gap to omniscient against iteration (omniscient's accuracy minus its
+    own at the same step and seed, in points; mean and min-max over seeds), one panel per
+    attack: how the paper's "within 2 points of omniscient" evolves with the steps."""
+    if df.empty or "aggregator" not in df.columns or not (df["aggregator"] == "omniscient").any():
+        raise ValueError("no omniscient trial to measure a gap against")
+    df = df.copy()
+    df["_label"] = df.apply(label_of, axis=1)
+    key = _panel_key(df)
+    by = [STEP] + (["seed"] if "seed" in df.columns else []) + ([key] if key else [])
+    omni = df[df["aggregator"] == "omniscient"].groupby(by)[metric].mean().rename("_omni")
+    rest = df[df["aggregator"] != "omniscient"].join(omni, on=by).dropna(subset=["_omni"])
+    if rest.empty:
+        raise ValueError("no aggregator besides omniscient at omniscient's steps")
+    rest["_gap"] = 100 * (rest["_omni"] - rest[metric])
+    panels = sorted(rest[key].dropna().unique(), key=str) if key else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        sub = rest if panel is None else rest[rest[key] == panel]
+        for label, g in sorted(sub.groupby("_label"), key=lambda kv: kv[0]):
+            stats = g.groupby(STEP)["_gap"].agg(["mean", "min", "max", "count"]).reset_index()
+            line, = ax.plot(stats[STEP], stats["mean"], label=label)
+            if stats["count"].max() > 1:
+                ax.fill_between(stats[STEP], stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
+        ax.axhline(2.0, color="grey", linestyle="--", linewidth=0.8)  # the paper's "about 2 points"
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_xlabel("iteration")
+        ax.set_title(str(panel) if panel is not None else "", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("gap to omniscient (points)")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return _save(fig, out)
 
@@ -158,9 +193,23 @@ def fooled_fraction(df: pd.DataFrame, out=None, fooled: str = "diag_fooled_famil
     return _save(fig, out)
 
 
+def fluctuation(df: pd.DataFrame, metric: str = ACC) -> pd.Series:
+    """Per trial, how much its curve moves from one evaluation to the next once it has
+    settled: the standard deviation of the changes between consecutive evaluations over the
+    second half of its steps (the paper remarks that MixTailor's curves fluctuate less). NaN
+    with fewer than three evaluations there."""
+    def one(g: pd.DataFrame) -> float:
+        g = g.sort_values(STEP)
+        late = g[g[STEP] > g[STEP].max() / 2][metric].to_numpy(dtype=float)
+        return float(np.std(np.diff(late), ddof=1)) if len(late) >= 3 else np.nan
+
+    return df.groupby("trial")[[STEP, metric]].apply(one).rename("fluctuation")
+
+
 def summary_table(df: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
-    """Final and best accuracy per configuration (mean and std over seeds), and the gap of the
-    final accuracy to omniscient under the same attack."""
+    """Final and best accuracy per configuration (mean and std over seeds), the gap of the
+    final accuracy to omniscient under the same attack, and the curves' :func:`fluctuation`
+    (in points, like the accuracies)."""
     fin = _finals(df)
     best = df.groupby("trial")[metric].max().rename("best")
     fin = fin.join(best, on="trial")
@@ -170,12 +219,13 @@ def summary_table(df: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
     diag = {c: f"{c[5:]}_mean" for c in ("diag_fooled_fraction", "diag_expected_inner_product") if c in df.columns}
     if diag:
         fin = fin.drop(columns=list(diag), errors="ignore").join(df.groupby("trial")[list(diag)].mean(), on="trial")
+    fin = fin.drop(columns=["fluctuation"], errors="ignore").join(fluctuation(df, metric), on="trial")
     keys = [k for k in ("attack", "aggregator") if k in fin.columns and fin[k].notna().any()]
     if "trial_diverged" not in fin.columns:
         fin = fin.assign(trial_diverged=False)
     table = fin.groupby(keys).agg(
         final_mean=(metric, "mean"), final_std=(metric, "std"), best_mean=("best", "mean"), seeds=("trial", "count"), steps=(STEP, "max"),
-        diverged=("trial_diverged", "sum"),
+        diverged=("trial_diverged", "sum"), fluctuation_mean=("fluctuation", "mean"),
         **{name: (col, "mean") for col, name in diag.items()},
     ).reset_index()
     if "aggregator" in keys:
@@ -186,7 +236,7 @@ def summary_table(df: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
             other = [k for k in keys if k != "aggregator"]
             ref = table[table["aggregator"] == "omniscient"].set_index(other)["final_mean"]
             table["gap_to_omniscient"] = table.apply(lambda r: ref.get(tuple(r[k] for k in other) if len(other) > 1 else r[other[0]], np.nan) - r["final_mean"], axis=1)
-    for c in ("final_mean", "final_std", "best_mean", "gap_to_omniscient"):
+    for c in ("final_mean", "final_std", "best_mean", "gap_to_omniscient", "fluctuation_mean"):
         if c in table.columns:
             table[c] = 100 * table[c]
     return table

@@ -64,6 +64,8 @@ def write_report(sweep_dir: "str | Path", out_dir: "str | Path | None" = None, t
     table.to_csv(out / "summary.csv", index=False)
 
     figures = [("Accuracy against iteration", "accuracy", plots.accuracy_curves)]
+    if "aggregator" in df.columns and (df["aggregator"] == "omniscient").any() and df["aggregator"].nunique() > 1:
+        figures.append(("Gap to omniscient against iteration (points; dashed: 2)", "gap", plots.gap_curves))
     if "pool" in df.columns and df["pool"].nunique() > 1:
         figures.append(("Leave-one-class-out ablation: final accuracy per pool", "ablation", plots.ablation_bars))
     figures += [("Rules drawn, by class", "drawn_classes", plots.drawn_classes), ("Pool members fooled by the attack, by class", "fooled", plots.fooled_fraction)]

@@ -6,7 +6,8 @@ from statistics import NormalDist
 
 import torch
 
-from raymix.attacks.base import ATTACKS, AdversaryView, Attack, real_arg, spec_text
+from raymix import checks
+from raymix.attacks.base import ATTACKS, AdversaryView, Attack, spec_text
 
 __all__ = ["ALIE", "alie_z"]
 
@@ -24,14 +25,21 @@ def alie_z(n: int, f: int) -> float:
 
 @ATTACKS.register("alie")
 class ALIE(Attack):
-    """``alie(z=none)``: every Byzantine row is ``mu - z * sigma`` (per coordinate mean and
-    standard deviation of the visible honest rows; sigma uses the unbiased estimator, 0 when
-    a single row is visible). ``z=none`` derives z from (n, f) with :func:`alie_z`."""
+    """A Little Is Enough (Baruch et al., 2019): the honest mean shifted by z standard deviations.
+
+    ``alie(z=none)``: every Byzantine row is ``b = mu - z * sigma``, with mu and sigma the
+    per-coordinate mean and standard deviation of the visible honest rows (sigma unbiased, 0
+    when a single row is visible). ``z=none`` derives z from (n, f) (:func:`alie_z`):
+    ``s = floor(n/2 + 1) - f``, ``z = Phi^-1((n - s) / n)``, which needs 0 < s < n
+    (``check(n, f)`` raises otherwise); a fixed finite ``z`` has no precondition. Needs at
+    least one visible honest row.
+    """
 
     name = "alie"
+    needs = "0 < floor(n/2+1) - f < n when z=none"
 
     def __init__(self, z: float | None = None):
-        self.z = None if z is None else real_arg(self.name, "z", z)
+        self.z = None if z is None else checks.number(f"attack {self.name}", "z", z)
         self._args = {"z": z}
         self.spec = spec_text(self.name, self._args)
 

@@ -15,12 +15,12 @@ import inspect
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
-from raymix.spec import Registry, Spec, SpecError, parse_spec
+from raymix.spec import Registry, Spec, init_args, parse_spec
 
 __all__ = [
     "AdversaryView",
@@ -154,45 +154,8 @@ class AdversaryView:
 
 
 # ----------------------------------------------------------------------------------------
-# Parameter validation helpers (construction time: a config is checked before any actor starts)
+# Canonical spec text (arguments are checked with raymix.checks, owner "attack <name>")
 # ----------------------------------------------------------------------------------------
-def real_arg(attack: str, name: str, v: Any, *, lo: float | None = None, strict: bool = False, allow_inf: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError(f"attack {attack}: {name} must be a number, got {v!r}")
-    x = float(v)
-    if math.isnan(x) or (math.isinf(x) and not allow_inf):
-        raise ValueError(f"attack {attack}: {name} must be finite, got {v!r}")
-    if lo is not None and (x < lo or (strict and x == lo)):
-        raise ValueError(f"attack {attack}: {name} must be {'>' if strict else '>='} {lo:g}, got {v!r}")
-    return x
-
-
-def int_arg(attack: str, name: str, v: Any, lo: int) -> int:
-    if not _is_int(v):
-        raise ValueError(f"attack {attack}: {name} must be an integer >= {lo}, got {v!r}")
-    if v < lo:
-        raise ValueError(f"attack {attack}: {name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
-def choice_arg(attack: str, name: str, v: Any, options: Iterable[str]) -> str:
-    """A keyword option given as a string or a bare name (``scale=mean`` parses to a Spec)."""
-    options = tuple(options)
-    if isinstance(v, Spec) and not v.args:
-        v = v.name
-    if not isinstance(v, str) or v not in options:
-        raise ValueError(f"attack {attack}: {name} must be one of {', '.join(options)}, got {v!r}")
-    return v
-
-
-def grid_arg(attack: str, name: str, v: Any) -> tuple[float, ...] | None:
-    if v is None:
-        return None
-    if not isinstance(v, (tuple, list)) or not v:
-        raise ValueError(f"attack {attack}: {name} must be a non-empty list of numbers >= 0, got {v!r}")
-    return tuple(sorted({real_arg(attack, name, x, lo=0.0) for x in v}))
-
-
 def spec_text(name: str, args: dict[str, Any]) -> str:
     def norm(x):
         return tuple(norm(y) for y in x) if isinstance(x, (list, tuple)) else x
@@ -206,6 +169,12 @@ def spec_text(name: str, args: dict[str, Any]) -> str:
 class Attack:
     """A Byzantine attack: ``attack(view) -> (f, d)`` rows, same dtype and device as ``view.honest``.
 
+    A subclass checks and stores its arguments once in ``__init__`` (with
+    :mod:`raymix.checks`, owner ``"attack <name>"``), sets ``spec``, implements
+    ``craft(view)``, and states in its docstring a one-line summary (first line), the formula
+    and the preconditions; ``needs`` says the precondition in words (for listings) and
+    ``check(n, f)`` enforces it. Attacks are plain data and pickle with :mod:`pickle`.
+
     Flags the runtime reads:
 
     - ``data_attack``: the attack poisons the Byzantine workers' DATA (label flipping); the
@@ -218,7 +187,7 @@ class Attack:
     """
 
     name: str = "attack"
-    spec: str = "attack"
+    needs: str = "nothing"
     data_attack: bool = False
     honest_behaviour: bool = False
     uses_pool: bool = False
@@ -227,6 +196,22 @@ class Attack:
     @property
     def crafts_gradients(self) -> bool:
         return not (self.data_attack or self.honest_behaviour)
+
+    @property
+    def spec(self) -> str:
+        """The spec text: as written when built by :func:`build_attack` (or as the attack set
+        it), else rebuilt from the ``__init__`` arguments (:func:`raymix.spec.init_args`)."""
+        return self.__dict__.get("_spec") or str(Spec(self.name, tuple(init_args(self).items())))
+
+    @spec.setter
+    def spec(self, text: str) -> None:
+        self._spec = text
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring."""
+        doc = inspect.getdoc(cls) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
 
     def check(self, n: int, f: int) -> None:
         """Raise ``ValueError`` if the attack cannot run with n workers of which f Byzantine."""
@@ -264,23 +249,6 @@ class Attack:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
 
-    # Rule objects hold closures that plain pickle cannot carry; an attack ships its rules as
-    # spec strings (``rule_spec``) and rebuilds them on arrival, so it pickles with pickle too.
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        if "rule" in state:
-            state["rule"] = None
-        if "_rules" in state:
-            state["_rules"] = {}
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if state.get("rule_spec") is not None and state.get("rule") is None:
-            from raymix.rules.base import build_rule
-
-            self.rule = build_rule(state["rule_spec"])
-
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
@@ -296,15 +264,17 @@ def register_alias(alias: str, cls: type) -> None:
 
     factory.__signature__ = inspect.signature(cls)  # Registry.build binds against it
     factory.__name__ = f"{alias}_factory"
+    factory.__doc__ = f"Alias of {cls.name}: {inspect.getdoc(cls) or ''}"
+    factory.needs = cls.needs
     ATTACKS.register(alias, factory)
 
 
 def build_attack(spec: "str | Spec | Attack") -> Attack:
     """Build an attack from its spec, e.g. ``build_attack("ipm(epsilon=0.1)")``.
 
-    Unknown names and bad arguments raise :class:`~raymix.spec.SpecError`; bad values raise
-    ``ValueError`` naming the attack and the argument. ``attack.spec`` is the canonical text of
-    the spec as written.
+    Unknown names, bad arguments and bad values raise :class:`~raymix.spec.SpecError`
+    (:class:`raymix.checks.ArgumentError`, a ``ValueError``) naming the attack and the argument.
+    ``attack.spec`` is the canonical text of the spec as written.
     """
     if isinstance(spec, Attack):
         return spec

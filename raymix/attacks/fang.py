@@ -12,17 +12,9 @@ import math
 
 import torch
 
-from raymix.attacks.base import (
-    ATTACKS,
-    AdversaryView,
-    Attack,
-    check_simulation,
-    choice_arg,
-    rand_normal,
-    rand_uniform,
-    real_arg,
-    spec_text,
-)
+from raymix import checks
+from raymix.attacks.base import ATTACKS, AdversaryView, Attack, check_simulation, rand_normal, rand_uniform, spec_text
+from raymix.rules.krum import Krum
 
 __all__ = ["FangKrum", "FangTrim", "fang_trim_rows"]
 
@@ -34,32 +26,31 @@ def _p_distances(A: torch.Tensor, B: torch.Tensor, p: float) -> torch.Tensor:
 
 @ATTACKS.register("fang_krum")
 class FangKrum(Attack):
-    """``fang_krum(p=2, spread=0, ref=zero, threshold=1e-5, max_halvings=60)``.
+    """Fang et al.'s full-knowledge attack on Krum: the largest step against sign(mean) that Krum still selects.
 
-    s = sign(mean of honest gradients). Crafted row b_1 = ref - lambda * s, with ref = 0
+    ``fang_krum(p=2, spread=0, ref=zero, threshold=1e-5, max_halvings=60)``. s = sign(mean of
+    the visible honest gradients). Crafted row ``b_1 = ref - lambda * s``, with ref = 0
     (``ref=zero``, Fang et al. in gradient space) or the honest mean (``ref=mean``). lambda
-    starts at Fang et al.'s upper bound (eq. below, in l^p distances) and is halved until
-    Krum (``krum(p=p)``, built with ``build_rule``) applied to [honest; b_1..b_f] returns a
-    crafted row, or lambda < threshold (then the last lambda is used). The other f-1 rows are
-    b_1 (``spread=0``, as in Fang et al.'s search) or b_1 plus a uniform point of the l2 ball
-    of radius ``spread * ||b_1 - ref||`` (fixed directions, so the search sees the rows it sends).
+    starts at Fang et al.'s upper bound (:meth:`upper_bound`, in l^p distances) and is halved
+    until Krum (``Krum(p=p)``) applied to [honest; b_1..b_f] returns a crafted row, or until
+    the next lambda would fall below ``threshold`` (then the last lambda is used). The other
+    f-1 rows are b_1 (``spread=0``, as in Fang et al.'s search) or b_1 plus a uniform point of
+    the l2 ball of radius ``spread * ||b_1 - ref||`` (fixed directions, so the search sees the
+    rows it sends). ``p`` >= 1 or inf, ``spread`` >= 0, ``threshold`` > 0, ``max_halvings``
+    >= 0. Needs Krum's precondition n >= 2f+3, on the k + f simulated rows too.
     """
 
     name = "fang_krum"
+    needs = "n >= 2f+3 (Krum's), and k + f >= 2f+3 visible + crafted rows"
 
     def __init__(self, p: float = 2, spread: float = 0.0, ref: str = "zero", threshold: float = 1e-5, max_halvings: int = 60):
-        from raymix.rules.base import build_rule
-
-        self.p = real_arg(self.name, "p", p, lo=1.0, allow_inf=True)
-        self.spread = real_arg(self.name, "spread", spread, lo=0.0)
-        self.ref = choice_arg(self.name, "ref", ref, ("zero", "mean"))
-        self.threshold = real_arg(self.name, "threshold", threshold, lo=0.0, strict=True)
-        if isinstance(max_halvings, bool) or not isinstance(max_halvings, int) or max_halvings < 0:
-            raise ValueError(f"attack {self.name}: max_halvings must be an integer >= 0, got {max_halvings!r}")
-        self.max_halvings = max_halvings
-        p_text = "inf" if math.isinf(self.p) else (str(int(self.p)) if self.p == int(self.p) else repr(self.p))
-        self.rule_spec = f"krum(p={p_text})"
-        self.rule = build_rule(self.rule_spec)
+        owner = f"attack {self.name}"
+        self.p = checks.number(owner, "p", p, lo=1, allow_inf=True)
+        self.spread = checks.number(owner, "spread", spread, lo=0.0)
+        self.ref = checks.choice(owner, "ref", ref, ("zero", "mean"))
+        self.threshold = checks.number(owner, "threshold", threshold, lo=0.0, strict=True)
+        self.max_halvings = checks.integer(owner, "max_halvings", max_halvings, lo=0)
+        self.rule = Krum(p=self.p)
         self._args = {"p": p, "spread": spread, "ref": self.ref, "threshold": threshold, "max_halvings": max_halvings}
         self.spec = spec_text(self.name, self._args)
         self.last_lambda: float | None = None
@@ -148,13 +139,21 @@ def fang_trim_rows(view: AdversaryView, b: float) -> torch.Tensor:
 
 @ATTACKS.register("fang_trimmed_mean")
 class FangTrim(Attack):
-    """``fang_trimmed_mean(b=2)`` / ``fang_median(b=2)``: Fang et al.'s full-knowledge Trim
-    attack (the same construction serves both rules, as in the paper); see :func:`fang_trim_rows`."""
+    """Fang et al.'s full-knowledge Trim attack on the trimmed mean and the median: values just beyond the honest extremes.
+
+    ``fang_trimmed_mean(b=2)`` / ``fang_median(b=2)`` (the same construction serves both
+    rules, as in the paper). Per coordinate j: ``s_j = sign(sum_i H_ij)``, ``e_j = min_i H_ij``
+    if s_j > 0, ``max_i H_ij`` if s_j < 0 (0 if s_j = 0); each crafted value is ``e_j / r`` if
+    ``s_j e_j > 0`` and ``e_j * r`` if ``s_j e_j < 0``, with ``r ~ U[1, b]`` drawn per row and
+    coordinate from the adversary's generator (see :func:`fang_trim_rows`). ``b`` > 1. Needs
+    at least one visible honest row.
+    """
 
     name = "fang_trimmed_mean"
+    needs = "one visible honest row"
 
     def __init__(self, b: float = 2.0):
-        self.b = real_arg(self.name, "b", b, lo=1.0, strict=True)
+        self.b = checks.number(f"attack {self.name}", "b", b, lo=1, strict=True)
         self._args = {"b": b}
         self.spec = spec_text(self.name, self._args)
 

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from raymix.attacks.base import (
-    ATTACKS,
-    AdversaryView,
-    Attack,
-    choice_arg,
-    rand_index,
-    real_arg,
-    register_alias,
-    spec_text,
-)
+from raymix import checks
+from raymix.attacks.base import ATTACKS, AdversaryView, Attack, rand_index, register_alias, spec_text
 
 __all__ = ["IPM", "RandomIPM", "SignFlip", "ipm_rows"]
 
@@ -32,17 +24,20 @@ def ipm_rows(view: AdversaryView, epsilon: float, scale: str) -> torch.Tensor:
 
 @ATTACKS.register("ipm")
 class IPM(Attack):
-    """``ipm(epsilon=0.1, scale=mean)``: every Byzantine row is ``-epsilon * mean(honest)``.
+    """Inner-product manipulation (the MixTailor paper's tailored attack): the reversed, scaled honest mean.
 
-    ``scale=sum_over_f``: ``-epsilon * sum(honest) / f`` (what the MixTailor release sends; with
-    all n-f honest rows visible it is ``-epsilon * (n-f)/f * mean``). Alias: ``tailored``.
+    ``ipm(epsilon=0.1, scale=mean)``: every Byzantine row is ``b = -epsilon * mean(H)`` over the
+    visible honest rows H. ``scale=sum_over_f``: ``b = -epsilon * sum(H) / f`` (what the MixTailor
+    release sends; with all n-f honest rows visible it is ``-epsilon * (n-f)/f * mean(H)``).
+    ``epsilon`` >= 0 (finite). Alias: ``tailored``. Needs at least one visible honest row.
     """
 
     name = "ipm"
+    needs = "one visible honest row"
 
     def __init__(self, epsilon: float = 0.1, scale: str = "mean"):
-        self.epsilon = real_arg(self.name, "epsilon", epsilon, lo=0.0)
-        self.scale = choice_arg(self.name, "scale", scale, SCALES)
+        self.epsilon = checks.number(f"attack {self.name}", "epsilon", epsilon, lo=0.0)
+        self.scale = checks.choice(f"attack {self.name}", "scale", scale, SCALES)
         self._args = {"epsilon": epsilon, "scale": self.scale}
         self.spec = spec_text(self.name, self._args)
 
@@ -55,16 +50,20 @@ register_alias("tailored", IPM)
 
 @ATTACKS.register("random_ipm")
 class RandomIPM(Attack):
-    """``random_ipm(epsilons=[0.1, 10], scale=mean)``: each step, epsilon is drawn uniformly
-    from ``epsilons`` with the adversary's generator, then as :class:`IPM`."""
+    """Inner-product manipulation with epsilon drawn at random each step.
+
+    ``random_ipm(epsilons=[0.1, 10], scale=mean)``: each step, epsilon is drawn uniformly from
+    ``epsilons`` (a non-empty list of finite numbers >= 0) with the adversary's generator, then
+    the rows are :class:`IPM`'s: ``b = -epsilon * mean(H)`` (or ``-epsilon * sum(H) / f``).
+    Needs at least one visible honest row.
+    """
 
     name = "random_ipm"
+    needs = "one visible honest row"
 
     def __init__(self, epsilons=(0.1, 10.0), scale: str = "mean"):
-        if not isinstance(epsilons, (list, tuple)) or not epsilons:
-            raise ValueError(f"attack {self.name}: epsilons must be a non-empty list of numbers >= 0, got {epsilons!r}")
-        self.epsilons = tuple(real_arg(self.name, "epsilons", e, lo=0.0) for e in epsilons)
-        self.scale = choice_arg(self.name, "scale", scale, SCALES)
+        self.epsilons = checks.numbers(f"attack {self.name}", "epsilons", epsilons, lo=0.0)
+        self.scale = checks.choice(f"attack {self.name}", "scale", scale, SCALES)
         self._args = {"epsilons": tuple(epsilons), "scale": self.scale}
         self.spec = spec_text(self.name, self._args)
         self.last_epsilon: float | None = None
@@ -80,13 +79,18 @@ class RandomIPM(Attack):
 
 @ATTACKS.register("sign_flip")
 class SignFlip(Attack):
-    """``sign_flip(scale=1)``: every Byzantine row is ``-scale * mean(honest)`` (the reversed
-    honest gradient; identical to ``ipm(epsilon=scale)``, kept under its common name)."""
+    """Sign flipping: the reversed honest gradient.
+
+    ``sign_flip(scale=1)``: every Byzantine row is ``b = -scale * mean(H)`` (identical to
+    ``ipm(epsilon=scale)``, kept under its common name). ``scale`` > 0 (finite). Needs at least
+    one visible honest row.
+    """
 
     name = "sign_flip"
+    needs = "one visible honest row"
 
     def __init__(self, scale: float = 1.0):
-        self.scale = real_arg(self.name, "scale", scale, lo=0.0, strict=True)
+        self.scale = checks.number(f"attack {self.name}", "scale", scale, lo=0.0, strict=True)
         self._args = {"scale": scale}
         self.spec = spec_text(self.name, self._args)
 

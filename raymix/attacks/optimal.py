@@ -26,16 +26,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from raymix.attacks.base import (
-    ATTACKS,
-    AdversaryView,
-    Attack,
-    check_simulation,
-    choice_arg,
-    grid_arg,
-    int_arg,
-    spec_text,
-)
+from raymix import checks
+from raymix.attacks.base import ATTACKS, AdversaryView, Attack, check_simulation, spec_text
+from raymix.rules.base import as_rule, build_rule
 from raymix.spec import parse_spec
 
 __all__ = ["Optimal", "PoolAware", "crafted_direction", "lambda_search", "default_grid"]
@@ -120,11 +113,12 @@ class _Searching(Attack):
     per_decade = 10
 
     def _init_search(self, search, grid, refine, refine_points) -> None:
-        self.search = choice_arg(self.name, "search", search, SEARCHES)
-        g = grid_arg(self.name, "grid", grid)
+        owner = f"attack {self.name}"
+        self.search = checks.choice(owner, "search", search, SEARCHES)
+        g = checks.grid(owner, "grid", grid, lo=0.0)
         self.grid = g if g is not None else default_grid(self.per_decade)
-        self.refine = int_arg(self.name, "refine", refine, 0)
-        self.refine_points = int_arg(self.name, "refine_points", refine_points, 1)
+        self.refine = checks.integer(owner, "refine", refine, lo=0)
+        self.refine_points = checks.integer(owner, "refine_points", refine_points, lo=1)
         self.last_lambda: float | None = None
         self.last_value: float | None = None
 
@@ -144,20 +138,22 @@ class _Searching(Attack):
 
 @ATTACKS.register("optimal")
 class Optimal(_Searching):
-    """``optimal(rule=krum, search=epsilon, grid=none, refine=3, refine_points=9)``: the most
-    damaging lambda against ONE known rule (full knowledge of the rule and honest gradients).
-    Cost: (61 + 9 * refine = 88) rule calls per step with the default grid."""
+    """The most damaging tailored attack against one known rule, by a search over lambda.
+
+    ``optimal(rule=krum, search=epsilon, grid=none, refine=3, refine_points=9)``: crafted rows
+    ``b(lambda) = a + lambda * v`` (``search``: epsilon: a = 0, v = -mu; sign: a = 0,
+    v = -sign(mu) ||mu||_2 / sqrt(d); alie: a = mu, v = -sigma), lambda minimising
+    ``<rule([H; b(lambda) x f], f), mu>`` over ``grid`` (default: 61 log-spaced points 1e-3..1e3)
+    and ``refine`` rounds of ``refine_points`` points around the best one. Full knowledge of the
+    rule and the honest gradients. Cost: 61 + 9 * refine = 88 rule calls per step with the
+    defaults. Needs the rule's precondition, on the k + f simulated rows too.
+    """
 
     name = "optimal"
+    needs = "the rule's precondition, on n and on the k + f simulated rows"
 
     def __init__(self, rule="krum", search: str = "epsilon", grid=None, refine: int = 3, refine_points: int = 9):
-        from raymix.rules.base import build_rule
-
-        try:
-            self.rule = build_rule(rule)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"attack {self.name}: bad rule {rule!r}: {exc}") from None
-        self.rule_spec = self.rule.spec
+        self.rule = as_rule(f"attack {self.name}", "rule", rule)
         self._init_search(search, grid, refine, refine_points)
         self._args = {"rule": parse_spec(self.rule.spec), "search": self.search, "grid": grid, "refine": refine, "refine_points": refine_points}
         self.spec = spec_text(self.name, self._args)
@@ -193,10 +189,14 @@ def pool_distribution(pool) -> list[tuple[str, float]]:
 
 @ATTACKS.register("pool_aware")
 class PoolAware(_Searching):
-    """``pool_aware(objective=expected, search=epsilon, grid=none, refine=3, refine_points=6)``:
+    """The pool-aware attack on MixTailor (paper appendix A.4): knows the pool, not the draw.
+
+    ``pool_aware(objective=expected, search=epsilon, grid=none, refine=3, refine_points=6)``:
     the attacker knows the pool's members and weights (``view.pool``), not the draw, and picks
-    lambda minimising E_{rule~pool}[<rule(G(lambda)), mu>] (``expected``, a variant) or
-    max_{rule in pool, weight > 0} <rule(G(lambda)), mu> (``worst``: MixTailor's problem P3).
+    lambda (crafted rows as :class:`Optimal`'s) minimising E_{rule~pool}[<rule(G(lambda)), mu>]
+    (``expected``, a variant) or max_{rule in pool, weight > 0} <rule(G(lambda)), mu>
+    (``worst``: MixTailor's problem P3). Needs ``view.pool`` and at least one member that can
+    run on the k + f simulated rows.
 
     Each DISTINCT member is evaluated once per lambda and weighted by its total probability
     (the paper pool's 16 comed entries are one evaluation). Members that cannot run on the
@@ -206,11 +206,12 @@ class PoolAware(_Searching):
     """
 
     name = "pool_aware"
+    needs = "view.pool, and a member that can run on the k + f simulated rows"
     uses_pool = True
     per_decade = 4
 
     def __init__(self, objective: str = "expected", search: str = "epsilon", grid=None, refine: int = 3, refine_points: int = 6):
-        self.objective = choice_arg(self.name, "objective", objective, ("expected", "worst"))
+        self.objective = checks.choice(f"attack {self.name}", "objective", objective, ("expected", "worst"))
         self._init_search(search, grid, refine, refine_points)
         self._args = {"objective": self.objective, "search": self.search, "grid": grid, "refine": refine, "refine_points": refine_points}
         self.spec = spec_text(self.name, self._args)
@@ -219,8 +220,6 @@ class PoolAware(_Searching):
     def _rule(self, spec: str):
         rule = self._rules.get(spec)
         if rule is None:
-            from raymix.rules.base import build_rule
-
             rule = self._rules[spec] = build_rule(spec)
         return rule
 

@@ -3,23 +3,28 @@ from __future__ import annotations
 
 import torch
 
-from raymix.attacks.base import ATTACKS, AdversaryView, Attack, choice_arg, int_arg, rand_normal, real_arg, spec_text
-from raymix.spec import Spec
+from raymix import checks
+from raymix.attacks.base import ATTACKS, AdversaryView, Attack, rand_normal, spec_text
 
 __all__ = ["Gaussian", "NonFinite", "LabelFlip", "NoAttack"]
 
 
 @ATTACKS.register("gaussian")
 class Gaussian(Attack):
-    """``gaussian(std=200, center=zero)``: rows i.i.d. N(c, std^2 I) from the adversary's
-    generator, c = 0 (``center=zero``) or the visible honest mean (``center=mean``)."""
+    """Gaussian noise rows, around the origin or the honest mean.
+
+    ``gaussian(std=200, center=zero)``: rows i.i.d. ``N(c, std^2 I)`` from the adversary's
+    generator, ``c = 0`` (``center=zero``) or the visible honest mean (``center=mean``).
+    ``std`` >= 0 (finite). Needs no honest row (one with ``center=mean``).
+    """
 
     name = "gaussian"
+    needs = "nothing (one visible honest row with center=mean)"
     min_visible = 0
 
     def __init__(self, std: float = 200.0, center: str = "zero"):
-        self.std = real_arg(self.name, "std", std, lo=0.0)
-        self.center = choice_arg(self.name, "center", center, ("zero", "mean"))
+        self.std = checks.number(f"attack {self.name}", "std", std, lo=0.0)
+        self.center = checks.choice(f"attack {self.name}", "center", center, ("zero", "mean"))
         self.min_visible = 1 if self.center == "mean" else 0
         self._args = {"std": std, "center": self.center}
         self.spec = spec_text(self.name, self._args)
@@ -42,16 +47,17 @@ def _kind(v) -> str:
             return "inf"
         if v == float("-inf"):
             return "-inf"
-    if isinstance(v, Spec) and not v.args:
-        v = v.name
-    return choice_arg("nonfinite", "kind", v, tuple(_KINDS))
+    return checks.choice("attack nonfinite", "kind", v, tuple(_KINDS))
 
 
 @ATTACKS.register("nonfinite")
 class NonFinite(Attack):
-    """``nonfinite(kind=nan)``: every entry of every row is NaN, +inf, -inf (``kind='-inf'``,
+    """Non-finite (or overflowing) rows, to test the rules' non-finite policy.
+
+    ``nonfinite(kind=nan)``: every entry of every row is NaN, +inf, -inf (``kind='-inf'``,
     quoted in a spec) or 1e38 (``big``: finite in float32, but its square overflows; in
-    float16/bfloat16 it becomes inf)."""
+    float16/bfloat16 it becomes inf). Needs nothing.
+    """
 
     name = "nonfinite"
     min_visible = 0
@@ -68,19 +74,21 @@ class NonFinite(Attack):
 
 @ATTACKS.register("label_flip")
 class LabelFlip(Attack):
-    """``label_flip(num_classes=10)``: a DATA attack (``data_attack = True``).
+    """Label flipping, a data attack: Byzantine workers train on labels y -> num_classes - 1 - y.
 
-    Runtime contract: a Byzantine worker draws its batch as an honest one would, replaces it
-    by ``attack.poison_batch(x, y)`` (= ``(x, flip_labels(y))``, label y -> num_classes - 1 - y),
-    computes its gradient on that batch and sends it as its row. ``attack(view)`` raises:
-    there is nothing to craft from honest gradients.
+    ``label_flip(num_classes=10)``, ``data_attack = True``. Runtime contract: a Byzantine
+    worker draws its batch as an honest one would, replaces it by ``attack.poison_batch(x, y)``
+    (= ``(x, flip_labels(y))``), computes its gradient on that batch and sends it as its row.
+    ``attack(view)`` raises: there is nothing to craft from honest gradients. ``num_classes``
+    >= 2, the dataset's number of classes. Needs integer labels in [0, num_classes).
     """
 
     name = "label_flip"
+    needs = "integer labels in [0, num_classes)"
     data_attack = True
 
     def __init__(self, num_classes: int = 10):
-        self.num_classes = int_arg(self.name, "num_classes", num_classes, 2)
+        self.num_classes = checks.integer(f"attack {self.name}", "num_classes", num_classes, lo=2)
         self._args = {"num_classes": num_classes}
         self.spec = spec_text(self.name, self._args)
 
@@ -99,9 +107,12 @@ class LabelFlip(Attack):
 
 @ATTACKS.register("none")
 class NoAttack(Attack):
-    """``none``: no attack. ``honest_behaviour = True``: the runtime lets the f Byzantine workers
-    compute honest gradients on their own data (so the step is n honest workers while the
-    rules still assume f); ``attack(view)`` raises."""
+    """No attack: the Byzantine workers behave honestly.
+
+    ``none``, ``honest_behaviour = True``: the runtime lets the f Byzantine workers compute
+    honest gradients on their own data (so the step is n honest workers while the rules still
+    assume f); ``attack(view)`` raises. Needs nothing.
+    """
 
     name = "none"
     honest_behaviour = True

@@ -153,8 +153,236 @@ def median_reduce(n: int):
 
 def coordinate_median_rows(G: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     n = G.shape[0] if rows is None else int(rows.numel())
+    if n > NETWORK_MAX_ROWS and _counting_ok(G):
+        return median_by_counting(G, rows)
     needed, reduce = median_reduce(n)
     return order_statistics(G, needed, reduce, rows)
+
+
+# ----------------------------------------------------------------------------------------
+# Order statistics of many rows by counting (comed, trimmed mean for n > NETWORK_MAX_ROWS)
+# ----------------------------------------------------------------------------------------
+# torch.kthvalue / torch.sort along the row axis cost ~20-50 ns per element on this CPU;
+# counting passes (``(X < h)`` written as a float 0/1 mask, then a sum over the rows) cost
+# ~0.2 ns. So an order statistic is found by searching, per column, for a threshold h with
+# exactly r+1 values below it: the bracket starts from a sorted sample of 16 rows and
+# shrinks by alternating interpolation on the counts and bisection of the bit patterns
+# (<= 64 steps, usually < 10; columns that converge leave the working set). Exact, ties
+# included; NaN counts as +inf. Float masks only: bool masks / torch.where over (n, c)
+# tensors are ~30x slower than float arithmetic here.
+_SEL_BUDGET = 1 << 20
+_SEL_SAMPLE = 16
+_SEL_MAX_STEPS = 72
+
+
+def _key_of(x: torch.Tensor) -> torch.Tensor:
+    """Order-preserving int64 key of float32/float64 values (-0.0 just below +0.0); the map
+    b -> b ^ ((b >> (w-1)) & (2^(w-1) - 1)) on the bit pattern is its own inverse."""
+    if x.dtype == torch.float32:
+        b = x.view(torch.int32)
+        return (b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64)
+    b = x.view(torch.int64)
+    return b ^ ((b >> 63) & 0x7FFFFFFFFFFFFFFF)
+
+
+def _float_of(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype == torch.float32:
+        b = k.to(torch.int32)
+        return (b ^ ((b >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    return (k ^ ((k >> 63) & 0x7FFFFFFFFFFFFFFF)).view(torch.float64)
+
+
+def _next_up(x: torch.Tensor) -> torch.Tensor:
+    return torch.nextafter(x, torch.full_like(x, INF))
+
+
+def _count_below(X: torch.Tensor, h: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    torch.lt(X, h, out=M)
+    return M.sum(0)
+
+
+def _gap_search(X: torch.Tensor, r: int, lo: torch.Tensor, hi: torch.Tensor, M: torch.Tensor):
+    """Per column of X (finite), thresholds with c(lo) <= r < c(hi) (c = count of values
+    below) and either c(hi) == r+1 (then A_r = max{x < hi}, A_{r+1} = min{x >= hi}) or no
+    float between lo and hi (then A_r = lo). Returns (lo, hi, c(hi), ok).
+
+    The loop keeps the bracket as integer keys and updates it by exact integer arithmetic
+    (``a * (1 - s) + b * s``): ``torch.where`` is several times slower here."""
+    n = X.shape[0]
+    clo, chi = _count_below(X, lo, M), _count_below(X, hi, M)
+    bad_lo, bad_hi = clo > r, chi <= r
+    if bool(bad_lo.any()) or bool(bad_hi.any()):
+        # A bound on the wrong side of the target is a valid bound for the other side; the
+        # column's minimum / just above its maximum complete the bracket.
+        hi2, chi2 = torch.where(bad_lo, lo, hi), torch.where(bad_lo, clo, chi)
+        lo2, clo2 = torch.where(bad_hi, hi, lo), torch.where(bad_hi, chi, clo)
+        lo, clo = torch.where(bad_lo, X.amin(0), lo2), torch.where(bad_lo, 0.0, clo2)
+        hi, chi = torch.where(bad_hi, _next_up(X.amax(0)), hi2), torch.where(bad_hi, float(n), chi2)
+    dtype = X.dtype
+    target = float(r + 1)
+    cols = None  # indices (into X's columns) of the working set, once compacted
+    Xa, Ma = X, M
+    kLO, kHI, CLO, CHI = _key_of(lo), _key_of(hi), clo, chi
+    klo = khi = None
+    for step in range(_SEL_MAX_STEPS):
+        act = (CHI != target) & (kHI > kLO + 1)
+        na = int(act.sum())
+        if na == 0:
+            break
+        if na <= Xa.shape[1] // 2:  # compact the working set
+            keep = torch.nonzero(act).flatten()
+            if cols is None:
+                klo, khi, clo, chi = kLO.clone(), kHI.clone(), CLO.clone(), CHI.clone()
+                cols = keep
+            else:
+                klo[cols], khi[cols], clo[cols], chi[cols] = kLO, kHI, CLO, CHI
+                cols = cols[keep]
+            Xa = Xa.index_select(1, keep)
+            Ma = M.view(-1)[: Xa.numel()].view(Xa.shape)
+            kLO, kHI, CLO, CHI = kLO[keep], kHI[keep], CLO[keep], CHI[keep]
+            act = None
+        kp = (kLO >> 1) + (kHI >> 1) + (kLO & kHI & 1)  # bisection of the keys
+        if step % 2 == 0:  # interpolation on the counts, where it lands inside the bracket
+            LO, HI = _float_of(kLO, dtype), _float_of(kHI, dtype)
+            l64 = LO.to(torch.float64)
+            frac = (target - CLO.to(torch.float64)) / (CHI - CLO).to(torch.float64)
+            ip = (l64 + (HI.to(torch.float64) - l64) * frac).to(dtype)
+            use = ((ip > LO) & (ip < HI)).to(torch.int64)
+            kp = kp * (1 - use) + _key_of(ip) * use
+        piv = _float_of(kp, dtype)
+        cp = _count_below(Xa, piv, Ma)
+        up = cp <= r
+        if act is not None:
+            dn = (~up & act).to(torch.int64)
+            up = (up & act).to(torch.int64)
+        else:
+            up = up.to(torch.int64)
+            dn = 1 - up
+        kLO = kLO * (1 - up) + kp * up
+        kHI = kHI * (1 - dn) + kp * dn
+        CLO = CLO * (1 - up) + cp * up
+        CHI = CHI * (1 - dn) + cp * dn
+    if cols is None:
+        klo, khi, chi = kLO, kHI, CHI
+    else:
+        klo[cols], khi[cols], chi[cols] = kLO, kHI, CHI
+    ok = (chi == target) | (khi <= klo + 1)
+    return _float_of(klo, dtype), _float_of(khi, dtype), chi, ok
+
+
+def _max_below(X, h, M, Y):
+    """max{x < h} per column (finite X, at least one such x): float masks, exact."""
+    big = torch.finfo(X.dtype).max
+    torch.lt(X, h, out=M)
+    torch.mul(X, M, out=Y)
+    torch.ge(X, h, out=M)
+    Y.add_(M, alpha=-big)
+    return Y.amax(0)
+
+
+def _min_at_or_above(X, h, M, Y):
+    big = torch.finfo(X.dtype).max
+    torch.ge(X, h, out=M)
+    torch.mul(X, M, out=Y)
+    torch.lt(X, h, out=M)
+    Y.add_(M, alpha=big)
+    return Y.amin(0)
+
+
+def _gap_values(X, r, M, Y, lower=True, upper=True):
+    """(A_r, A_{r+1}, ok) per column of X (finite): the r-th and (r+1)-th smallest values
+    (0-based), each None unless asked for; ok False where the search did not finish."""
+    n = X.shape[0]
+    s = min(_SEL_SAMPLE, n)
+    q = (r + 1) / n * s
+    a = min(max(int(round(q)) - 2, 0), s - 1)
+    b = min(max(int(round(q)) + 1, 0), s - 1)
+    wires = [X[(i * n) // s] for i in range(s)]
+    for i, j in selection_network(s, (a, b)):
+        x, y = wires[i], wires[j]
+        wires[i], wires[j] = torch.minimum(x, y), torch.maximum(x, y)
+    lo, hi, chi, ok = _gap_search(X, r, wires[a].clone(), _next_up(wires[b]), M)
+    exact = chi == float(r + 1)
+    A = torch.where(exact, _max_below(X, hi, M, Y), lo) if lower else None
+    B = torch.where(exact, _min_at_or_above(X, hi, M, Y), lo) if upper else None
+    return A, B, ok
+
+
+def _counting_ok(G: torch.Tensor) -> bool:
+    return G.device.type == "cpu" and G.dtype in (torch.float32, torch.float64)
+
+
+def _selection_chunks(G: torch.Tensor, rows: torch.Tensor | None):
+    """(a, b, X, M, Y) per column chunk: X = G[rows, a:b] with NaN/+inf -> +max, -inf ->
+    -max (finite, order kept; columns whose answer is +-max are redone exactly), M and Y
+    scratch of the same shape, all contiguous."""
+    n = G.shape[0] if rows is None else int(rows.numel())
+    d = G.shape[1]
+    big = torch.finfo(G.dtype).max
+    csize = max(64, _SEL_BUDGET // n)
+    width = min(csize, d)
+    bufs = [torch.empty(n * width, dtype=G.dtype, device=G.device) for _ in range(3)]
+    for a, b in _chunks(d, csize):
+        X, M, Y = (buf[: n * (b - a)].view(n, b - a) for buf in bufs)
+        src = G[:, a:b] if rows is None else G[rows, a:b]
+        torch.nan_to_num(src, nan=big, posinf=big, neginf=-big, out=X)
+        yield a, b, X, M, Y
+
+
+def _exact_redo(G, rows, a, b, out, bad, combine):
+    """Recompute the columns ``bad`` of chunk [a, b) by a plain sort (NaN -> +inf)."""
+    if not bool(bad.any()):
+        return
+    idx = torch.nonzero(bad).flatten() + a
+    src = G.index_select(1, idx) if rows is None else G.index_select(1, idx).index_select(0, rows)
+    S = torch.sort(torch.nan_to_num(src, nan=INF, posinf=INF, neginf=-INF), dim=0).values
+    out[idx] = combine(S)
+
+
+def median_by_counting(G: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Coordinate-wise median of G (or G[rows]) for many rows: midpoint for even n, NaN as +inf."""
+    n = G.shape[0] if rows is None else int(rows.numel())
+    out = torch.empty(G.shape[1], dtype=G.dtype, device=G.device)
+    big = torch.finfo(G.dtype).max
+    k = (n - 1) // 2
+    for a, b, X, M, Y in _selection_chunks(G, rows):
+        if n % 2:
+            v, _, ok = _gap_values(X, k, M, Y, upper=False)
+            bad = ~ok | (v.abs() >= big)
+        else:
+            lo_v, hi_v, ok = _gap_values(X, k, M, Y)
+            v = (lo_v + hi_v) * 0.5
+            bad = ~ok | (lo_v.abs() >= big) | (hi_v.abs() >= big)
+        out[a:b] = v
+        _exact_redo(G, rows, a, b, out, bad,
+                    (lambda S: S[k]) if n % 2 else (lambda S: (S[k] + S[k + 1]) * 0.5))
+    return out
+
+
+def trimmed_mean_by_counting(G: torch.Tensor, f: int) -> torch.Tensor:
+    """Per column, the mean of the n-2f middle values (1 <= f < n/2), NaN as +inf:
+    with v = A_f and u = A_{n-f-1}, the sum is sum{v < x < u} + (#{x <= v} - f) v +
+    (n - f - #{x < u}) u (ties at v or u included exactly)."""
+    n, d = G.shape
+    out = torch.empty(d, dtype=G.dtype, device=G.device)
+    big = torch.finfo(G.dtype).max
+    keep = n - 2 * f
+    for a, b, X, M, Y in _selection_chunks(G, None):
+        _, v, ok1 = _gap_values(X, f - 1, M, Y, lower=False)
+        u, _, ok2 = _gap_values(X, n - f - 1, M, Y, upper=False)
+        torch.gt(X, v, out=M)
+        c_le_v = n - M.sum(0)
+        torch.mul(X, M, out=Y)
+        torch.lt(X, u, out=M)
+        c_lt_u = M.sum(0)
+        Y.mul_(M)
+        s = Y.sum(0)
+        s = s + (c_le_v - f) * v + (n - f - c_lt_u) * u
+        res = torch.where(v < u, s, keep * v) / keep
+        out[a:b] = res
+        bad = ~(ok1 & ok2) | (v.abs() >= big) | (u.abs() >= big)
+        _exact_redo(G, None, a, b, out, bad, lambda S: S[f:n - f].sum(0) / keep)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -398,3 +626,261 @@ def combine_rows(G: torch.Tensor, alpha: torch.Tensor, rows: torch.Tensor | None
     for s, e in _chunks(G.shape[1], csize):
         out[s:e] = a @ G[rows, s:e]
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# Bulyan's selection rounds, incremental (same picks as re-running the rule each round)
+# ----------------------------------------------------------------------------------------
+def bulyan_krum_rounds(D2: torch.Tensor, f: int, theta: int) -> list[int]:
+    """Bulyan's theta rounds of Krum on one (n, n) matrix of squared distances: round t
+    scores the m remaining rows with k = max(m-f-2, min(2, m-1)) neighbours (as
+    ``krum_scores(..., shrinking=True)`` on the remaining rows) and removes the best (ties:
+    the lowest index). Each row's distances are sorted once; a linked list over the sorted
+    positions skips removed rows and a tail pointer marks its k-th nearest remaining row, so
+    a round costs O(n), not O(n^2). Sums are kept as (finite part, number of infinite
+    terms), so an infinite distance gives an infinite score and never a NaN."""
+    n = D2.shape[0]
+    dev = D2.device
+    if theta <= 0:
+        return []
+    off = D2.to(torch.float64).clone()
+    off.fill_diagonal_(INF)
+    vals, order = torch.sort(off, dim=1, stable=True)
+    ar = torch.arange(n, device=dev)
+    pos = torch.empty_like(order)
+    pos.scatter_(1, order, ar.expand(n, n).contiguous())
+    W = n + 2  # slots: 0 = head, 1..n = sorted positions, n+1 = tail
+    isinf = torch.isinf(vals)
+    # per slot: (finite part, 1 if infinite); running past the end counts as infinite
+    V = torch.zeros(n, W, 2, dtype=torch.float64, device=dev)
+    V[:, 1:n + 1, 0] = torch.where(isinf, 0.0, vals)
+    V[:, 1:n + 1, 1] = isinf.to(torch.float64)
+    V[:, n + 1, 1] = 1.0
+    V = V.view(n * W, 2)
+    nxt = (torch.arange(W, device=dev) + 1).expand(n, W).contiguous().view(-1)
+    prv = (torch.arange(W, device=dev) - 1).expand(n, W).contiguous().view(-1)
+
+    def unlink(flat_slot, rowbase):
+        p, q = prv[flat_slot], nxt[flat_slot]
+        nxt[rowbase + p] = q
+        prv[rowbase + q] = p
+
+    self_slot = pos[ar, ar] + 1
+    unlink(ar * W + self_slot, ar * W)
+    k = max(n - f - 2, min(2, n - 1))
+    # tail: slot of the k-th remaining entry of each row (its own entry skipped)
+    tail = torch.full((n,), k, dtype=torch.long, device=dev) + (self_slot <= k).long()
+    upto = torch.arange(1, W, device=dev).unsqueeze(0) <= tail.unsqueeze(1)  # slots 1..n+1
+    upto[ar, self_slot - 1] = False
+    S = (V.view(n, W, 2)[:, 1:] * upto.unsqueeze(2)).sum(1)  # (n, 2)
+    picked: list[int] = []
+    idx = ar
+    m = n
+    for t in range(theta):
+        Si = S[idx]
+        score = torch.where(Si[:, 1] > 0, INF, Si[:, 0])
+        j = int(torch.argmin(score))
+        r = int(idx[j])
+        picked.append(r)
+        if t == theta - 1:
+            break
+        idx = torch.cat([idx[:j], idx[j + 1:]])
+        m -= 1
+        k_new = max(m - f - 2, min(2, m - 1))
+        rb = idx * W
+        slot = pos[idx, r] + 1
+        tl = tail[idx]
+        in_set = slot <= tl
+        fl = rb + slot
+        if k_new < k:  # one neighbour fewer: drop r if it was in, else the farthest one
+            ft = rb + tl
+            S[idx] -= V[torch.where(in_set, fl, ft)]
+            tail[idx] = torch.where(in_set & (slot != tl), tl, prv[ft])
+        else:  # same k: replace r, if it was in, by the next remaining entry
+            nt = nxt[rb + tl]
+            S[idx] += (V[rb + nt] - V[fl]) * in_set.unsqueeze(1)
+            tail[idx] = torch.where(in_set, nt, tl)
+        unlink(fl, rb)
+        k = k_new
+    return picked
+
+
+def bulyan_gram_rounds(Kf: torch.Tensor, bad: torch.Tensor, theta: int, geomed: tuple | None = None) -> list[int]:
+    """Bulyan's theta rounds with ``select=mean`` (``geomed=None``) or ``select=geomed(p=2)``
+    (``geomed=(nu, iters, tol)``) on the float64 Gram matrix of the rows: each round picks
+    the remaining finite row closest in l2 to the rule's output on the remaining finite
+    rows (ties: the lowest index); rows with a non-finite norm come last, in order.
+
+    mean: the row sums of K over the remaining rows are updated in O(n) per round (and
+    recomputed exactly every 32 rounds). geomed: Weiszfeld warm-starts from the previous
+    round's weights (the removed row's weight dropped), one matrix-vector product per
+    iteration, on K restricted to a working set that is compacted as rows leave."""
+    dev = Kf.device
+    picked: list[int] = []
+    rem = torch.nonzero(~bad).flatten()
+    tail = torch.nonzero(bad).flatten().tolist()
+    if rem.numel() == 0:
+        return tail[:theta]
+    diag = torch.diagonal(Kf)
+    C = rem  # working set (rows of Kc), a superset of the remaining rows
+    Kc = Kf.index_select(0, C).index_select(1, C)
+    live = torch.ones(C.numel(), dtype=torch.float64, device=dev)  # 1 for remaining rows of C
+    dc = diag[C]
+    m = C.numel()
+    if geomed is None:
+        R = Kc.sum(1)
+    else:
+        nu, iters, tol = geomed
+        alpha = torch.full((m,), 1.0 / m, dtype=torch.float64, device=dev)
+    for t in range(theta):
+        if m == 0:
+            picked.append(tail.pop(0))
+            continue
+        if geomed is None:
+            if t % 32 == 0:
+                R = Kc @ live
+            Ka = R / m
+            d2 = dc - 2 * Ka + (live @ Ka) / m
+        else:
+            if t == 0:
+                Ka = Kc @ alpha
+            for _ in range(iters):
+                dist = (dc - 2 * Ka + alpha @ Ka).clamp_min(0).sqrt()
+                w = live / dist.clamp_min(nu)
+                new = w / w.sum()
+                Kn = Kc @ new
+                dz2 = float(((new - alpha) @ (Kn - Ka)).clamp_min(0))
+                z2 = float((new @ Kn).clamp_min(0))
+                alpha, Ka = new, Kn
+                if dz2 <= tol * tol * z2:
+                    break
+            d2 = dc - 2 * Ka + alpha @ Ka
+        d2 = torch.where(live > 0, d2, INF)
+        j = int(torch.argmin(d2))
+        picked.append(int(C[j]))
+        live[j] = 0.0
+        m -= 1
+        if geomed is None:
+            R -= Kc[:, j]
+        else:  # warm start: drop the removed row's weight (K alpha follows in O(n))
+            aj = float(alpha[j])
+            alpha[j] = 0.0
+            s = float(alpha.sum())
+            if s > 0:
+                alpha, Ka = alpha / s, (Ka - Kc[:, j] * aj) / s
+            else:
+                alpha = live / max(m, 1)
+                Ka = Kc @ alpha
+        if m and m <= 0.7 * C.numel() and m >= 64:  # compact the working set
+            keep = torch.nonzero(live).flatten()
+            C, dc, live = C[keep], dc[keep], live[keep]
+            Kc = Kc.index_select(0, keep).index_select(1, keep)
+            if geomed is None:
+                R = R[keep]
+            else:
+                alpha, Ka = alpha[keep], Ka[keep]
+    return picked
+
+
+def bulyan_comed_rounds(G: torch.Tensor, theta: int) -> list[int]:
+    """Bulyan's theta rounds with ``select=comed``: each round takes the coordinate-wise
+    median z of the remaining rows (NaN as +inf, midpoint for an even count) and removes the
+    remaining row closest to z in l2 (``lp_dist_to``; ties: the lowest index).
+
+    Each column is sorted once (stable, NaN as +inf); per column a doubly linked list over
+    the rows in sorted order skips removed rows, and the median pointer moves by at most one
+    live step per removal, so a round updates z in O(d). The distances use the triangle
+    inequality: with exact distances D to an earlier median z0, a row whose lower bound
+    D - ||z - z0|| exceeds the smallest upper bound D + ||z - z0|| cannot be the closest;
+    only the others are measured exactly, and all rows are measured again (z0 = z) once
+    more than an eighth of them remain candidates."""
+    n, d = G.shape
+    dev = G.device
+    if theta <= 0:
+        return []
+    idt = torch.int16 if n + 2 <= 32767 else torch.int32
+    NX = torch.empty(n + 2, d, dtype=idt, device=dev)  # slot of the next row (slot = row+1)
+    PV = torch.empty(n + 2, d, dtype=idt, device=dev)
+    P = torch.empty(d, dtype=torch.long, device=dev)  # slot of the lower median
+    csize = max(64, (1 << 20) // n)
+    for a, b in _chunks(d, csize):
+        X = torch.nan_to_num(G[:, a:b], nan=INF, posinf=INF, neginf=-INF)
+        order = torch.sort(X, dim=0, stable=True).indices + 1  # (n, c) slots in sorted order
+        c = b - a
+        head = torch.zeros(1, c, dtype=order.dtype, device=dev)
+        end = torch.full((1, c), n + 1, dtype=order.dtype, device=dev)
+        seq = torch.cat([head, order, end])  # (n+2, c): the list from head to tail
+        NX[:, a:b].scatter_(0, seq[:-1], seq[1:].to(idt))
+        PV[:, a:b].scatter_(0, seq[1:], seq[:-1].to(idt))
+        P[a:b] = order[(n - 1) // 2]
+    NXf, PVf = NX.view(-1), PV.view(-1)
+    cols = torch.arange(d, device=dev)
+    Gf = G.reshape(-1) if G.is_contiguous() else G.contiguous().view(-1)
+
+    def value(slots):  # G[slot-1, j] per column j, NaN as +inf
+        v = Gf[(slots - 1) * d + cols]
+        return torch.nan_to_num(v, nan=INF, posinf=INF, neginf=-INF)
+
+    def median(m):
+        lo = value(P)
+        if m % 2:
+            return lo
+        return (lo + value(NXf[P * d + cols].long())) * 0.5
+
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    picked: list[int] = []
+    m = n
+    z = median(m)
+    # ||x_i - z||^2 = ||x_i - z0||^2 - 2 x_i.w + 2 z0.w + ||w||^2 with w = z - z0: one
+    # matrix-vector product per round (float32, on the remaining rows, compacted as they
+    # leave) screens the rows; the rows that its rounding error bound cannot rule out are
+    # measured exactly with ``lp_dist_to``, as the plain loop measures every row.
+    z0 = z.clone()
+    exact0 = bool(torch.isfinite(z0).all())
+    if exact0:
+        D0 = torch.zeros(n, dtype=torch.float64, device=dev)
+        for a, b in _chunks(d, max(256, _DIST_BUDGET // n)):
+            D0 += ((G[:, a:b] - z0[a:b]).to(torch.float64) ** 2).sum(1)
+        xnorm = torch.linalg.vector_norm(G, dim=1).to(torch.float64)
+    rows_c = torch.arange(n, device=dev)  # rows of Gc
+    Gc = G
+    gamma = 2.0 * d * torch.finfo(G.dtype).eps
+    for t in range(theta):
+        idx = torch.nonzero(alive).flatten()
+        r = None
+        w = z - z0
+        if exact0 and bool(torch.isfinite(w).all()):
+            u = (Gc @ w).to(torch.float64)
+            wn = float(torch.linalg.vector_norm(w.to(torch.float64)))
+            approx = D0[rows_c] - 2 * u + (2 * float(z0.to(torch.float64) @ w.to(torch.float64)) + wn * wn)
+            err = gamma * xnorm[rows_c] * wn + 1e-6 * approx.abs() + 1e-30
+            ok = alive[rows_c] & torch.isfinite(approx) & torch.isfinite(err)
+            if bool(ok.any()):
+                bound = float((approx + err)[ok].min())
+                cand = rows_c[ok & ((approx - err) <= bound)]
+                dist = lp_dist_to(G.index_select(0, cand), z, 2.0)
+                r = int(cand[int(torch.argmin(dist))])
+        if r is None:
+            r = int(idx[int(torch.argmin(lp_dist_to(G, z, 2.0, idx)))])
+        picked.append(r)
+        if t == theta - 1:
+            break
+        # remove r: move the median pointer (read neighbours before unlinking), then unlink
+        s = r + 1
+        xr = torch.nan_to_num(G[r], nan=INF, posinf=INF, neginf=-INF)
+        xp = value(P)
+        below = (xr < xp) | ((xr == xp) & (s < P))
+        if m % 2:  # odd -> even: the lower median moves down unless r was below it
+            P = torch.where(below, P, PVf[P * d + cols].long())
+        else:  # even -> odd: the median moves up if r was below it or was the lower median
+            P = torch.where(below | (P == s), NXf[P * d + cols].long(), P)
+        a_, b_ = PV[s].long(), NX[s].long()
+        NXf[a_ * d + cols] = b_.to(idt)
+        PVf[b_ * d + cols] = a_.to(idt)
+        alive[r] = False
+        m -= 1
+        z = median(m)
+        if m <= rows_c.numel() // 2 and m >= 16:  # compact the screening copy
+            rows_c = torch.nonzero(alive).flatten()
+            Gc = G.index_select(0, rows_c)
+    return picked

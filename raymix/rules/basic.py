@@ -4,20 +4,14 @@ from __future__ import annotations
 import torch
 
 from raymix.rules import _kernels as K
-from raymix.rules._common import check, need_more_than_2f
-from raymix.rules.base import RULES, Rule
+from raymix.rules.base import RULES, Rule, need_more_than_2f
 
-__all__ = ["mean", "coordinate_median", "trimmed_mean"]
-
-
-def _no_requirement(n: int, f: int) -> None:
-    return None
+__all__ = ["Mean", "CoordinateMedian", "TrimmedMean", "mean", "coordinate_median", "trimmed_mean"]
 
 
 def mean(G: torch.Tensor, f: int = 0) -> torch.Tensor:
     """The plain average (not robust: one NaN row makes it NaN)."""
-    check("mean", G, f, _no_requirement)
-    return G.mean(0)
+    return Mean()(G, f)
 
 
 def _comed(G: torch.Tensor, f: int, generator=None) -> torch.Tensor:
@@ -27,12 +21,13 @@ def _comed(G: torch.Tensor, f: int, generator=None) -> torch.Tensor:
 def coordinate_median(G: torch.Tensor, f: int = 0) -> torch.Tensor:
     """Coordinate-wise median; for even n the average of the two middle values.
     NaN counts as +inf. Needs n > 2f."""
-    check("comed", G, f, need_more_than_2f)
-    return _comed(G, f)
+    return CoordinateMedian()(G, f)
 
 
 def _trimmed(G: torch.Tensor, f: int, generator=None) -> torch.Tensor:
     n = G.shape[0]
+    if f >= 1 and n > K.NETWORK_MAX_ROWS and K._counting_ok(G):
+        return K.trimmed_mean_by_counting(G, f)
     keep = list(range(f, n - f))
     scale = 1.0 / len(keep)
 
@@ -48,20 +43,50 @@ def _trimmed(G: torch.Tensor, f: int, generator=None) -> torch.Tensor:
 def trimmed_mean(G: torch.Tensor, f: int) -> torch.Tensor:
     """Per coordinate, drop the f largest and f smallest values and average the rest
     (NaN counts as +inf). Needs n > 2f."""
-    check("trimmed_mean", G, f, need_more_than_2f)
-    return _trimmed(G, f)
+    return TrimmedMean()(G, f)
 
 
 @RULES.register("mean")
-def _mean_factory() -> Rule:
-    return Rule("mean", "mean", lambda G, f, generator=None: G.mean(0), _no_requirement)
+class Mean(Rule):
+    """The average of the rows; not robust (one NaN row makes it NaN), the baseline.
+
+    ``mean(G) = (1/n) sum_i G_i``. Needs nothing (any n >= 1, any f).
+    """
+
+    needs = "nothing (not robust)"
+
+    def aggregate(self, G, f, generator=None):
+        return G.mean(0)
 
 
 @RULES.register("comed")
-def _comed_factory() -> Rule:
-    return Rule("comed", "comed", _comed, need_more_than_2f)
+class CoordinateMedian(Rule):
+    """Coordinate-wise median (comed).
+
+    ``out_j = median_i G_ij``; for even n the average of the two middle values (the
+    "midpoint" median, as numpy.median). NaN counts as +inf. Needs n > 2f (breakdown point).
+    """
+
+    needs = "n > 2f"
+
+    def requirement(self, n, f):
+        return need_more_than_2f(n, f)
+
+    def aggregate(self, G, f, generator=None):
+        return _comed(G, f, generator)
 
 
 @RULES.register("trimmed_mean")
-def _trimmed_factory() -> Rule:
-    return Rule("trimmed_mean", "trimmed_mean", _trimmed, need_more_than_2f)
+class TrimmedMean(Rule):
+    """Coordinate-wise trimmed mean: drop the f smallest and f largest values, average the rest.
+
+    ``out_j = (1/(n-2f)) sum_{k=f}^{n-f-1} sort_i(G_ij)_k``; NaN counts as +inf. Needs n > 2f.
+    """
+
+    needs = "n > 2f"
+
+    def requirement(self, n, f):
+        return need_more_than_2f(n, f)
+
+    def aggregate(self, G, f, generator=None):
+        return _trimmed(G, f, generator)

@@ -8,10 +8,10 @@ import math
 import torch
 
 from raymix.rules import _kernels as K
-from raymix.rules._common import check, int_arg, rule_arg, spec_text
-from raymix.rules.base import RULES, Rule
+from raymix import checks
+from raymix.rules.base import RULES, Rule, as_rule
 
-__all__ = ["bucketing", "bucket_means", "resampling", "resample_means", "DEFAULT_SEED"]
+__all__ = ["Bucketing", "Resampling", "bucketing", "bucket_means", "resampling", "resample_means", "DEFAULT_SEED"]
 
 DEFAULT_SEED = 0
 
@@ -61,52 +61,10 @@ def resample_means(G: torch.Tensor, s: int, generator: torch.Generator | None = 
     return out
 
 
-def _requirement(s: int, inner: Rule):
-    def requirement(n: int, f: int) -> str | None:
-        nb = math.ceil(n / s)
-        sub = inner.requirement(nb, f)
-        if sub is not None:
-            return f"its inner rule {inner.spec} to run on ceil(n/s) = {nb} buckets with f = {f}, which needs {sub}"
-        return None
-
-    return requirement
-
-
 def bucketing(G: torch.Tensor, f: int, s: int = 2, rule="krum", generator: torch.Generator | None = None) -> torch.Tensor:
     """Average random buckets of s rows, then apply ``rule`` (default krum) to the
     ceil(n/s) bucket means with the same f (each Byzantine row can spoil one bucket)."""
-    s = int_arg("bucketing", "s", s, 1)
-    inner = rule_arg("bucketing", "rule", rule)
-    check("bucketing", G, f, _requirement(s, inner))
-    return inner.fn(bucket_means(G, s, generator), f, generator=generator)
-
-
-def _mixing_rule(name: str, mix, requirement_of, family_of):
-    """A registered factory for a wrapper that mixes the rows (``mix(G, s, generator)``) and
-    hands them to an inner rule with the same f."""
-
-    def factory(s=2, rule=None) -> Rule:
-        sv = int_arg(name, "s", s, 1)
-        inner = rule_arg(name, "rule", "krum" if rule is None else rule)
-        return Rule(
-            spec_text(name, {"s": s, "rule": rule}, {"s": 2, "rule": None}),
-            family_of(inner),
-            lambda G, f, generator=None: inner.fn(mix(G, sv, generator), f, generator=generator),
-            requirement_of(sv, inner),
-        )
-
-    RULES.register(name, factory)
-
-
-_mixing_rule("bucketing", bucket_means, _requirement, lambda inner: "bucketing")
-
-
-def _resampling_requirement(inner: Rule):
-    def requirement(n: int, f: int) -> str | None:
-        sub = inner.requirement(n, f)
-        return None if sub is None else f"its inner rule {inner.spec} to run on n = {n} resampled rows with f = {f}, which needs {sub}"
-
-    return requirement
+    return Bucketing(s=s, rule=rule)(G, f, generator)
 
 
 def resampling(G: torch.Tensor, f: int, s: int = 2, rule="krum", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -114,11 +72,65 @@ def resampling(G: torch.Tensor, f: int, s: int = 2, rule="krum", generator: torc
     the outputs may carry a Byzantine input: He et al.'s analysis pays for it with s times the
     Byzantine fraction; the rule here keeps its f (use ``bucketing`` for the conservative
     variant)."""
-    s = int_arg("resampling", "s", s, 1)
-    inner = rule_arg("resampling", "rule", rule)
-    check("resampling", G, f, _resampling_requirement(inner))
-    return inner.fn(resample_means(G, s, generator), f, generator=generator)
+    return Resampling(s=s, rule=rule)(G, f, generator)
 
 
-# Resampling keeps n rows: the member stays in its class (a resampled Krum is a Krum).
-_mixing_rule("resampling", resample_means, lambda s, inner: _resampling_requirement(inner), lambda inner: inner.family)
+class _Mixing(Rule):
+    """A wrapper that mixes the rows (``mix(G, s, generator)``) and hands them to an inner
+    rule with the same f."""
+
+    def __init__(self, s: int = 2, rule="krum"):
+        self.s = checks.integer(f"rule {self.name}", "s", s, lo=1)
+        self.rule = as_rule(f"rule {self.name}", "rule", "krum" if rule is None else rule)
+
+    @staticmethod
+    def mix(G: torch.Tensor, s: int, generator: torch.Generator | None) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def aggregate(self, G, f, generator=None):
+        return self.rule.aggregate(self.mix(G, self.s, generator), f, generator=generator)
+
+
+@RULES.register("bucketing")
+class Bucketing(_Mixing):
+    """Bucketing (Karimireddy, He & Jaggi, 2022): average random buckets of s rows, then any rule.
+
+    Permute the rows with the generator (``torch.randperm(n, generator=g)``; without one, a
+    fresh generator seeded with DEFAULT_SEED = 0), average consecutive buckets of s (the last
+    holds the n mod s left over), apply ``rule`` (default krum) to the ceil(n/s) bucket means
+    with the same f: each Byzantine row can spoil one bucket. ``s`` >= 1. Needs the inner
+    rule's precondition on (ceil(n/s), f).
+    """
+
+    needs = "the inner rule's on ceil(n/s) rows with the same f"
+    mix = staticmethod(bucket_means)
+
+    def requirement(self, n, f):
+        nb = math.ceil(n / self.s)
+        sub = self.rule.requirement(nb, f)
+        if sub is not None:
+            return f"its inner rule {self.rule.spec} to run on ceil(n/s) = {nb} buckets with f = {f}, which needs {sub}"
+        return None
+
+
+@RULES.register("resampling")
+class Resampling(_Mixing):
+    """s-replacement resampling (He, Karimireddy & Jaggi, 2020), then any rule, in the rule's class.
+
+    Output j is the mean of rows ``perm_r[j]`` over s independent random permutations
+    (every input used exactly s times; non-finite picks are left out of their output's mean),
+    then ``rule`` (default krum) on the n resampled rows with the same f. Keeps n rows, so a
+    resampled rule stays in its pool family (a resampled Krum is a Krum). ``s`` >= 1. Needs
+    the inner rule's precondition on (n, f).
+    """
+
+    needs = "the inner rule's on n rows with the same f"
+    mix = staticmethod(resample_means)
+
+    @property
+    def family(self) -> str:
+        return self.rule.family
+
+    def requirement(self, n, f):
+        sub = self.rule.requirement(n, f)
+        return None if sub is None else f"its inner rule {self.rule.spec} to run on n = {n} resampled rows with f = {f}, which needs {sub}"

@@ -4,13 +4,11 @@ from __future__ import annotations
 import torch
 
 from raymix.rules import _kernels as K
-from raymix.rules._common import check, need_4f_plus_3, rule_arg, spec_text
-from raymix.rules.base import RULES, Rule
-from raymix.rules.geomed import DEFAULTS as GEOMED_DEFAULTS, weiszfeld_coefficients
-from raymix.rules.krum import krum_scores
+from raymix.rules.base import RULES, Rule, as_rule, need_4f_plus_3
+from raymix.rules.geomed import DEFAULTS as GEOMED_DEFAULTS
 from raymix.spec import parse_spec
 
-__all__ = ["bulyan", "bulyan_select", "bulyan_classic_agg"]
+__all__ = ["Bulyan", "bulyan", "bulyan_select", "bulyan_classic_agg"]
 
 # Families whose unchecked function still ranks rows on a set below their own bound
 # (Krum's neighbour count is clamped to >= 1): Bulyan may run them on its shrinking set.
@@ -34,41 +32,29 @@ def bulyan_select(G: torch.Tensor, f: int, select: Rule, generator=None) -> torc
     kw_krum = _plain_kwargs(select, "krum")
     kw_geomed = _plain_kwargs(select, "geomed")
     if kw_krum is not None:
+        # One distance matrix; the rounds update each row's neighbour sum in O(n)
+        # (the same picks as krum_scores(D2[rem][:, rem], f, shrinking=True) per round).
         D2 = K.pairwise_sq_dists(G, float(kw_krum.get("p", 2)))
-        rem = list(range(n))
-        for _ in range(theta):
-            idx = torch.tensor(rem)
-            i = int(torch.argmin(krum_scores(D2[idx][:, idx], f, shrinking=True)))
-            picked.append(rem.pop(i))
-        return torch.tensor(picked)
+        return torch.tensor(K.bulyan_krum_rounds(D2, f, theta))
     if select.family == "mean" or (kw_geomed is not None and float(kw_geomed.get("p", 2)) == 2):
+        # One Gram matrix; mean: row sums updated per round; geomed: Weiszfeld warm-started
+        # from the previous round (more than f bad rows: they come last, in order).
         Kf, bad = K.gram(G)
-        rem = [i for i in range(n) if not bool(bad[i])]
-        tail = [i for i in range(n) if bool(bad[i])]
         g = {k: kw_geomed.get(k, GEOMED_DEFAULTS[k]) for k in ("nu", "iters", "tol")} if kw_geomed is not None else None
-        for _ in range(theta):
-            if not rem:  # more than f bad rows: fall back to them, in order
-                picked.append(tail.pop(0))
-                continue
-            idx = torch.tensor(rem)
-            Ks = Kf[idx][:, idx]
-            m = len(rem)
-            if g is None:
-                alpha = torch.full((m,), 1.0 / m, dtype=torch.float64, device=Ks.device)
-            else:
-                alpha = weiszfeld_coefficients(Ks, float(g["nu"]), int(g["iters"]), float(g["tol"]))
-            Ka = Ks @ alpha
-            d2 = torch.diagonal(Ks) - 2 * Ka + alpha @ Ka
-            picked.append(rem.pop(int(torch.argmin(d2))))
-        return torch.tensor(picked)
+        wz = None if g is None else (float(g["nu"]), int(g["iters"]), float(g["tol"]))
+        return torch.tensor(K.bulyan_gram_rounds(Kf, bad, theta, wz))
+    if select.family == "comed" and parse_spec(select.spec).name == "comed":
+        # Per-column sorted lists with a moving median pointer; distances screened by one
+        # matrix-vector product per round, candidates measured exactly.
+        return torch.tensor(K.bulyan_comed_rounds(G, theta))
     rem_t = torch.arange(n)
     for _ in range(theta):
         if select.family == "comed" and parse_spec(select.spec).name == "comed":
             z = K.coordinate_median_rows(G, rem_t)
             dist = K.lp_dist_to(G, z, 2.0, rem_t)
         else:
-            sub = G.index_select(0, rem_t)
-            z = select.fn(sub, f, generator=generator)
+            sub = G.index_select(0, rem_t.to(G.device))
+            z = select.aggregate(sub, f, generator=generator)
             dist = K.lp_dist_to(sub, z, 2.0)
         i = int(torch.argmin(dist))
         picked.append(int(rem_t[i]))
@@ -114,26 +100,7 @@ def _bulyan(G, f, select: Rule, agg: Rule | None, generator=None) -> torch.Tenso
         return K.combine_rows(G, torch.full((picked.numel(),), 1.0 / picked.numel(), dtype=torch.float64), picked)
     if agg.family == "comed" and parse_spec(agg.spec).name == "comed":
         return K.coordinate_median_rows(G, picked)
-    return agg.fn(G.index_select(0, picked), f, generator=generator)
-
-
-def _requirement(select: Rule, agg: Rule | None):
-    def requirement(n: int, f: int) -> str | None:
-        needs = need_4f_plus_3(n, f)
-        if needs is not None:
-            return needs
-        theta = n - 2 * f
-        if agg is not None:
-            inner = agg.requirement(theta, f)
-            if inner is not None:
-                return f"its agg {agg.spec} to run on the theta = n-2f = {theta} selected rows, which needs {inner}"
-        if select.family not in _SHRINK_SAFE:
-            inner = select.requirement(2 * f + 1, f)
-            if inner is not None:
-                return f"its select {select.spec} to run on down to 2f+1 = {2 * f + 1} rows, which needs {inner}"
-        return None
-
-    return requirement
+    return agg.aggregate(G.index_select(0, picked.to(G.device)), f, generator=generator)
 
 
 def bulyan(G: torch.Tensor, f: int, select="krum", agg=None, generator=None) -> torch.Tensor:
@@ -141,19 +108,45 @@ def bulyan(G: torch.Tensor, f: int, select="krum", agg=None, generator=None) -> 
     ``agg`` over the theta picked rows (default: the beta = theta-2f values closest to the
     coordinate-wise median, averaged). ``select``/``agg`` are rules or spec strings.
     Needs n >= 4f+3."""
-    sel = rule_arg("bulyan", "select", select)
-    ag = None if agg is None else rule_arg("bulyan", "agg", agg)
-    check("bulyan", G, f, _requirement(sel, ag))
-    return _bulyan(G, f, sel, ag, generator)
+    return Bulyan(select=select, agg=agg)(G, f, generator)
 
 
 @RULES.register("bulyan")
-def _bulyan_factory(select=None, agg=None) -> Rule:
-    sel = rule_arg("bulyan", "select", "krum" if select is None else select)
-    ag = None if agg is None else rule_arg("bulyan", "agg", agg)
-    return Rule(
-        spec_text("bulyan", {"select": select, "agg": agg}, {"select": None, "agg": None}),
-        "bulyan",
-        lambda G, f, generator=None: _bulyan(G, f, sel, ag, generator),
-        _requirement(sel, ag),
-    )
+class Bulyan(Rule):
+    """Bulyan (El Mhamdi et al., 2018): theta = n-2f rounds of a selection rule, then an aggregation.
+
+    1. theta = n-2f rounds; each applies ``select`` (default Krum) to the remaining rows with
+       the same f and removes the row it picks (a rule that does not return one of its rows
+       picks the remaining row closest in l2 to its output; rows at infinite distance are
+       never picked while a finite row remains).
+    2. ``agg`` over the theta picked rows with the same f; default (``agg=None``), the classic
+       aggregation: per coordinate, the mean of the beta = theta-2f values closest to the
+       coordinate-wise median of the picked rows.
+
+    Needs n >= 4f+3, ``agg``'s precondition on theta rows, and (for a selection rule other
+    than Krum, Multi-Krum or mean) the selection rule's on 2f+1 rows.
+    """
+
+    needs = "n >= 4f+3 (and agg's own on n-2f rows)"
+
+    def __init__(self, select="krum", agg=None):
+        self.select = as_rule(f"rule {self.name}", "select", "krum" if select is None else select)
+        self.agg = None if agg is None else as_rule(f"rule {self.name}", "agg", agg)
+
+    def requirement(self, n, f):
+        needs = need_4f_plus_3(n, f)
+        if needs is not None:
+            return needs
+        theta = n - 2 * f
+        if self.agg is not None:
+            inner = self.agg.requirement(theta, f)
+            if inner is not None:
+                return f"its agg {self.agg.spec} to run on the theta = n-2f = {theta} selected rows, which needs {inner}"
+        if self.select.family not in _SHRINK_SAFE:
+            inner = self.select.requirement(2 * f + 1, f)
+            if inner is not None:
+                return f"its select {self.select.spec} to run on down to 2f+1 = {2 * f + 1} rows, which needs {inner}"
+        return None
+
+    def aggregate(self, G, f, generator=None):
+        return _bulyan(G, f, self.select, self.agg, generator)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 
 from raymix.rules import _kernels as K
-from raymix.rules._common import check, float_arg, int_arg, need_more_than_2f, rule_arg, spec_text
-from raymix.rules.base import RULES, Rule
+from raymix import checks
+from raymix.rules.base import RULES, Rule, as_rule, need_more_than_2f
 from raymix.spec import Spec
 
-__all__ = ["centered_clipping", "nnm", "nearest_neighbour_mixing"]
+__all__ = ["CenteredClipping", "NNM", "centered_clipping", "nnm", "nearest_neighbour_mixing"]
 
 
 def _cc(G: torch.Tensor, f: int, tau: float, iters: int, center: torch.Tensor | None) -> torch.Tensor:
@@ -29,44 +29,59 @@ def centered_clipping(G: torch.Tensor, f: int, tau: float = 10.0, iters: int = 1
     """``iters`` steps of z <- z + (1/n) sum_i (x_i - z) min(1, tau / ||x_i - z||_2) from
     ``center`` (default: the coordinate-wise median; the runtime may pass the previous
     aggregate). Rows with non-finite entries contribute nothing. Needs n > 2f."""
-    tau = float_arg("centered_clipping", "tau", tau, 0.0, strict=True)
-    iters = int_arg("centered_clipping", "iters", iters, 1)
-    check("centered_clipping", G, f, need_more_than_2f)
-    if center is not None and (center.shape != G.shape[1:] or not bool(torch.isfinite(center).all())):
-        raise ValueError(f"rule centered_clipping: center must be a finite ({G.shape[1]},) tensor")
-    return _cc(G, f, tau, iters, center)
+    rule = CenteredClipping(tau=tau, iters=iters)
+    if center is None:
+        return rule(G, f)
+    rule.check_input(G, f)
+    if not isinstance(center, torch.Tensor) or center.shape != G.shape[1:] or not bool(torch.isfinite(center).all()):
+        raise checks.fail("rule centered_clipping", "center", f"a finite ({G.shape[1]},) tensor", center)
+    return _cc(G, f, rule.tau, rule.iters, center)
 
 
 @RULES.register("centered_clipping")
-def _cc_factory(tau=10.0, iters=1, center=None) -> Rule:
-    tv = float_arg("centered_clipping", "tau", tau, 0.0, strict=True)
-    iv = int_arg("centered_clipping", "iters", iters, 1)
-    zero = isinstance(center, (Spec, str)) and str(center) == "zero"
-    crule = None if center is None or zero else rule_arg("centered_clipping", "center", center)
+class CenteredClipping(Rule):
+    """Centered clipping (Karimireddy et al., 2021), stateless: clipped steps from a robust centre.
 
-    def fn(G, f, generator=None):
-        if zero:
-            c = torch.zeros(G.shape[1], dtype=G.dtype, device=G.device)
-        elif crule is None:
-            c = None
+    ``iters`` steps of ``z <- z + (1/n) sum_i (G_i - z) min(1, tau / ||G_i - z||_2)`` from
+    ``center``: the coordinate-wise median of G (default), ``zero`` (the origin) or any rule's
+    output (``center=geomed``). Rows with non-finite entries contribute nothing; a finite far
+    row moves z by at most tau/n. ``tau`` > 0, ``iters`` >= 1. Needs n > 2f (and the centre
+    rule's precondition).
+    """
+
+    needs = "n > 2f (and the centre rule's)"
+
+    def __init__(self, tau: float = 10.0, iters: int = 1, center=None):
+        owner = f"rule {self.name}"
+        self.tau = checks.number(owner, "tau", tau, lo=0.0, strict=True)
+        self.iters = checks.integer(owner, "iters", iters, lo=1)
+        if isinstance(center, (Spec, str)) and str(center) == "zero":
+            self.center = "zero"
         else:
-            c = crule.fn(G, f, generator=generator)
-        return _cc(G, f, tv, iv, c)
+            self.center = None if center is None else as_rule(owner, "center", center)
 
-    def requirement(n: int, f: int) -> str | None:
+    def spec_args(self):
+        args = super().spec_args()
+        if self.center == "zero":
+            args["center"] = Spec("zero")
+        return args
+
+    def requirement(self, n, f):
         needs = need_more_than_2f(n, f)
-        if needs is None and crule is not None:
-            inner = crule.requirement(n, f)
+        if needs is None and isinstance(self.center, Rule):
+            inner = self.center.requirement(n, f)
             if inner is not None:
-                return f"its center rule {crule.spec}, which needs {inner}"
+                return f"its center rule {self.center.spec}, which needs {inner}"
         return needs
 
-    return Rule(
-        spec_text("centered_clipping", {"tau": tau, "iters": iters, "center": center}, {"tau": 10.0, "iters": 1, "center": None}),
-        "centered_clipping",
-        fn,
-        requirement,
-    )
+    def aggregate(self, G, f, generator=None):
+        if self.center == "zero":
+            c = torch.zeros(G.shape[1], dtype=G.dtype, device=G.device)
+        elif self.center is None:
+            c = None
+        else:
+            c = self.center.aggregate(G, f, generator=generator)
+        return _cc(G, f, self.tau, self.iters, c)
 
 
 def _nnm_mix(G: torch.Tensor, f: int) -> torch.Tensor:
@@ -89,35 +104,37 @@ def _nnm_mix(G: torch.Tensor, f: int) -> torch.Tensor:
 
 def nearest_neighbour_mixing(G: torch.Tensor, f: int) -> torch.Tensor:
     """The (n, d) stack after nearest-neighbour mixing (needs n > 2f)."""
-    check("nnm", G, f, need_more_than_2f)
+    NNM().check_input(G, f)
     return _nnm_mix(G, f)
 
 
 def nnm(G: torch.Tensor, f: int, rule="comed", generator=None) -> torch.Tensor:
     """Nearest-neighbour mixing, then ``rule`` (default comed) on the mixed rows."""
-    inner = rule_arg("nnm", "rule", rule)
-    check("nnm", G, f, _nnm_requirement(inner))
-    return inner.fn(_nnm_mix(G, f), f, generator=generator)
-
-
-def _nnm_requirement(inner: Rule):
-    def requirement(n: int, f: int) -> str | None:
-        needs = need_more_than_2f(n, f)
-        if needs is None:
-            sub = inner.requirement(n, f)
-            if sub is not None:
-                return f"its inner rule {inner.spec}, which needs {sub}"
-        return needs
-
-    return requirement
+    return NNM(rule=rule)(G, f, generator)
 
 
 @RULES.register("nnm")
-def _nnm_factory(rule=None) -> Rule:
-    inner = rule_arg("nnm", "rule", "comed" if rule is None else rule)
-    return Rule(
-        spec_text("nnm", {"rule": rule}, {"rule": None}),
-        "nnm",
-        lambda G, f, generator=None: inner.fn(_nnm_mix(G, f), f, generator=generator),
-        _nnm_requirement(inner),
-    )
+class NNM(Rule):
+    """Nearest-neighbour mixing (Allouah et al., 2023), then any rule on the mixed rows.
+
+    Each row is replaced by the mean of its n-f nearest rows in l2 (itself included):
+    ``M_i = (1/(n-f)) sum_{j in N_i} G_j``; then ``rule`` (default comed) is applied to M
+    with the same f. A row with non-finite entries is never a neighbour of a finite row and
+    is passed on unmixed. Needs n > 2f and the inner rule's precondition.
+    """
+
+    needs = "n > 2f and the inner rule's"
+
+    def __init__(self, rule="comed"):
+        self.rule = as_rule(f"rule {self.name}", "rule", "comed" if rule is None else rule)
+
+    def requirement(self, n, f):
+        needs = need_more_than_2f(n, f)
+        if needs is None:
+            sub = self.rule.requirement(n, f)
+            if sub is not None:
+                return f"its inner rule {self.rule.spec}, which needs {sub}"
+        return needs
+
+    def aggregate(self, G, f, generator=None):
+        return self.rule.aggregate(_nnm_mix(G, f), f, generator=generator)

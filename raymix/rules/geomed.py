@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from raymix.rules import _kernels as K
-from raymix.rules._common import check, float_arg, int_arg, need_more_than_2f, p_arg, spec_text
-from raymix.rules.base import RULES, Rule
+from raymix import checks
+from raymix.rules.base import RULES, Rule, need_more_than_2f
 
-__all__ = ["geometric_median", "weiszfeld_coefficients"]
+__all__ = ["GeometricMedian", "geometric_median", "weiszfeld_coefficients"]
 
 DEFAULTS = {"p": 2, "nu": 1e-6, "iters": 100, "tol": 1e-6}
 
@@ -67,26 +67,32 @@ def geometric_median(G: torch.Tensor, f: int, p: float = 2, nu: float = 1e-6, it
     w_i = 1 / max(nu, ||x_i - z||_p), until ||z_new - z||_2 <= tol ||z_new||_2 or ``iters``
     steps. For p = 2 the classic geometric median; for p != 2 the fixed point of the same
     iteration with l^p distances. Needs n > 2f. With no finite row at all: a NaN vector."""
-    p, nu, iters, tol = _args(p, nu, iters, tol)
-    check("geomed", G, f, need_more_than_2f)
-    return _geomed(G, f, p, nu, iters, tol)
-
-
-def _args(p, nu, iters, tol):
-    return (
-        p_arg("geomed", p),
-        float_arg("geomed", "nu", nu, 0.0, strict=True),
-        int_arg("geomed", "iters", iters, 1),
-        float_arg("geomed", "tol", tol, 0.0, strict=False),
-    )
+    return GeometricMedian(p=p, nu=nu, iters=iters, tol=tol)(G, f)
 
 
 @RULES.register("geomed")
-def _geomed_factory(p=2, nu=1e-6, iters=100, tol=1e-6) -> Rule:
-    pv, nuv, itv, tolv = _args(p, nu, iters, tol)
-    return Rule(
-        spec_text("geomed", {"p": p, "nu": nu, "iters": iters, "tol": tol}, DEFAULTS),
-        "geomed",
-        lambda G, f, generator=None: _geomed(G, f, pv, nuv, itv, tolv),
-        need_more_than_2f,
-    )
+class GeometricMedian(Rule):
+    """Geometric median by smoothed Weiszfeld, with l^p distances in the weights.
+
+    From the mean of the finite rows, iterate ``z <- sum_i w_i G_i / sum_i w_i`` with
+    ``w_i = 1 / max(nu, ||G_i - z||_p)`` until ``||z_new - z||_2 <= tol ||z_new||_2`` or
+    ``iters`` steps. p = 2: the classic (smoothed) geometric median, run on the Gram matrix;
+    p != 2: the fixed point of the same iteration (not claimed to minimise the sum of l^p
+    distances). Rows with NaN/Inf entries get weight 0; no finite row at all gives a NaN
+    vector. ``p`` >= 1 or inf, ``nu`` > 0, ``iters`` >= 1, ``tol`` >= 0. Needs n > 2f.
+    """
+
+    needs = "n > 2f"
+
+    def __init__(self, p: float = 2, nu: float = 1e-6, iters: int = 100, tol: float = 1e-6):
+        owner = f"rule {self.name}"
+        self.p = checks.number(owner, "p", p, lo=1, allow_inf=True)
+        self.nu = checks.number(owner, "nu", nu, lo=0.0, strict=True)
+        self.iters = checks.integer(owner, "iters", iters, lo=1)
+        self.tol = checks.number(owner, "tol", tol, lo=0.0)
+
+    def requirement(self, n, f):
+        return need_more_than_2f(n, f)
+
+    def aggregate(self, G, f, generator=None):
+        return _geomed(G, f, self.p, self.nu, self.iters, self.tol)

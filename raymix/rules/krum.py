@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from raymix.rules import _kernels as K
-from raymix.rules._common import check, int_arg, need_2f_plus_3, p_arg, spec_text
-from raymix.rules.base import RULES, Rule
+from raymix import checks
+from raymix.rules.base import RULES, Rule, need_2f_plus_3
 
-__all__ = ["krum", "multi_krum", "krum_scores"]
+__all__ = ["Krum", "MultiKrum", "krum", "multi_krum", "krum_scores"]
 
 
 def krum_scores(D2: torch.Tensor, f: int, shrinking: bool = False) -> torch.Tensor:
@@ -36,9 +36,7 @@ def _krum(G: torch.Tensor, f: int, p: float = 2.0, generator=None) -> torch.Tens
 def krum(G: torch.Tensor, f: int, p: float = 2) -> torch.Tensor:
     """The row with the smallest sum of squared l^p distances to its n-f-2 nearest
     neighbours. Needs n >= 2f+3."""
-    p = p_arg("krum", p)
-    check("krum", G, f, need_2f_plus_3)
-    return _krum(G, f, p)
+    return Krum(p=p)(G, f)
 
 
 def _multi_krum(G: torch.Tensor, f: int, m: int | None = None, p: float = 2.0, generator=None) -> torch.Tensor:
@@ -52,43 +50,54 @@ def _multi_krum(G: torch.Tensor, f: int, m: int | None = None, p: float = 2.0, g
     return out.div_(m)
 
 
-def _multi_krum_requirement(m: int | None):
-    def requirement(n: int, f: int) -> str | None:
-        needs = need_2f_plus_3(n, f)
-        if needs is None and m is not None and m > n - f:
-            return f"m <= n-f = {n - f} (m={m})"
-        return needs
-
-    return requirement
-
-
 def multi_krum(G: torch.Tensor, f: int, m: int | None = None, p: float = 2) -> torch.Tensor:
     """The average of the m rows with the best Krum scores (default m = n-f). Needs n >= 2f+3
     and m <= n-f."""
-    p = p_arg("multi_krum", p)
-    m = int_arg("multi_krum", "m", m, 1, allow_none=True)
-    check("multi_krum", G, f, _multi_krum_requirement(m))
-    return _multi_krum(G, f, m, p)
+    return MultiKrum(m=m, p=p)(G, f)
 
 
 @RULES.register("krum")
-def _krum_factory(p=2) -> Rule:
-    pv = p_arg("krum", p)
-    return Rule(
-        spec_text("krum", {"p": p}, {"p": 2}),
-        "krum",
-        lambda G, f, generator=None: _krum(G, f, pv),
-        need_2f_plus_3,
-    )
+class Krum(Rule):
+    """Krum with l^p distances: the row closest to its n-f-2 nearest neighbours.
+
+    ``score_i = sum_{j in N_i} ||G_i - G_j||_p^2`` over the k = n-f-2 rows j != i nearest to
+    row i (MixTailor eq. (3)); the output is a copy of the row with the smallest score (ties:
+    the lowest index). NaN/Inf rows are at infinite distance, never chosen while a finite row
+    remains. ``p``: a real >= 1 or inf. Needs n >= 2f+3.
+    """
+
+    needs = "n >= 2f+3"
+
+    def __init__(self, p: float = 2):
+        self.p = checks.number(f"rule {self.name}", "p", p, lo=1, allow_inf=True)
+
+    def requirement(self, n, f):
+        return need_2f_plus_3(n, f)
+
+    def aggregate(self, G, f, generator=None):
+        return _krum(G, f, self.p)
 
 
 @RULES.register("multi_krum")
-def _multi_krum_factory(m=None, p=2) -> Rule:
-    pv = p_arg("multi_krum", p)
-    mv = int_arg("multi_krum", "m", m, 1, allow_none=True)
-    return Rule(
-        spec_text("multi_krum", {"m": m, "p": p}, {"m": None, "p": 2}),
-        "multi_krum",
-        lambda G, f, generator=None: _multi_krum(G, f, mv, pv),
-        _multi_krum_requirement(mv),
-    )
+class MultiKrum(Rule):
+    """Multi-Krum: the average of the m rows with the best Krum scores.
+
+    The scores are Krum's (``score_i = sum_{j in N_i} ||G_i - G_j||_p^2``, k = n-f-2
+    neighbours); the output is ``(1/m) sum`` of the m best-scored rows, m = n-f by default.
+    Needs n >= 2f+3 and m <= n-f.
+    """
+
+    needs = "n >= 2f+3 and m <= n-f"
+
+    def __init__(self, m: int | None = None, p: float = 2):
+        self.m = checks.integer(f"rule {self.name}", "m", m, lo=1, optional=True)
+        self.p = checks.number(f"rule {self.name}", "p", p, lo=1, allow_inf=True)
+
+    def requirement(self, n, f):
+        needs = need_2f_plus_3(n, f)
+        if needs is None and self.m is not None and self.m > n - f:
+            return f"m <= n-f = {n - f} (m={self.m})"
+        return needs
+
+    def aggregate(self, G, f, generator=None):
+        return _multi_krum(G, f, self.m, self.p)

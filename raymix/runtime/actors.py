@@ -12,7 +12,9 @@
   the server's key or the draw.
 
 Both receive the validated, resolved ``ExperimentConfig`` itself (a frozen dataclass; it is
-not re-validated on the actor, which may run where the data files are not).
+not re-validated on the actor, which may run where the data files are not). Each is a fresh
+process: it imports the config's plugins (and the installed ones) before it builds anything,
+so a plugin's rule, attack or model is known there too (docs/extending.md).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import time
 
 import torch
 
+from raymix.plugins import load_plugins
 from raymix.runtime.resources import actor_device, actor_placement, actor_sizes, actor_threads
 from raymix.step import Adversary, Server, Workers, knowledge_rows
 
@@ -35,6 +38,7 @@ def _timed(workers: Workers, weights: torch.Tensor, step: int):
 
 class WorkerActor:
     def __init__(self, config, worker_ids, shards, model, norm=None):
+        load_plugins(config.plugins)  # before anything is built: this is a fresh process
         torch.set_num_threads(actor_threads(config.num_cpus_per_worker, len(worker_ids)))
         self.workers = Workers.honest(config, worker_ids, shards, model, actor_device(), norm)
 
@@ -50,6 +54,7 @@ class WorkerActor:
 
 class ServerActor:
     def __init__(self, config, init_weights, model, test, pack_ids, pack_shards, byzantine_shards=None, norm=None):
+        load_plugins(config.plugins)  # before anything is built: this is a fresh process
         torch.set_num_threads(actor_threads(config.num_cpus_per_worker, actor_sizes(config)[0]))
         device = actor_device()
         self.config = config

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
+__all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "trial_runs_inside", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
 
 
 class Refused(ValueError):
@@ -54,6 +54,14 @@ DRIVER_CPUS = 0.05  # a Tune trial's own process (bundle 0): it only submits tas
 # One simulation process's resident memory (a worker pack, the server, the trial's own
 # process): torch, the model, a pack's shards. Measured in docs/runtime.md ("Memory").
 PROCESS_MEMORY = 600 * 2**20
+
+
+def trial_runs_inside(config) -> bool:
+    """A sweep trial whose whole simulation is one process on CPUs (one honest pack, no GPU)
+    runs inside the trial's own actor, the Tune Trainable, instead of a server actor beside
+    it: no second process importing torch, no Ray hop per step, and with Tune's actor reuse
+    not even a new process per trial. ``config`` is resolved (``preflight``)."""
+    return len(actor_sizes(config)) == 1 and not float(config.num_gpus_per_worker)
 
 
 def default_concurrency(cluster: dict[str, float], config) -> int:

@@ -28,7 +28,7 @@ since are replayed: the records are those of an undisturbed run.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -42,9 +42,11 @@ from raymix.runtime.resources import Refused, actor_groups, actor_sizes, check_f
 
 __all__ = ["Simulation", "Diverged", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
 
+log = logging.getLogger(__name__)
+
 MAX_RESTARTS = 4  # per actor; a worker pack's tasks are retried as often
 # Fields a resumed run may change: where and how it runs, and how long; not what it computes.
-RESUME_MAY_CHANGE = {"output_dir", "data_dir", "steps", "checkpoint_every", "workers_per_actor", "num_gpus_per_worker",
+RESUME_MAY_CHANGE = {"plugins", "output_dir", "data_dir", "steps", "checkpoint_every", "workers_per_actor", "num_gpus_per_worker",
                      "num_cpus_per_worker", "diagnostics"}
 
 
@@ -90,20 +92,88 @@ def _on_step_hooks(hooks: Iterable | None) -> list[Callable]:
     return out
 
 
-def _ensure_ray(address: str | None) -> bool:
+def ensure_ray(address: str | None, verbose: bool = False) -> bool:
     """Join ``address`` (or RAY_ADDRESS), else start a local Ray without what a local run does
-    not use (the dashboard's dozen processes); True when this call started it."""
+    not use (the dashboard's dozen processes); True when this call started it (then
+    :func:`release_ray` ends it). Unless ``verbose``, Ray's start-up messages, the workers'
+    log lines and the C++ core's bookkeeping warnings stay out of the terminal (they remain
+    in Ray's log files; errors still reach the driver as exceptions)."""
+    import logging
     import os
 
     import ray
 
     if ray.is_initialized():
         return False
+    quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, **quiet)
+    if not verbose:
+        _NativeFilter.install()  # after ray.init: Ray's daemons keep the real stderr
     return True
+
+
+def release_ray() -> None:
+    """End what :func:`ensure_ray` started."""
+    import ray
+
+    _NativeFilter.remove()
+    ray.shutdown()
+
+
+class _NativeFilter:
+    """Drops the lines in ``NOISE`` that Ray's C++ core writes straight to the driver's file
+    descriptor 2, where no logging level reaches; everything else passes unchanged. They
+    concern Ray's bookkeeping, not the run: "constructor arguments in the object store and
+    max_restarts > 0" warns that a restart would fail if the driver dropped the actors'
+    arguments, and the driver holds them for the whole run (``Simulation._refs``)."""
+
+    NOISE = (b"has constructor arguments in the object store and max_restarts > 0",)
+    active: "tuple | None" = None  # (saved stderr fd, pump thread)
+
+    @classmethod
+    def install(cls) -> None:
+        import os
+        import threading
+
+        if cls.active is not None:
+            return
+        try:
+            saved = os.dup(2)
+            read, write = os.pipe()
+        except OSError:  # no descriptor 2 (a daemon): nothing to filter
+            return
+        os.dup2(write, 2)
+        os.close(write)
+
+        def pump() -> None:
+            with os.fdopen(read, "rb") as pipe:
+                for line in pipe:
+                    if not any(n in line for n in cls.NOISE):
+                        os.write(saved, line)
+
+        thread = threading.Thread(target=pump, name="raymix-stderr", daemon=True)
+        thread.start()
+        cls.active = (saved, thread)
+        import atexit
+
+        atexit.register(cls.remove)
+
+    @classmethod
+    def remove(cls) -> None:
+        import os
+        import sys
+
+        if cls.active is None:
+            return
+        saved, thread = cls.active
+        cls.active = None
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last write end closes: the pump drains it and ends
+        thread.join(timeout=5)
+        os.close(saved)
 
 
 def _bundle_assigner() -> Callable[[], dict]:
@@ -145,7 +215,7 @@ class Simulation:
         from raymix.step import prepare
 
         check_files(config)  # before Ray starts: a missing data directory costs nothing
-        self._started_ray = _ensure_ray(address)
+        self._started_ray = ensure_ray(address)
         self._actors: list = []
         try:
             self.config = cfg = preflight(config, ray.cluster_resources(), cpus)
@@ -304,7 +374,7 @@ class Simulation:
                 pass
         self._actors = []
         if self._started_ray:
-            ray.shutdown()
+            release_ray()
             self._started_ray = False
 
     def __enter__(self) -> "Simulation":
@@ -348,10 +418,12 @@ def checkpoint_due(config: ExperimentConfig, step: int) -> bool:
 
 
 def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hooks: Sequence | None = None,
-                   address: str | None = None, progress: Callable[[dict], None] | None = None, overwrite: bool = False) -> RunResult:
+                   address: str | None = None, progress: Callable[[dict], None] | None = None, overwrite: bool = False,
+                   verbose: bool = False) -> RunResult:
     """``raymix run``: drive a :class:`Simulation` to the end, writing records as it goes and a
     checkpoint at evaluations (with an ``output_dir``). ``resume`` continues from the latest
-    checkpoint; a directory holding a run is otherwise refused unless ``overwrite``."""
+    checkpoint; a directory holding a run is otherwise refused unless ``overwrite``. ``verbose``
+    lets Ray's own messages through (see :func:`ensure_ray`)."""
     cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
     out = Path(cfg.output_dir) if cfg.output_dir else None
     ckpt = None
@@ -359,7 +431,7 @@ def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hook
         if out is None:
             raise Refused("resume needs an output_dir")
         remove_stale(out)
-        found = load_latest(out, warn=lambda m: print(m, file=sys.stderr))
+        found = load_latest(out, warn=log.warning)
         if found is None:
             raise Refused(f"nothing to resume in {out}: no readable checkpoint under {checkpoint_dir(out)}")
         ckpt = found[1]
@@ -369,30 +441,36 @@ def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hook
     on_eval = [h.on_eval for h in hooks or () if hasattr(h, "on_eval")] + ([progress] if progress else [])
     on_checkpoint = [h.on_checkpoint for h in hooks or () if hasattr(h, "on_checkpoint")]
     t0 = time.perf_counter()
-    with Simulation(cfg, address=address, hooks=hooks) as sim:
-        if ckpt is not None:
-            sim.restore(ckpt)
-        elif out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            clear_checkpoints(out)
-            (out / "config.json").write_text(json.dumps(sim.config.to_dict(), indent=2))
-        writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics), resume_count=None if ckpt is None else int(ckpt["records"]))
-        records = read_records(out) if ckpt is not None else []
-        start, t_loop = sim.step, time.perf_counter()
-        try:
-            while not sim.done:
-                record = sim.advance()
-                writer.append(record)
-                records.append(record)
-                for cb in on_eval:
-                    cb(record)
-                if out is not None and checkpoint_due(cfg, record["step"]) and sim.diverged is None:
-                    path = save_checkpoint(checkpoint_dir(out) / f"step_{record['step']:06d}", {**sim.state(), "records": writer.count})
-                    for cb in on_checkpoint:
-                        cb(record["step"], path)
-        finally:
-            writer.close()
-        loop = time.perf_counter() - t_loop
-        if sim.diverged is not None:
-            raise Diverged(sim.diverged + (f"; records in {out}" if out is not None else ""))
+    check_files(cfg)  # before Ray starts: a missing data directory costs nothing
+    started = ensure_ray(address, verbose)
+    try:
+        with Simulation(cfg, address=address, hooks=hooks) as sim:
+            if ckpt is not None:
+                sim.restore(ckpt)
+            elif out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                clear_checkpoints(out)
+                (out / "config.json").write_text(json.dumps(sim.config.to_dict(), indent=2))
+            writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics), resume_count=None if ckpt is None else int(ckpt["records"]))
+            records = read_records(out) if ckpt is not None else []
+            start, t_loop = sim.step, time.perf_counter()
+            try:
+                while not sim.done:
+                    record = sim.advance()
+                    writer.append(record)
+                    records.append(record)
+                    for cb in on_eval:
+                        cb(record)
+                    if out is not None and checkpoint_due(cfg, record["step"]) and sim.diverged is None:
+                        path = save_checkpoint(checkpoint_dir(out) / f"step_{record['step']:06d}", {**sim.state(), "records": writer.count})
+                        for cb in on_checkpoint:
+                            cb(record["step"], path)
+            finally:
+                writer.close()
+            loop = time.perf_counter() - t_loop
+            if sim.diverged is not None:
+                raise Diverged(sim.diverged + (f"; records in {out}" if out is not None else ""))
+    finally:
+        if started:
+            release_ray()
     return RunResult(sim.config, records, out, (cfg.steps - start) / loop if loop > 0 else 0.0, time.perf_counter() - t0, start)

@@ -4,37 +4,70 @@ the callback that writes raymix's records of each trial. Tune owns the rest: the
 format (``runtime/checkpoint.py``), retries. ``raymix/sweep.py`` builds the sweep around them."""
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
-import sys
-import time
-
+import torch
 from ray import tune
 from ray.tune import Callback
 from ray.tune.logger import LoggerCallback
 
 from raymix.config import ExperimentConfig
+from raymix.plugins import load_plugins
+from raymix.progress import time_left
 from raymix.records import RecordWriter, columns, is_record_key, read_records
 from raymix.runtime.checkpoint import load_checkpoint, write_checkpoint
-from raymix.runtime.resources import DRIVER_CPUS
-from raymix.runtime.simulation import Simulation, checkpoint_due
+from raymix.runtime.resources import DRIVER_CPUS, actor_placement, actor_sizes, actor_threads, preflight, trial_runs_inside
+from raymix.runtime.simulation import Simulation, check_resumable, checkpoint_due
+from raymix.step import LocalSimulation
 
 __all__ = ["SimulationTrainable", "RecordsCallback", "StatusCallback"]
 
+log = logging.getLogger(__name__)
+
 
 class SimulationTrainable(tune.Trainable):
-    """setup: a Simulation; step: to the next evaluation, its record; save/load: its state.
+    """setup: the trial's engine; step: to the next evaluation, its record; save/load: its
+    state; reset_config: the next trial in the same process (Tune's actor reuse).
 
-    ``cpus``: the trial's CPU budget (its actors get it less ``DRIVER_CPUS``); ``hooks``:
-    ``on_step`` hooks (fault injection in tests)."""
+    The engine is a :class:`Simulation` (a server actor and packs beside this one), or, for a
+    trial that is one pack on CPUs (``resources.trial_runs_inside``), the same step module
+    in this actor's own process (:class:`~raymix.step.LocalSimulation`): the same records,
+    with no Ray hop per step and no second process. ``cpus``: the trial's CPU budget (its
+    engine gets it less ``DRIVER_CPUS``); ``hooks``: ``on_step`` hooks (fault injection)."""
 
     def setup(self, config: dict, cpus: float = 1.0, hooks: "list | None" = None) -> None:
-        self.sim = Simulation(ExperimentConfig.from_dict(config), hooks=hooks, cpus=max(cpus - DRIVER_CPUS, 0.01))
-        self.where = self.sim.placement()  # reported with every result: the tests check it
+        self.cpus, self.hooks = cpus, hooks
+        self._start(config)
+
+    def _start(self, config: dict) -> None:
+        import ray
+
+        load_plugins(config.get("plugins"))  # a fresh process: the plugins before anything is built
+        budget = max(self.cpus - DRIVER_CPUS, 0.01)
+        given = ExperimentConfig.from_dict(config)
+        resolved = preflight(given, ray.cluster_resources(), budget)
+        if trial_runs_inside(resolved):
+            torch.set_num_threads(actor_threads(resolved.num_cpus_per_worker, actor_sizes(resolved)[0]))
+            self.sim = LocalSimulation(resolved, on_step=[h.on_step for h in self.hooks or () if hasattr(h, "on_step")])
+            self.where = {"actors": 1, "actors_in_trial_placement_group": int(_in_trial_group()), **_where_inside()}
+        else:
+            self.sim = Simulation(given, hooks=self.hooks, cpus=budget)
+            self.where = self.sim.placement()  # reported with every result: the tests check it
+
+    def reset_config(self, new_config: dict) -> bool:
+        """Tune's actor reuse: the next trial in this process (torch, raymix and the plugins
+        are imported already); its placement group is the same shape, or Tune would not reuse."""
+        self.sim.close()
+        self._start(new_config)
+        return True
 
     def step(self) -> dict:
         record = self.sim.advance()
-        result = {k: v for k, v in record.items() if v is not None}
+        # Lists (the fooled members' specs) travel as tuples: TensorBoard's logger skips them
+        # instead of warning that a list of strings is no histogram; result.json has lists.
+        result = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if v is not None}
         result.update(self.where, done=self.sim.done, should_checkpoint=checkpoint_due(self.sim.config, record["step"]))
         return result
 
@@ -42,10 +75,24 @@ class SimulationTrainable(tune.Trainable):
         write_checkpoint(checkpoint_dir, self.sim.state())
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        self.sim.restore(load_checkpoint(checkpoint_dir))
+        state = load_checkpoint(checkpoint_dir)
+        check_resumable(state, self.sim.config)
+        self.sim.restore(state)
 
     def cleanup(self) -> None:
         self.sim.close()
+
+
+def _in_trial_group() -> bool:
+    from ray.util import get_current_placement_group
+
+    return get_current_placement_group() is not None
+
+
+def _where_inside() -> dict:
+    """``Simulation.placement``'s fields for a trial run inside its own actor."""
+    w = actor_placement()
+    return {"devices": w["device"], "threads": str(w["torch_threads"]), "nodes": w["node"]}
 
 
 class RecordsCallback(LoggerCallback):
@@ -90,8 +137,20 @@ class StatusCallback(Callback):
     def __init__(self, total: int, every: float = 10.0):
         self.total, self.every = total, every
         self.latest: dict = {}  # trial id -> (label, latest test accuracy)
+        self.progress: dict = {}  # trial id -> (steps done, steps in all)
         self.running = self.finished = self.errored = 0
         self._last = 0.0
+        self._t0 = time.monotonic()
+
+    def _eta(self) -> str | None:
+        """Time left from the trial-steps done so far, at the rate since the sweep began
+        (trials not yet reported count with the steps of the ones that have)."""
+        if not self.progress:
+            return None
+        done = sum(d for d, _ in self.progress.values())
+        per_trial = max(t for _, t in self.progress.values())
+        todo = sum(t for _, t in self.progress.values()) + per_trial * (self.total - len(self.progress))
+        return time_left(done, todo, time.monotonic() - self._t0)
 
     def _line(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -102,19 +161,26 @@ class StatusCallback(Callback):
         if self.latest:
             (best, b), (worst, w) = max(self.latest.values(), key=lambda v: v[1]), min(self.latest.values(), key=lambda v: v[1])
             parts.append(f"best {b:.4f} ({best}), worst {w:.4f} ({worst})")
-        print("raymix sweep: " + "; ".join(parts), file=sys.stderr, flush=True)
+        eta = self._eta()
+        if eta:
+            parts.append(f"about {eta} left")
+        log.info("raymix sweep: " + "; ".join(parts))
 
     def _count(self, trials) -> None:
         self.running = sum(1 for t in trials if t.status == "RUNNING")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._count(trials)
+        if "step" in result:
+            self.progress[trial.trial_id] = (int(result["step"]), int(trial.config.get("steps") or result["step"]))
         if "test_accuracy" in result:
             self.latest[trial.trial_id] = (f"{trial.config.get('aggregator')} at step {result.get('step')}", float(result["test_accuracy"]))
         self._line()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._count(trials)
+        if trial.trial_id in self.progress:  # a diverged trial is done early: nothing left of it
+            self.progress[trial.trial_id] = (self.progress[trial.trial_id][1],) * 2
         self.finished += 1
         self._line(force=True)
 

@@ -1,0 +1,904 @@
+"""GPU readiness and throughput check (issue #11, part 4): the phases ``benchmarks/gpu_check.sh``
+runs in order on a lent GPU machine, each time-boxed, each printing one JSON line per
+measurement (and appending it to ``--jsonl``, default ``$OUT/gpu_check.jsonl`` when ``$OUT`` is set).
+
+Phases (the setting is Figure 1's: MNIST iid, the paper CNN, batch 50, n = 12, f = 2, the
+64-rule ``mixtailor`` pool, ``ipm(epsilon=0.1)``, SGD 0.001/0.9/1e-4, test slice 500):
+
+- ``env``: versions (python, torch, CUDA, GPU, Ray), the data used, and a smoke test on the
+  device: one real step of ``raymix.step`` and every distinct pool member on a (n, d) matrix
+  there, each failure named (a device bug then costs seconds, not the session).
+- ``actors``: a real ``Simulation`` at n = 12 with ``workers_per_actor: 1`` and 1/n of a GPU
+  per worker: for each actor the device it sees (``CUDA_VISIBLE_DEVICES``, Ray's GPU ids,
+  ``torch.cuda.current_device()``, where its shards, model and weights live), then steps/s.
+- ``one_trial``: one trial's steady-state steps/s through raymix (``workers_per_actor: auto``)
+  against the single process on the same device (``raymix.step``'s ``LocalSimulation``,
+  vmap and loop), in interleaved windows: ``benchmarks/step_throughput.py``'s ``interleaved``.
+- ``packed``: K trials sharing the device, total trial-steps/s: K single-process trials as K
+  processes, and K ``Simulation`` s in this driver whose actors ask 1/K of the GPU (fractional
+  GPUs), each set started together after a warm-up and timed over the same window.
+- ``vmap_trials``: K trials in one process, vectorised with ``torch.func.vmap`` over the trial
+  dimension of the per-worker gradient pass (each trial its own weights, batches and dropout
+  masks; one SGD over the stacked weights), aggregated by ``mean`` (the kernel) and by each
+  trial's own MixTailor draw with the real adversary (``mixtailor``).
+- ``n1000``: one trial at n = 1,000 (f = 2 and f = 200) in one process on the device:
+  steps/s, the per-step times, and each distinct pool member timed on one step's inputs (the
+  expected cost of a draw).
+- ``projection``: the best trial-steps/s measured against the goal: Figure 1 (24 trials x
+  50,000 steps = 1.2 M trial-steps) in one hour on one GPU, >= 333 trial-steps/s.
+
+Every phase runs with ``--device cpu --quick`` (small n, few steps, K = 2) so the CPU test
+suite covers every code path (``tests/test_gpu_check.py``). Phases that use Ray join a Ray that
+is already initialised (the test suite's), else start one and shut it down.
+
+    python benchmarks/gpu_check.py env --device cuda
+    python benchmarks/gpu_check.py packed --device cuda --budget 150 --ks 4,16,32
+    python benchmarks/gpu_check.py one_trial --device cpu --quick
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for _p in (str(HERE), str(REPO)):  # step_throughput.py beside this file; raymix when it is not installed
+    if _p not in sys.path:
+        sys.path.append(_p)
+
+PHASES = ("env", "actors", "one_trial", "packed", "vmap_trials", "n1000")
+FIGURE1_TRIAL_STEPS = 24 * 50_000  # Figure 1: 3 seeds x 2 attacks x 4 aggregators, 50,000 steps each
+GOAL_SECONDS = 3600.0
+GOAL = FIGURE1_TRIAL_STEPS / GOAL_SECONDS  # 333.3 trial-steps per second
+
+
+# ---------------------------------------------------------------------------- output
+def _clean(o):
+    """NaN and infinities as null (strict JSON), recursively."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def _plain(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+class Emit:
+    """One JSON line per measurement on stdout, appended to ``path`` too; kept in ``rows``."""
+
+    def __init__(self, path: "str | Path | None" = None, device: str = ""):
+        self.path = Path(path) if path else None
+        self.device = device
+        self.rows: list[dict] = []
+
+    def __call__(self, phase: str, measure: str, **fields) -> dict:
+        row = {"phase": phase, "measure": measure, "device": fields.pop("device", self.device), **fields}
+        row = _clean(json.loads(json.dumps(row, default=_plain)))  # plain JSON values only, NaN as null
+        line = json.dumps(row, allow_nan=False)
+        print(line, flush=True)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(line + "\n")
+        self.rows.append(row)
+        return row
+
+
+class Budget:
+    """This invocation's wall-clock allowance; ``margin`` seconds are kept for closing down."""
+
+    def __init__(self, seconds: float, margin: float = 8.0):
+        self.t0 = time.monotonic()
+        self.seconds = float(seconds)
+        self.margin = min(float(margin), 0.1 * self.seconds)
+        self.end = self.t0 + self.seconds - self.margin
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+
+def _err(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+# ---------------------------------------------------------------------------- the setting
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"gpu_check: --device {device} but torch {torch.__version__} sees no CUDA device")
+    return device
+
+
+def resolve_data(data_dir: "str | None", dataset: str = "auto") -> tuple[str, "str | None", "str | None"]:
+    """(dataset, data_dir, note): MNIST from ``data_dir``/``RAYMIX_DATA_DIR`` when its files are
+    there (``dataset`` auto or mnist), else the synthetic data set (1x16x16, so the paper CNN has
+    6,840 parameters, not 21,840)."""
+    from raymix.data import check_data_available, resolve_data_dir
+
+    if dataset == "synthetic":
+        return "synthetic", None, None
+    root = resolve_data_dir(data_dir)
+    try:
+        check_data_available("mnist", str(root))
+        return "mnist", str(root), None
+    except Exception as exc:  # noqa: BLE001 - any reason: say it and go on with synthetic data
+        return "synthetic", None, f"MNIST not found under {root} ({str(exc)[:160]}...); synthetic data (1x16x16) with the paper CNN instead"
+
+
+def trial_config(args, **overrides):
+    """Figure 1's setting (MixTailor, ipm 0.1, paper CNN, batch 50, n = 12, f = 2) on ``args``' data."""
+    from raymix.config import ExperimentConfig
+
+    fields = dict(dataset=args.dataset, data_dir=args.data_dir_resolved, model="paper_cnn", n=12, f=2, batch_size=50,
+                  lr=0.001, momentum=0.9, weight_decay=1e-4, aggregator="mixtailor", attack="ipm(epsilon=0.1)",
+                  eval_test_limit=500, seed=0, steps=10**6, eval_every=10,
+                  num_gpus_per_worker=0 if args.device == "cpu" else "auto")
+    if args.quick:  # code paths, not figures: smaller batches and slices
+        fields.update(batch_size=10, eval_test_limit=100, **({"train_limit": 3000} if args.dataset == "mnist" else {}))
+    fields.update(overrides)
+    return ExperimentConfig(**fields)
+
+
+def gpu_fraction(x: float) -> float:
+    """Rounded down to Ray's 4 decimals (a share rounded up could overbook the GPU)."""
+    return math.floor(x * 10_000) / 10_000
+
+
+def ensure_ray(args) -> bool:
+    """Join the Ray this process already has (the test suite's), else start a local one sized to
+    this machine (all CPUs; the GPUs when the device is cuda). True when this call started it."""
+    import ray
+    import torch
+
+    if ray.is_initialized():
+        return False
+    gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+    ray.init(num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+# ---------------------------------------------------------------------------- single process on a device
+from raymix.step import LocalSimulation as _LocalSimulation  # noqa: E402
+
+
+class DeviceLocalSimulation(_LocalSimulation):
+    """``raymix.step.LocalSimulation`` on ``device``: the objects the actors build on the device
+    Ray gives them, in one process."""
+
+    def __init__(self, config, computer_method: "str | None" = None, device: str = "cpu", **kwargs):
+        super().__init__(config, computer_method, device=device, **kwargs)
+        self.device = device
+
+
+@contextlib.contextmanager
+def local_on(device: str):
+    """``raymix.step.LocalSimulation`` bound to ``device`` while inside (step_throughput's
+    ``interleaved`` builds its single-process baselines through that name)."""
+    import raymix.step as step
+
+    class Bound(DeviceLocalSimulation):
+        def __init__(self, config, computer_method=None):
+            super().__init__(config, computer_method, device=device)
+
+    saved, step.LocalSimulation = step.LocalSimulation, Bound
+    try:
+        yield Bound
+    finally:
+        step.LocalSimulation = saved
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------- env
+def phase_env(args, emit: Emit, budget: Budget) -> None:
+    import platform
+
+    import torch
+
+    info = {"python": platform.python_version(), "executable": sys.executable, "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "dataset": args.dataset, "data_dir": args.data_dir_resolved,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if torch.cuda.is_available():
+        info.update(gpus=torch.cuda.device_count(), gpu=torch.cuda.get_device_name(0),
+                    gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
+    try:
+        import ray
+
+        info["ray"] = ray.__version__
+    except Exception as exc:  # noqa: BLE001
+        info["ray_error"] = _err(exc)
+    emit("env", "versions", **info)
+    if args.data_note:
+        emit("env", "note", note=args.data_note)
+
+    # Smoke test on the device: one real step of the step module, then every distinct pool member.
+    from raymix.seeding import torch_generator
+
+    checks: dict[str, str] = {}
+    cfg = trial_config(args, steps=2, eval_every=1)
+    d = None
+    try:
+        t0 = time.perf_counter()
+        sim = DeviceLocalSimulation(cfg, device=args.device)
+        rec = sim.advance()
+        d = sim.workers.computer.d
+        checks["local_step"] = "ok" if math.isfinite(rec["train_loss"]) else f"non-finite loss {rec['train_loss']}"
+        checks["weights_device"] = str(sim.server.w.device)
+        checks["shards_device"] = str(sim.workers.x.device)
+        emit("env", "local_step", seconds=time.perf_counter() - t0, train_loss=rec["train_loss"], test_accuracy=rec.get("test_accuracy"),
+             d=d, drawn=rec.get("drawn"), weights_device=str(sim.server.w.device), shards_device=str(sim.workers.x.device))
+    except Exception as exc:  # noqa: BLE001 - named in the smoke row
+        checks["local_step"] = _err(exc)
+    pool = cfg.build_pool()
+    G = torch.randn(cfg.n, d or 21840, generator=torch.Generator().manual_seed(0)).to(args.device)
+    checked = 0
+    for spec, _family, rule, _p in _by_family_round_robin(pool.distinct_members()):
+        if budget.left() < 1:
+            break
+        checked += 1
+        try:
+            out = rule(G, cfg.f, generator=torch_generator(0, "smoke"))
+            ok = tuple(out.shape) == (G.shape[1],) and bool(torch.isfinite(out).all())
+            if not ok:
+                checks[spec] = f"bad output shape {tuple(out.shape)} or non-finite"
+            elif out.device != G.device:
+                checks[spec] = f"output on {out.device}, input on {G.device}"
+        except Exception as exc:  # noqa: BLE001
+            checks[spec] = _err(exc)
+    failed = {k: v for k, v in checks.items() if v != "ok" and not k.endswith("_device")}
+    emit("env", "smoke", ok=not failed, members=len(pool.distinct_members()), members_checked=checked, failed=failed, checks=checks)
+
+
+# ---------------------------------------------------------------------------- actors
+def phase_actors(args, emit: Emit, budget: Budget) -> None:
+    import ray
+
+    from raymix.runtime import Simulation
+
+    n, f = (4, 1) if args.quick else (12, 2)
+    share = gpu_fraction(1.0 / n) if args.device.startswith("cuda") else 0.0
+    cfg = trial_config(args, n=n, f=f, workers_per_actor=1, num_gpus_per_worker=share, eval_every=2 if args.quick else 10,
+                       drop_invalid=args.quick)  # quick: n = 4 leaves Krum and Bulyan out of the pool
+
+    def probe(actor):
+        """Runs inside each actor (``__ray_call__``): what it sees and where its tensors are."""
+        import os as _os
+
+        import torch as _torch
+
+        from raymix.runtime.resources import actor_placement
+
+        out = actor_placement()
+        out["pid"] = _os.getpid()
+        out["cuda_visible_devices"] = _os.environ.get("CUDA_VISIBLE_DEVICES")
+        out["cuda_available"] = _torch.cuda.is_available()
+        if _torch.cuda.is_available():
+            out["current_device"] = _torch.cuda.current_device()
+            out["gpu"] = _torch.cuda.get_device_name(_torch.cuda.current_device())
+            out["gpu_memory_allocated_mib"] = round(_torch.cuda.memory_allocated() / 2**20, 1)
+        pack = getattr(actor, "pack", None) or getattr(actor, "workers", None)
+        out["role"] = "server" if hasattr(actor, "server") else "worker"
+        out["worker_ids"] = list(pack.ids)
+        out["shards_device"] = str(pack.x.device)
+        out["model_device"] = str(next(pack.computer.model.parameters()).device)
+        if hasattr(actor, "server"):
+            out["weights_device"] = str(actor.server.w.device)
+        return out
+
+    started = ensure_ray(args)
+    try:
+        t0 = time.perf_counter()
+        with Simulation(cfg) as sim:
+            actors = [sim.server] + list(sim.honest)
+            where = ray.get([a.__ray_call__.remote(probe) for a in actors])  # as soon as each actor is built
+            started_s = time.perf_counter() - t0
+            expect = "cuda" if args.device.startswith("cuda") else "cpu"
+            for w in where:
+                w["sees_expected_device"] = w["device"] == expect and w["shards_device"].startswith(expect) and w["model_device"].startswith(expect)
+                emit("actors", "actor", **w)
+            sim.advance()  # the first interval (untimed)
+            first = time.perf_counter() - t0
+            rates = []
+            while budget.left() > 3 and len(rates) < (2 if args.quick else 10):
+                rates.append(sim.advance()["steps_per_second"])
+            rate = statistics.median(rates) if rates else None
+            emit("actors", "steps_per_second", config=f"n={n} f={f} workers_per_actor=1 num_gpus_per_worker={share}",
+                 actors=len(where), pids=len({w["pid"] for w in where}), all_on_expected_device=all(w["sees_expected_device"] for w in where),
+                 gpu_ids=sorted({g for w in where for g in w["gpu_ids"]}), placement=sim.placement(), steps_per_s=rate,
+                 trial_steps_per_s=rate, full_step=True, windows=rates, actors_started_s=started_s, first_record_s=first)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- one trial
+def phase_one_trial(args, emit: Emit, budget: Budget) -> None:
+    import step_throughput
+
+    if args.quick:
+        warmup, window, repeats = 2, 3, 1
+    elif budget.left() < 60:
+        warmup, window, repeats = 10, 20, 2
+    else:
+        warmup, window, repeats = 20, 50, 4
+    cfg = trial_config(args, steps=warmup + window * repeats, eval_every=window)
+    started = ensure_ray(args)
+    try:
+        with local_on(args.device):
+            out = step_throughput.interleaved(cfg, warmup, repeats, ["auto"])
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    rates = {name: r["rates"] for name, r in out.items()}
+    for name, r in out.items():
+        rate = statistics.median(r["rates"])
+        emit("one_trial", "steps_per_second", name=name, steps_per_s=rate, trial_steps_per_s=rate, full_step=True,
+             windows=r["rates"], per_step_s=r["timings"], window_steps=window, warmup_steps=warmup)
+    raymix = next(name for name in out if name.startswith("raymix"))
+    ratios = {}
+    for base in ("single (vmap)", "single (loop)"):
+        ratios[base] = statistics.median(a / b for a, b in zip(rates[raymix], rates[base]))
+    ratios["faster single process"] = statistics.median(
+        a / max(b, c) for a, b, c in zip(rates[raymix], rates["single (vmap)"], rates["single (loop)"]))
+    emit("one_trial", "ratio", name=raymix, against=ratios)
+
+
+# ---------------------------------------------------------------------------- K trials sharing the device
+def child_trial(args) -> int:
+    """One single-process trial (``_trial``): warm up, say ready, wait for the go file, run for
+    ``--window`` seconds, print {"steps", "seconds"} as one JSON line."""
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    cfg = trial_config(args, seed=args.seed, eval_every=2 if args.quick else 10)
+    sim = DeviceLocalSimulation(cfg, device=args.device)
+    while sim.step < args.warmup:
+        sim.advance()
+    Path(args.ready).touch()
+    go = Path(args.go)
+    while not go.exists():
+        if time.time() > args.deadline_epoch:
+            print(json.dumps({"error": "no go signal before the deadline"}), flush=True)
+            return 3
+        time.sleep(0.01)
+    start, t0 = sim.step, time.perf_counter()
+    while time.perf_counter() - t0 < args.window and time.time() < args.deadline_epoch:
+        sim.advance()
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"steps": sim.step - start, "seconds": seconds, "device": str(sim.server.w.device)}), flush=True)
+    return 0
+
+
+def _common_argv(args) -> list[str]:
+    argv = ["--device", args.device, "--dataset", args.dataset]
+    if args.data_dir_resolved:
+        argv += ["--data-dir", args.data_dir_resolved]
+    if args.quick:
+        argv.append("--quick")
+    return argv
+
+
+def packed_processes(args, emit: Emit, K: int, window: float, deadline: float) -> "dict | None":
+    """K single-process trials, each its own process on the device, timed together."""
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    go = tmp / "go"
+    threads = max(1, (os.cpu_count() or 1) // K)
+    warmup = 2 if args.quick else 10
+    end_epoch = time.time() + (deadline - time.monotonic())
+    procs = []
+    for i in range(K):
+        cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "_trial", *_common_argv(args), "--seed", str(i),
+               "--threads", str(threads), "--warmup", str(warmup), "--window", str(window), "--ready", str(tmp / f"ready{i}"),
+               "--go", str(go), "--deadline-epoch", str(end_epoch)]
+        err = open(tmp / f"err{i}", "w")
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True), err))
+    t_launch = time.monotonic()
+    try:
+        # Everyone warmed up, or as late as still leaves the window: then all start at once.
+        while time.monotonic() < deadline - window - 2:
+            ready = sum((tmp / f"ready{i}").exists() for i in range(K))
+            if ready == K or any(p.poll() is not None for p, _ in procs):
+                break
+            time.sleep(0.05)
+        ready = [i for i in range(K) if (tmp / f"ready{i}").exists()]
+        startup = time.monotonic() - t_launch
+        go.touch()
+        results, errors = [], []
+        for i, (p, err) in enumerate(procs):
+            try:
+                out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic() + 5))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, _ = p.communicate()
+            err.close()
+            line = (out or "").strip().splitlines()[-1:] or [""]
+            try:
+                r = json.loads(line[0])
+            except ValueError:
+                r = {"error": f"rc {p.returncode}: " + (tmp / f"err{i}").read_text()[-400:]}
+            (errors if "error" in r or i not in ready else results).append(r)
+    finally:
+        for p, err in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            err.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    rates = [r["steps"] / r["seconds"] for r in results if r["seconds"] > 0]
+    row = emit("packed", "trial_steps_per_second", variant="processes", K=K, trials_timed=len(rates), threads_per_process=threads,
+               trial_steps_per_s=sum(rates) if rates else None, complete=len(rates) == K, full_step=True,
+               per_trial_steps_per_s=statistics.mean(rates) if rates else None, window_s=window, startup_s=startup,
+               devices=sorted({r.get("device") for r in results}), errors=[e.get("error") for e in errors][:3])
+    return row
+
+
+def packed_ray(args, emit: Emit, K: int, window: float, deadline: float) -> "dict | None":
+    """K ``Simulation`` s in this driver (one thread each), their actors asking 1/K of the GPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    from raymix.runtime import Simulation
+
+    cluster = ray.cluster_resources()
+    cpus = float(cluster.get("CPU", 1))
+    cuda = args.device.startswith("cuda") and float(cluster.get("GPU", 0)) > 0
+    # one actor per trial (the server with all 10 honest workers: one Ray call a step), 1/K of
+    # the GPU and of the CPUs each
+    cfg = trial_config(args, eval_every=2 if args.quick else 10)
+    cfg = cfg.replace(workers_per_actor=cfg.num_honest)
+    share = gpu_fraction(1.0 / (cfg.n * K)) if cuda else 0.0
+    warmup = 2 if args.quick else 10
+    t_launch = time.monotonic()
+    sims: list = []
+    try:
+        with ThreadPoolExecutor(min(K, 8)) as ex:  # the driver loads and partitions the data once per trial
+            sims = list(ex.map(lambda i: Simulation(cfg.replace(seed=i, num_gpus_per_worker=share), cpus=cpus / K), range(K)))
+        barrier = threading.Barrier(K + 1)
+        results: dict[int, tuple] = {}
+        errors: dict[int, str] = {}
+
+        def run(i: int, sim) -> None:
+            try:
+                while sim.step < warmup:
+                    sim.advance()
+                barrier.wait(timeout=max(1.0, deadline - window - time.monotonic()))
+                start, t0 = sim.step, time.perf_counter()
+                while time.perf_counter() - t0 < window and time.monotonic() < deadline:
+                    sim.advance()
+                results[i] = (sim.step - start, time.perf_counter() - t0)
+            except threading.BrokenBarrierError:
+                errors[i] = "not warmed up before the deadline"
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = _err(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=run, args=(i, s), daemon=True) for i, s in enumerate(sims)]
+        for t in threads:
+            t.start()
+        try:
+            barrier.wait(timeout=max(1.0, deadline - window - time.monotonic()))
+        except threading.BrokenBarrierError:
+            pass
+        startup = time.monotonic() - t_launch
+        for t in threads:
+            t.join(timeout=max(1.0, deadline - time.monotonic() + 10))
+        placement = sims[0].placement() if sims else {}
+        workers_per_actor = sims[0].config.workers_per_actor if sims else None
+    finally:
+        for s in sims:
+            s.close()
+    rates = [s / t for s, t in results.values() if t > 0]
+    return emit("packed", "trial_steps_per_second", variant="raymix", K=K, trials_timed=len(rates), gpu_per_worker=share,
+                cpus_per_trial=cpus / K, workers_per_actor=workers_per_actor, trial_steps_per_s=sum(rates) if rates else None,
+                complete=len(rates) == K, full_step=True, per_trial_steps_per_s=statistics.mean(rates) if rates else None, window_s=window,
+                startup_s=startup, placement=placement, errors=list(errors.values())[:3])
+
+
+def phase_packed(args, emit: Emit, budget: Budget) -> None:
+    ks = [int(k) for k in args.ks.split(",")] if args.ks else ([2] if args.quick else [4, 16, 32])
+    window = 2.0 if args.quick else 5.0
+    runs = [(K, v) for K in ks for v in ("processes", "raymix")]
+    weight = {K: 1 + K / 8 for K in ks}  # start-up grows with K: K = 4, 16, 32 get 1.5 : 3 : 5 of the time
+    started = False
+    try:
+        for j, (K, variant) in enumerate(runs):
+            need = window + (10 if args.quick else 15)
+            share = budget.left() * weight[K] / sum(weight[k] for k, _ in runs[j:])
+            if budget.left() < need:
+                emit("packed", "skipped", variant=variant, K=K, note=f"out of time: {budget.left():.0f} s left, about {need:.0f} s needed")
+                continue
+            deadline = time.monotonic() + max(share, need)
+            try:
+                if variant == "processes":
+                    packed_processes(args, emit, K, window, deadline)
+                else:
+                    started = ensure_ray(args) or started
+                    packed_ray(args, emit, K, window, deadline)
+            except Exception as exc:  # noqa: BLE001 - the next run may still measure
+                emit("packed", "error", variant=variant, K=K, error=_err(exc))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- K trials in one vmap
+class VmapTrials:
+    """K trials of Figure 1's setting stepped together: the (K, W) honest gradients in one
+    ``vmap`` (over trials) of ``vmap`` (over workers) of ``grad_and_value`` of the model's
+    functional loss, each trial with its own weights, batches and dropout masks (drawn on the
+    device: a throughput kernel, not raymix's per-worker streams), one SGD over the stacked
+    (K, d) weights (SGD with momentum is elementwise: K independent SGDs). Aggregation ``mean``:
+    the IPM rows and the mean of the n rows, vectorised; ``mixtailor``: each trial's own draw
+    from the pool on its (n, d) rows with the real adversary, one trial after another."""
+
+    def __init__(self, cfg, inputs, K: int, device: str):
+        import torch
+        from torch.func import grad_and_value, vmap
+
+        from raymix.attacks import build_attack
+        from raymix.step import Adversary, keys_for
+
+        self.cfg, self.K, self.device = cfg, K, device
+        self.computer = inputs.model.computer(device)
+        xs = [x for x, _ in inputs.honest_shards]
+        self.X = torch.cat(xs).to(device)
+        self.Y = torch.cat([y for _, y in inputs.honest_shards]).to(device)
+        self.lens = torch.tensor([len(x) for x in xs], device=device)
+        self.offs = torch.cumsum(torch.tensor([0] + [len(x) for x in xs[:-1]]), 0).to(device)
+        self.norm = None
+        if inputs.norm is not None:
+            mean, std = inputs.norm
+            self.norm = (torch.tensor(mean, device=device).view(1, 1, 1, -1, 1, 1), torch.tensor(std, device=device).view(1, 1, 1, -1, 1, 1))
+        self.W, self.B, self.f = cfg.num_honest, cfg.batch_size, cfg.f
+        self.eps = float(getattr(build_attack(cfg.attack), "epsilon", 0.1))
+        self.w = torch.nn.Parameter(inputs.init_weights.to(device).repeat(K, 1))
+        self.opt = torch.optim.SGD([self.w], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.gen = torch.Generator(device=device).manual_seed(K)
+        self.specs = self.computer.model.mask_specs(self.B)
+        self.vgrad = vmap(vmap(grad_and_value(self.computer._loss), in_dims=(None, 0, 0, 0)), in_dims=(0, 0, 0, 0))
+        self.pool = cfg.build_pool()
+        self.adversaries = [Adversary.for_config(cfg.replace(seed=k), inputs.model) for k in range(K)]
+        self.keys = [keys_for(k)["aggregator"] for k in range(K)]
+
+    def batch(self):
+        import torch
+
+        K, W, B, dev = self.K, self.W, self.B, self.device
+        idx = (torch.rand((K, W, B), generator=self.gen, device=dev) * self.lens.view(1, W, 1)).long() + self.offs.view(1, W, 1)
+        x = self.X[idx]
+        if self.norm is not None:
+            x = (x.float() / 255.0 - self.norm[0]) / self.norm[1]
+        masks = tuple((torch.rand((K, W) + tuple(shape), generator=self.gen, device=dev) >= p).float() / (1.0 - p)
+                      for shape, p in self.specs)
+        return x, self.Y[idx], masks
+
+    def step(self, t: int, aggregation: str = "mean"):
+        import torch
+
+        from raymix.step import aggregate
+
+        x, y, masks = self.batch()
+        self.computer.model.train()
+        g, loss = self.vgrad(self.w.detach(), x, y, masks)  # (K, W, d), (K, W)
+        if aggregation == "mean":
+            byz = (-self.eps * g.mean(1, keepdim=True)).expand(self.K, self.f, g.shape[2])
+            agg = torch.cat([g, byz], 1).mean(1)
+        else:
+            rows = []
+            for k in range(self.K):
+                H = g[k]
+                byz = self.adversaries[k].rows(t, H)
+                rows.append(aggregate(self.pool, torch.cat([H, byz.to(H.device, H.dtype)]), self.f, self.keys[k], t)[0])
+            agg = torch.stack(rows)
+        self.w.grad = agg.detach()
+        self.opt.step()
+        self.w.grad = None
+        return g, loss, (x, y, masks)
+
+    def check(self) -> float:
+        """Max |difference| between trial 0's rows from the trial vmap and from the step module's
+        own one-trial vmap (``GradientComputer``) on the same inputs: the trial dimension changes nothing."""
+        x, y, masks = self.batch()
+        self.computer.model.train()
+        g, _ = self.vgrad(self.w.detach(), x, y, masks)
+        one, _ = self.computer._vgrad(self.w.detach()[0], x[0], y[0], tuple(m[0] for m in masks))
+        return float((g[0] - one).abs().max())
+
+
+def phase_vmap_trials(args, emit: Emit, budget: Budget) -> None:
+    from raymix.step import prepare
+
+    ks = [int(k) for k in args.vmap_ks.split(",")] if args.vmap_ks else ([1, 2] if args.quick else [1, 8, 32, 64])
+    cfg = trial_config(args)
+    inputs = prepare(cfg)
+    runs = [(K, a) for K in ks for a in ("mean", "mixtailor")]
+    max_steps = 3 if args.quick else 200
+    for j, (K, aggregation) in enumerate(runs):
+        share = budget.left() / (len(runs) - j)
+        if budget.left() < (1 if args.quick else 5):
+            emit("vmap_trials", "skipped", K=K, aggregation=aggregation, note=f"out of time ({budget.left():.0f} s left)")
+            continue
+        try:
+            t_build = time.perf_counter()
+            vt = VmapTrials(cfg, inputs, K, args.device)
+            diff = vt.check() if aggregation == "mean" else None
+            for t in (1, 2):  # warm-up (kernels, allocator)
+                vt.step(t, aggregation)
+            _sync(args.device)
+            build = time.perf_counter() - t_build
+            steps, t0 = 0, time.perf_counter()
+            stop = t0 + max(0.5, 0.8 * share - build)
+            while steps < max_steps and (steps < 2 or time.perf_counter() < stop):
+                g, loss, _ = vt.step(3 + steps, aggregation)
+                steps += 1
+            _sync(args.device)
+            seconds = time.perf_counter() - t0
+            rate = K * steps / seconds
+            emit("vmap_trials", "trial_steps_per_second", K=K, aggregation=aggregation, steps=steps, seconds=seconds,
+                 steps_per_s=steps / seconds, trial_steps_per_s=rate, full_step=aggregation == "mixtailor",
+                 loss=float(loss.mean()), rows_max_abs_diff_vs_one_trial=diff, d=int(g.shape[2]),
+                 gpu_memory_peak_gib=_peak_gib(args.device))
+            del vt
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a large K: the others still count
+            emit("vmap_trials", "error", K=K, aggregation=aggregation, error=_err(exc))
+        _free(args.device)
+
+
+def _peak_gib(device: str):
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def _free(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------- n = 1,000
+def _by_family_round_robin(members):
+    fams: dict[str, list] = {}
+    for m in members:
+        fams.setdefault(m[1], []).append(m)
+    out, i = [], 0
+    while any(i < len(v) for v in fams.values()):
+        out += [v[i] for v in fams.values() if i < len(v)]
+        i += 1
+    return out
+
+
+def phase_n1000(args, emit: Emit, budget: Budget) -> None:
+    import torch
+
+    from raymix.seeding import torch_generator
+
+    n = args.n_big or (11 if args.quick else 1000)
+    fs = [int(x) for x in args.f_big.split(",")] if args.f_big else ([1, 2] if args.quick else [2, 200])
+    for j, f in enumerate(fs):
+        share = budget.left() / (len(fs) - j)
+        if budget.left() < (2 if args.quick else 20):
+            emit("n1000", "skipped", n=n, f=f, note=f"out of time ({budget.left():.0f} s left)")
+            continue
+        deadline = time.monotonic() + share
+        try:
+            cfg = trial_config(args, n=n, f=f, eval_every=1)
+            t0 = time.perf_counter()
+            sim = DeviceLocalSimulation(cfg, device=args.device)
+            sim.advance()  # first step: untimed (allocations, kernels)
+            setup = time.perf_counter() - t0
+            recs = []
+            steps_until = time.monotonic() + 0.55 * (deadline - time.monotonic())
+            while len(recs) < (3 if args.quick else 50) and (len(recs) < 2 or time.monotonic() < steps_until):
+                recs.append(sim.advance())
+            wall = sum(1.0 / r["steps_per_second"] for r in recs)
+            keys = ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait")
+            emit("n1000", "steps_per_second", n=n, f=f, steps=len(recs), steps_per_s=len(recs) / wall, trial_steps_per_s=len(recs) / wall,
+                 full_step=True, per_step_s={k: statistics.mean(r[k] for r in recs) for k in keys},
+                 drawn=[r.get("drawn") for r in recs][:10], setup_s=setup)
+            # every distinct member of the pool on one step's inputs (the draw's expected cost)
+            t = sim.step + 1
+            H, _ = sim.workers.compute(sim.server.weights(), t)
+            byz = sim.adversary.rows(t, H, sim.server.weights())
+            G = torch.cat([H, byz.to(H.dtype)]).to(args.device)
+            members = _by_family_round_robin(sim.server.pool.distinct_members())
+            families = len({m[1] for m in members})
+            times: dict[str, float] = {}
+            for spec, family, rule, prob in members:
+                if time.monotonic() > deadline or (args.quick and len(times) >= families):  # quick: one of each family
+                    break
+                _sync(args.device)
+                t1 = time.perf_counter()
+                rule(G, f, generator=torch_generator(0, "timing"))
+                _sync(args.device)
+                times[spec] = time.perf_counter() - t1
+            fam_times: dict[str, list] = {}
+            for spec, family, _rule, _p in members:
+                if spec in times:
+                    fam_times.setdefault(family, []).append(times[spec])
+            fam_mean = {k: statistics.mean(v) for k, v in fam_times.items()}
+            # the expected cost of one draw: each member's time by its probability, a member not
+            # timed (out of time) counted at its family's mean, None when a family has no time at all
+            expected, imputed = 0.0, 0
+            for spec, family, _rule, prob in members:
+                if spec in times:
+                    expected += prob * times[spec]
+                elif family in fam_mean:
+                    expected += prob * fam_mean[family]
+                    imputed += 1
+                else:
+                    expected = None
+                    break
+            emit("n1000", "aggregation", n=n, f=f, members_timed=len(times), members=len(members), imputed=imputed,
+                 expected_draw_s=expected, family_mean_s=fam_mean, family_max_s={k: max(v) for k, v in fam_times.items()},
+                 slowest=sorted(times.items(), key=lambda kv: -kv[1])[:3])
+            del sim, G, H
+        except Exception as exc:  # noqa: BLE001
+            emit("n1000", "error", n=n, f=f, error=_err(exc))
+        _free(args.device)
+
+
+# ---------------------------------------------------------------------------- projection
+def projection(rows: list[dict], emit: Emit) -> dict:
+    """The best trial-steps/s measured, full steps (MixTailor, the adversary, SGD, evaluations)
+    and overall (kernels included), against Figure 1's 1.2 M trial-steps in one hour."""
+    rated = [r for r in rows if isinstance(r.get("trial_steps_per_s"), (int, float)) and math.isfinite(r["trial_steps_per_s"])
+             and r.get("phase") != "n1000"]
+
+    def label(r):
+        return " ".join(str(x) for x in (r.get("phase"), r.get("variant") or r.get("name") or "", f"K={r['K']}" if "K" in r else "",
+                                         r.get("aggregation", ""), r.get("device", "")) if x)
+
+    out = {"goal_trial_steps_per_s": GOAL, "figure1_trial_steps": FIGURE1_TRIAL_STEPS}
+    for kind, pick in (("full", [r for r in rated if r.get("full_step")]), ("any", rated)):
+        if pick:
+            best = max(pick, key=lambda r: r["trial_steps_per_s"])
+            rate = best["trial_steps_per_s"]
+            out[kind] = {"config": label(best), "trial_steps_per_s": rate, "hours_for_figure1": FIGURE1_TRIAL_STEPS / rate / 3600,
+                         "meets_goal": rate >= GOAL, "x_goal": rate / GOAL}
+        else:
+            out[kind] = None
+    emit("projection", "best", **out)
+    return out
+
+
+def read_jsonl(path: "str | Path") -> list[dict]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+# ---------------------------------------------------------------------------- command line
+RUNNERS = {"env": phase_env, "actors": phase_actors, "one_trial": phase_one_trial, "packed": phase_packed,
+           "vmap_trials": phase_vmap_trials, "n1000": phase_n1000}
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phase", choices=PHASES + ("all", "projection", "_trial"))
+    ap.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when torch sees one)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (small n, few steps, K = 2): every code path in seconds")
+    ap.add_argument("--budget", type=float, default=450.0, help="seconds for this invocation (its phases scale down or skip to fit)")
+    ap.add_argument("--data-dir", default=None, help="the MNIST root (default RAYMIX_DATA_DIR); synthetic data when absent")
+    ap.add_argument("--dataset", default="auto", choices=("auto", "mnist", "synthetic"), help="auto: MNIST when found, else synthetic")
+    ap.add_argument("--jsonl", default=None, help="append every row here (default $OUT/gpu_check.jsonl when OUT is set)")
+    ap.add_argument("--ks", default=None, help="packed: trials sharing the device, e.g. 4,16,32")
+    ap.add_argument("--vmap-ks", default=None, help="vmap_trials: trials per vmap, e.g. 1,8,32,64")
+    ap.add_argument("--n-big", type=int, default=None, help="n1000: n (default 1000; quick 11)")
+    ap.add_argument("--f-big", default=None, help="n1000: f values (default 2,200; quick 1,2)")
+    # _trial (one single-process trial of `packed`)
+    for flag, typ in (("--seed", int), ("--threads", int), ("--warmup", int), ("--window", float), ("--deadline-epoch", float)):
+        ap.add_argument(flag, type=typ, default=0)
+    ap.add_argument("--ready", default=None)
+    ap.add_argument("--go", default=None)
+    args = ap.parse_args(argv)
+    if args.jsonl is None and os.environ.get("OUT"):
+        args.jsonl = str(Path(os.environ["OUT"]) / "gpu_check.jsonl")
+    return args
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def main(argv=None, emit: "Emit | None" = None) -> int:
+    args = parse(argv)
+    if args.phase == "projection":
+        rows = read_jsonl(args.jsonl) if args.jsonl and Path(args.jsonl).exists() else []
+        emit = emit or Emit(args.jsonl)
+        out = projection(rows, emit)
+        for kind in ("full", "any"):
+            if out[kind]:
+                b = out[kind]
+                print(f"# best ({'full steps' if kind == 'full' else 'kernels too'}): {b['config']}: {b['trial_steps_per_s']:.1f} "
+                      f"trial-steps/s = {b['x_goal']:.2f}x the goal of {GOAL:.0f}; Figure 1 (1.2 M trial-steps) in "
+                      f"{b['hours_for_figure1']:.2f} h", flush=True)
+        return 0
+    args.device = resolve_device(args.device)
+    args.dataset, args.data_dir_resolved, args.data_note = resolve_data(args.data_dir, args.dataset)
+    if args.phase == "_trial":
+        return child_trial(args)
+    emit = emit or Emit(args.jsonl, args.device)
+    emit.device = args.device
+    budget = Budget(args.budget, margin=2.0 if args.quick else 8.0)
+    phases = list(PHASES) if args.phase == "all" else [args.phase]
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.quick:  # code paths: one thread (two on a loaded 2-core machine spin far more than they compute)
+        torch.set_num_threads(1)
+    try:
+        return _run_phases(args, emit, budget, phases)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_phases(args, emit: Emit, budget: Budget, phases: list[str]) -> int:
+    if args.data_note and args.phase != "env":
+        emit(args.phase, "note", note=args.data_note)
+    rc = 0
+    for i, name in enumerate(phases):
+        # "all": each phase an equal share of what is left
+        sub = Budget(budget.left() / (len(phases) - i) + budget.margin, margin=budget.margin) if len(phases) > 1 else budget
+        t0 = time.perf_counter()
+        try:
+            RUNNERS[name](args, emit, sub)
+        except KeyboardInterrupt:
+            emit(name, "error", error="stopped (time out or interrupt)")
+            return 124
+        except Exception as exc:  # noqa: BLE001 - one line, and the next phase
+            emit(name, "error", error=_err(exc))
+            rc = 1
+        emit(name, "done", seconds=time.perf_counter() - t0)
+    return rc
+
+
+if __name__ == "__main__":
+    # SIGTERM (gpu_check.sh's timeout) unwinds like Ctrl-C: Ray is shut down, actors and children killed.
+    signal.signal(signal.SIGTERM, _terminated)
+    raise SystemExit(main())
