@@ -333,6 +333,8 @@ def run_sweep(
                     verbose=verbose,
                 ),
             )
+        if not verbose:  # Tune's console output at verbosity 0 still opens with a table: the older one is silent
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         return tuner.fit()
     finally:
         if started:

@@ -166,8 +166,9 @@ class StatusCallback(Callback):
             parts.append(f"about {eta} left")
         log.info("raymix sweep: " + "; ".join(parts))
 
-    def _count(self, trials) -> None:
-        self.running = sum(1 for t in trials if t.status == "RUNNING")
+    def _count(self, trials, ended=None) -> None:
+        # a trial that has just ended may still read RUNNING when its callback comes
+        self.running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._count(trials)
@@ -178,13 +179,13 @@ class StatusCallback(Callback):
         self._line()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._count(trials)
+        self._count(trials, trial)
         if trial.trial_id in self.progress:  # a diverged trial is done early: nothing left of it
             self.progress[trial.trial_id] = (self.progress[trial.trial_id][1],) * 2
         self.finished += 1
         self._line(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._count(trials)
+        self._count(trials, trial)
         self.errored += 1
         self._line(force=True)
