@@ -87,7 +87,9 @@ def _choices(kind: "tuple | str | None") -> str:
         return "; one of " + ", ".join(kind)
     if kind in ("rules", "attacks"):
         return f"; `raymix {kind}` lists them"
-    names = _registry(kind).names()
+    from raymix.plugins import registry
+
+    names = registry(kind).names()
     return "; one of " + ", ".join(names) if names else ""
 
 
@@ -213,13 +215,6 @@ def _delegate(module: str, argv: Sequence[str], name: str) -> int:
     return int(entry(list(argv)) or 0)
 
 
-def _registry(kind: str):
-    """The registry behind a listing or a field's choices, installed plugins loaded."""
-    from raymix.plugins import registry
-
-    return registry(kind)
-
-
 def _describe(obj: Any) -> tuple[str, str, str]:
     """(summary, precondition, where) of a registered class or factory."""
     doc = (inspect.getdoc(obj) or "").strip().splitlines()
@@ -241,8 +236,10 @@ def cmd_list(kind: str, argv: Sequence[str]) -> int:
     except ValueError as exc:
         print(f"raymix {kind}: {exc}", file=sys.stderr)
         return 2
-    registry = _registry(kind)
-    rows = [(name, *_describe(registry.factory(name))) for name in registry.names()]
+    from raymix.plugins import registry
+
+    found = registry(kind)
+    rows = [(name, *_describe(found.factory(name))) for name in found.names()]
     width = max(len(r[0]) for r in rows)
     needs_width = max(len(r[2]) for r in rows)
     for name, summary, needs, where in rows:

@@ -98,7 +98,6 @@ def ensure_ray(address: str | None, verbose: bool = False) -> bool:
     :func:`release_ray` ends it). Unless ``verbose``, Ray's start-up messages, the workers'
     log lines and the C++ core's bookkeeping warnings stay out of the terminal (they remain
     in Ray's log files; errors still reach the driver as exceptions)."""
-    import logging
     import os
 
     import ray

@@ -14,7 +14,6 @@ from ray.tune import Callback
 from ray.tune.logger import LoggerCallback
 
 from raymix.config import ExperimentConfig
-from raymix.plugins import load_plugins
 from raymix.progress import time_left
 from raymix.records import RecordWriter, columns, is_record_key, read_records
 from raymix.runtime.checkpoint import load_checkpoint, write_checkpoint
@@ -44,14 +43,13 @@ class SimulationTrainable(tune.Trainable):
     def _start(self, config: dict) -> None:
         import ray
 
-        load_plugins(config.get("plugins"))  # a fresh process: the plugins before anything is built
         budget = max(self.cpus - DRIVER_CPUS, 0.01)
-        given = ExperimentConfig.from_dict(config)
+        given = ExperimentConfig.from_dict(config)  # imports the config's plugins first (a fresh process)
         resolved = preflight(given, ray.cluster_resources(), budget)
         if trial_runs_inside(resolved):
             torch.set_num_threads(actor_threads(resolved.num_cpus_per_worker, actor_sizes(resolved)[0]))
             self.sim = LocalSimulation(resolved, on_step=[h.on_step for h in self.hooks or () if hasattr(h, "on_step")])
-            self.where = {"actors": 1, "actors_in_trial_placement_group": int(_in_trial_group()), **_where_inside()}
+            self.where = _where_inside()
         else:
             self.sim = Simulation(given, hooks=self.hooks, cpus=budget)
             self.where = self.sim.placement()  # reported with every result: the tests check it
@@ -83,16 +81,11 @@ class SimulationTrainable(tune.Trainable):
         self.sim.close()
 
 
-def _in_trial_group() -> bool:
-    from ray.util import get_current_placement_group
-
-    return get_current_placement_group() is not None
-
-
 def _where_inside() -> dict:
-    """``Simulation.placement``'s fields for a trial run inside its own actor."""
+    """``Simulation.placement``'s fields for a trial run inside its own actor (one actor)."""
     w = actor_placement()
-    return {"devices": w["device"], "threads": str(w["torch_threads"]), "nodes": w["node"]}
+    return {"actors": 1, "actors_in_trial_placement_group": int(w["placement_group"] is not None),
+            "devices": w["device"], "threads": str(w["torch_threads"]), "nodes": w["node"]}
 
 
 class RecordsCallback(LoggerCallback):
