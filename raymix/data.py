@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from raymix.plugins import Catalogue
+from raymix.spec import Catalogue
 from raymix.seeding import numpy_generator, torch_generator
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
-from raymix.plugins import Catalogue
+from raymix.spec import Catalogue
 from raymix.seeding import torch_generator
 
 __all__ = [

@@ -24,12 +24,13 @@ import re
 import sys
 import threading
 import types
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable
+
+from raymix.spec import Catalogue, add_name_loader
 
 __all__ = [
     "GROUPS",
     "PluginError",
-    "Catalogue",
     "normalise_plugins",
     "load_plugins",
     "load_entry_points",
@@ -235,77 +236,5 @@ def known(kind: str) -> tuple[str, ...]:
     return tuple(registry(kind).names())
 
 
-# ---------------------------------------------------------------------------- registries
-class Catalogue:
-    """Names to objects, for models and datasets: ``@MODELS.register("tiny_cnn")`` on a
-    class or function. A lookup of a name not yet known loads the installed plugins first
-    (entry points), so a pip-installed package's names work without being named anywhere.
-    Iteration, ``names()`` and error messages list the names in registration order
-    (built-ins first)."""
-
-    def __init__(self, kind: str, plural: str, wrap: "Callable[..., Any] | None" = None):
-        self.kind, self.plural = kind, plural
-        self._wrap = wrap  # builds the stored entry from (name, obj, **info)
-        self._items: dict[str, Any] = {}
-        self._raw: dict[str, Any] = {}
-
-    def register(self, name: str, obj: Any = None, **info: Any):
-        """``register("name", obj)``, or as a decorator ``@register("name")``. Registering
-        the same object again under its name is a no-op; another object is an error."""
-        if not isinstance(name, str) or not _MODULE_NAME.match(name) or "." in name:
-            raise ValueError(f"a {self.kind} name must be an identifier, got {name!r}")
-        if info and self._wrap is None:
-            raise TypeError(f"{self.kind} registration takes no options, got {', '.join(info)}")
-
-        def deco(o: Any) -> Any:
-            with _lock:
-                if name in self._items:
-                    if self._raw[name] is o:
-                        return o
-                    raise ValueError(f"{self.kind} {name!r} is registered twice")
-                self._items[name] = self._wrap(name, o, **info) if self._wrap is not None else o
-                self._raw[name] = o
-            return o
-
-        return deco(obj) if obj is not None else deco
-
-    def _store(self, name: str, entry: Any) -> None:
-        """Store a ready entry (the built-ins of a catalogue with a ``wrap``)."""
-        with _lock:
-            self._items[name] = self._raw[name] = entry
-
-    def unregister(self, name: str) -> None:
-        """Remove ``name`` (tests, notebooks that redefine a plugin)."""
-        with _lock:
-            self._items.pop(name, None)
-            self._raw.pop(name, None)
-
-    def raw(self, name: str) -> Any:
-        """The object registered under ``name`` as it was given (None when nothing)."""
-        return self._raw.get(name)
-
-    def get(self, name: str) -> Any:
-        """The entry of ``name``; ``ValueError`` naming the known ones otherwise."""
-        if name not in self._items:
-            load_entry_points()
-        try:
-            return self._items[name]
-        except (KeyError, TypeError):
-            raise ValueError(f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names())}") from None
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        if isinstance(name, str) and name not in self._items:
-            load_entry_points()
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(tuple(self._items))
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Catalogue({self.kind!r}: {', '.join(self._items)})"
+# A name not yet registered loads the installed plugins' entry points first (spec.py asks).
+add_name_loader(load_entry_points)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from raymix.checks import ArgumentError
 
-__all__ = ["Spec", "SpecError", "parse_spec", "init_args", "Registry"]
+__all__ = ["Spec", "SpecError", "parse_spec", "init_args", "Registry", "Catalogue", "add_name_loader"]
 
 
 # A spec string that does not parse, or names something unknown: the one error type of
@@ -227,6 +228,27 @@ def _spec_value(v: Any) -> Any:
     return v
 
 
+# ---------------------------------------------------------------------------- name loaders
+# Called, in order, when a registry is asked for a name it does not hold: raymix.plugins
+# adds the loader of installed entry points here, so a registry never imports the plugin
+# machinery (which imports the registries) and the dependency runs one way.
+_name_loaders: list[Callable[[], None]] = []
+_catalogue_lock = threading.RLock()
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def add_name_loader(loader: Callable[[], None]) -> None:
+    """Call ``loader()`` whenever a :class:`Registry` or :class:`Catalogue` misses a name
+    (it registers more names, or does nothing); added once per function."""
+    if loader not in _name_loaders:
+        _name_loaders.append(loader)
+
+
+def _load_names() -> None:
+    for loader in tuple(_name_loaders):
+        loader()
+
+
 T = TypeVar("T")
 
 
@@ -266,9 +288,7 @@ class Registry(Generic[T]):
 
     def factory(self, name: str) -> Callable[..., T]:
         if name not in self._factories:  # maybe an installed plugin's: load them (once)
-            from raymix.plugins import load_entry_points
-
-            load_entry_points()
+            _load_names()
         try:
             return self._factories[name]
         except KeyError:
@@ -287,3 +307,78 @@ class Registry(Generic[T]):
                 f"bad arguments for {self.kind} {str(spec)!r}: {exc}; it takes: {', '.join(params) or 'no arguments'}"
             ) from None
         return factory(**spec.kwargs, **extra)
+
+
+class Catalogue:
+    """Names to objects, for models and datasets: ``@MODELS.register("tiny_cnn")`` on a
+    class or function. A lookup of a name not yet known loads the installed plugins first
+    (entry points), so a pip-installed package's names work without being named anywhere.
+    Iteration, ``names()`` and error messages list the names in registration order
+    (built-ins first)."""
+
+    def __init__(self, kind: str, plural: str, wrap: "Callable[..., Any] | None" = None):
+        self.kind, self.plural = kind, plural
+        self._wrap = wrap  # builds the stored entry from (name, obj, **info)
+        self._items: dict[str, Any] = {}
+        self._raw: dict[str, Any] = {}
+
+    def register(self, name: str, obj: Any = None, **info: Any):
+        """``register("name", obj)``, or as a decorator ``@register("name")``. Registering
+        the same object again under its name is a no-op; another object is an error."""
+        if not isinstance(name, str) or not _IDENTIFIER.match(name) or "." in name:
+            raise ValueError(f"a {self.kind} name must be an identifier, got {name!r}")
+        if info and self._wrap is None:
+            raise TypeError(f"{self.kind} registration takes no options, got {', '.join(info)}")
+
+        def deco(o: Any) -> Any:
+            with _catalogue_lock:
+                if name in self._items:
+                    if self._raw[name] is o:
+                        return o
+                    raise ValueError(f"{self.kind} {name!r} is registered twice")
+                self._items[name] = self._wrap(name, o, **info) if self._wrap is not None else o
+                self._raw[name] = o
+            return o
+
+        return deco(obj) if obj is not None else deco
+
+    def _store(self, name: str, entry: Any) -> None:
+        """Store a ready entry (the built-ins of a catalogue with a ``wrap``)."""
+        with _catalogue_lock:
+            self._items[name] = self._raw[name] = entry
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests, notebooks that redefine a plugin)."""
+        with _catalogue_lock:
+            self._items.pop(name, None)
+            self._raw.pop(name, None)
+
+    def raw(self, name: str) -> Any:
+        """The object registered under ``name`` as it was given (None when nothing)."""
+        return self._raw.get(name)
+
+    def get(self, name: str) -> Any:
+        """The entry of ``name``; ``ValueError`` naming the known ones otherwise."""
+        if name not in self._items:
+            _load_names()
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names())}") from None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name not in self._items:
+            _load_names()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Catalogue({self.kind!r}: {', '.join(self._items)})"

@@ -179,11 +179,12 @@ from raymix.runtime.resources import DRIVER_CPUS
 
 
 def resolve_trial(params: Mapping[str, Any], cluster: Mapping[str, float], cpus_per_trial: float) -> ExperimentConfig:
-    """A trial's config with its ``auto`` fields resolved for its CPU budget (the preflight,
-    as the trial's Simulation runs it: the same inputs give the same plan)."""
-    from raymix.runtime.resources import preflight
+    """A trial's config with its ``auto`` fields resolved for its CPU budget (the plan, as the
+    trial's Simulation makes it: the same inputs give the same plan; the files are checked
+    once per grid point, before Ray starts)."""
+    from raymix.runtime.resources import resolve
 
-    return preflight(ExperimentConfig.from_dict(params), dict(cluster), max(cpus_per_trial - DRIVER_CPUS, 0.01))
+    return resolve(ExperimentConfig.from_dict(params), dict(cluster), max(cpus_per_trial - DRIVER_CPUS, 0.01))
 
 
 def trial_bundles(config: ExperimentConfig) -> list[dict[str, float]]:

@@ -272,26 +272,30 @@ def test_a_diverged_trial_ends_without_retry_and_is_marked(ray_session, tmp_path
 
 def test_the_sweep_status_line(caplog, monkeypatch):
     """`raymix sweep` logs one compact line (trials by state, best and worst accuracy so far,
-    the time left at the trial-steps rate so far) instead of Tune's tables."""
+    the time left at the trial-steps rate so far) instead of Tune's tables. The rate counts
+    the steps run in this process: a resumed trial's restored steps took no time here."""
     import logging
     from types import SimpleNamespace
 
     from raymix.runtime import tune as rt
 
-    clock = iter([10000.0, 10030.0, 10030.0, 10040.0, 10060.0, 10060.0])  # init, then (now, time left) per line
-    monkeypatch.setattr(rt.time, "monotonic", lambda: next(clock))
+    now = [10000.0]
+    monkeypatch.setattr(rt.time, "monotonic", lambda: now[0])
     a = SimpleNamespace(trial_id="a", config={"aggregator": "krum", "steps": 40}, status="RUNNING")
     b = SimpleNamespace(trial_id="b", config={"aggregator": "mixtailor", "steps": 40}, status="RUNNING")
     with caplog.at_level(logging.INFO, logger="raymix"):
         cb = rt.StatusCallback(total=3, every=3600)
         cb.on_trial_result(0, [a, b], a, {"step": 10, "test_accuracy": 0.1})  # the first line is logged at once
-        cb.on_trial_result(0, [a, b], b, {"step": 10, "test_accuracy": 0.8})  # then at most every `every` seconds
+        now[0] = 10030.0
+        cb.on_trial_result(0, [a, b], b, {"step": 30, "test_accuracy": 0.8})  # then at most every `every` seconds
+        now[0] = 10060.0  # (b was restored at step 20 or so: its 30 steps are not this run's)
+        cb.on_trial_result(0, [a, b], b, {"step": 40, "test_accuracy": 0.9})
         a.status = "TERMINATED"
-        cb.on_trial_complete(0, [a, b], a)  # and whenever a trial ends: a's 40 steps done, b's 10
-    # 10 of 120 trial-steps after 30 s, then 50 of 120 after 60 s: 84 s left at that rate.
+        cb.on_trial_complete(0, [a, b], a)  # and whenever a trial ends: a's 40 steps done
+    # At 60 s: 30 (a) + 10 (b) trial-steps run here; left: the third trial's 40: 60 s more.
     assert [r.getMessage() for r in caplog.records] == [
-        "raymix sweep: 2 running, 0 finished, 0 errored of 3; best 0.1000 (krum at step 10), worst 0.1000 (krum at step 10); about 5m30s left",
-        "raymix sweep: 1 running, 1 finished, 0 errored of 3; best 0.8000 (mixtailor at step 10), worst 0.1000 (krum at step 10); about 1m24s left"]
+        "raymix sweep: 2 running, 0 finished, 0 errored of 3; best 0.1000 (krum at step 10), worst 0.1000 (krum at step 10)",
+        "raymix sweep: 1 running, 1 finished, 0 errored of 3; best 0.9000 (mixtailor at step 40), worst 0.1000 (krum at step 10); about 1m00s left"]
 
 
 def test_one_pack_trials_run_inside_their_trainable_and_reuse_its_process(ray_session, tmp_path):

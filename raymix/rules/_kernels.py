@@ -388,11 +388,13 @@ def trimmed_mean_by_counting(G: torch.Tensor, f: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------
 # Distances
 # ----------------------------------------------------------------------------------------
-def _ipow_(D: torch.Tensor, p: float) -> torch.Tensor:
-    """D**p for D >= 0, possibly in place (D is scratch); integer p by repeated squaring,
-    which is much faster than pow. Entries whose p-th power would be below ~1e-35 (float32)
-    are set to 0 first: subnormal arithmetic is ~100x slower on CPUs, and such terms are
-    negligible wherever the result is used (sums above 1e-20, or scaled sums >= 1)."""
+def _ipow_(D: torch.Tensor, p: float, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """D**p for D >= 0, possibly in place (D is scratch, and ``scratch``, of D's shape, if
+    given); integer p by repeated squaring, which is much faster than pow, and with no copy
+    (odd p keeps the product in D and the squares in the scratch). Entries whose p-th power
+    would be below ~1e-35 (float32) are set to 0 first: subnormal arithmetic is ~100x slower
+    on CPUs, and such terms are negligible wherever the result is used (sums above 1e-20, or
+    scaled sums >= 1)."""
     if p == 1:
         return D
     floor = (1e-35 if D.dtype != torch.float64 else 1e-290) ** (1.0 / p)
@@ -404,15 +406,16 @@ def _ipow_(D: torch.Tensor, p: float) -> torch.Tensor:
             e //= 2
         if e == 1:
             return D
-        acc = D.clone()  # odd part: acc = D^e by binary exponentiation
-        e -= 1
-        while e:
+        # odd part: D holds the product (D^1 so far), T the squares D^2, D^4, ...
+        T = torch.mul(D, D, out=scratch) if scratch is not None else D * D
+        e >>= 1
+        while True:
             if e & 1:
-                acc.mul_(D)
+                D.mul_(T)
             e >>= 1
-            if e:
-                D.mul_(D)
-        return acc
+            if not e:
+                return D
+            T.mul_(T)
     return D.pow_(p)
 
 
@@ -547,18 +550,27 @@ def lp_pairwise(G: torch.Tensor, p: float) -> torch.Tensor:
     n, d = G.shape
     S = torch.zeros(n, n, dtype=torch.float64, device=G.device)
     csize = max(256, _DIST_BUDGET // max(n, 1))
-    buf = None
+    # Within a chunk (<= ~500 columns at n = 1,000) the terms are summed in G's precision,
+    # across chunks in float64: the per-term chain is then sub, abs, threshold, the powers'
+    # multiplies and a sum, with no copy and no conversion (docs/rules.md, "Scaling in n").
+    inner = G.dtype if G.dtype in (torch.float32, torch.float64) else torch.float64
+    buf = tmp = None
     for a, b in _chunks(d, csize):
         X = G[:, a:b]
         c = b - a
         if buf is None or buf.shape[1] != c:
             buf = torch.empty(n, c, dtype=G.dtype, device=G.device)
-        S_c = torch.zeros(n, n, dtype=torch.float64, device=G.device)
+            tmp = torch.empty(n, c, dtype=G.dtype, device=G.device)
+        S_c = torch.zeros(n, n, dtype=inner, device=G.device)
         for i in range(n - 1):
             D = buf[: n - 1 - i]
             torch.sub(X[i + 1:], X[i], out=D)
-            S_c[i, i + 1:] = _fast_sum(D.abs_(), p)
-        S = torch.maximum(S, S_c) if math.isinf(p) else S + S_c
+            D.abs_()
+            if math.isinf(p):
+                torch.amax(D, -1, out=S_c[i, i + 1:])
+            else:
+                torch.sum(_ipow_(D, p, tmp[: n - 1 - i]), -1, dtype=inner, out=S_c[i, i + 1:])
+        S = torch.maximum(S, S_c.to(torch.float64)) if math.isinf(p) else S + S_c
     dist, suspect = _from_sums(S, p)
     suspect = torch.triu(suspect, diagonal=1)
     if bool(suspect.any()):

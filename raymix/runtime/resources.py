@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "trial_runs_inside", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
+__all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "resolve", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "trial_runs_inside", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
 
 
 class Refused(ValueError):
@@ -102,14 +102,20 @@ def check_files(config) -> None:
 
 
 def preflight(config, cluster: dict[str, float], cpus: float | None = None):
-    """The checks of the environment, apart from value validation, and the resolved config.
-
-    ``cluster``: ``ray.cluster_resources()``; ``cpus``: the CPU budget of this simulation
-    (a trial's share; default all of the cluster's). Checks that the data files exist,
-    resolves ``workers_per_actor: auto`` and the per-worker CPU/GPU shares, and refuses a
-    plan whose actors cannot all be placed at once. Returns the config with every ``auto``
-    replaced by its value, which is what travels to the actors."""
+    """The checks of the environment, apart from value validation, and the resolved config:
+    :func:`check_files`, then :func:`resolve`. A :class:`Simulation` runs the two halves on
+    either side of Ray's start (the files first: they need no Ray)."""
     check_files(config)
+    return resolve(config, cluster, cpus)
+
+
+def resolve(config, cluster: dict[str, float], cpus: float | None = None):
+    """The preflight's second half, which reads nothing from disk: the config's plan on the
+    cluster. ``cluster``: ``ray.cluster_resources()``; ``cpus``: the CPU budget of this
+    simulation (a trial's share; default all of the cluster's). Resolves
+    ``workers_per_actor: auto`` and the per-worker CPU/GPU shares, and refuses a plan whose
+    actors cannot all be placed at once. Returns the config with every ``auto`` replaced by
+    its value, which is what travels to the actors; a resolved config resolves to itself."""
     total_cpus = float(cluster.get("CPU", 1) or 1)
     budget = total_cpus if cpus is None else float(cpus)
     gpus = float(cluster.get("GPU", 0) or 0)

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 from raymix.config import ExperimentConfig
 from raymix.records import Interval, RecordWriter, columns, make_record, read_records
 from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, load_latest, remove_stale, save_checkpoint
-from raymix.runtime.resources import Refused, actor_groups, actor_sizes, check_files, preflight, resources_for
+from raymix.runtime.resources import Refused, actor_groups, actor_sizes, check_files, resolve, resources_for
 
 __all__ = ["Simulation", "Diverged", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
 
@@ -204,20 +204,23 @@ class Simulation:
     the preflight against the cluster (``cpus``: this simulation's CPU budget, default the
     whole cluster's; a Tune trial passes its share). ``hooks``: ``on_step(step, context)``
     callables or objects (fault injection, inspection). ``address``: a Ray cluster to join
-    when Ray is not initialised; a Ray this object did not start is never shut down."""
+    when Ray is not initialised, ``verbose`` with Ray's own messages (:func:`ensure_ray`); a
+    Ray this object did not start is never shut down."""
 
     def __init__(self, config: ExperimentConfig, *, address: str | None = None, hooks: Sequence | None = None,
-                 cpus: float | None = None):
+                 cpus: float | None = None, verbose: bool = False):
         import ray
 
         from raymix.runtime.actors import ServerActor, WorkerActor
         from raymix.step import prepare
 
-        check_files(config)  # before Ray starts: a missing data directory costs nothing
-        self._started_ray = ensure_ray(address)
+        # The preflight in its two halves: the files before Ray starts (a missing data
+        # directory costs nothing), the plan on the cluster after.
+        check_files(config)
+        self._started_ray = ensure_ray(address, verbose)
         self._actors: list = []
         try:
-            self.config = cfg = preflight(config, ray.cluster_resources(), cpus)
+            self.config = cfg = resolve(config, ray.cluster_resources(), cpus)
             self.pool = cfg.build_pool()
             self._on_step = _on_step_hooks(hooks)
             inputs = prepare(cfg)
@@ -440,36 +443,30 @@ def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hook
     on_eval = [h.on_eval for h in hooks or () if hasattr(h, "on_eval")] + ([progress] if progress else [])
     on_checkpoint = [h.on_checkpoint for h in hooks or () if hasattr(h, "on_checkpoint")]
     t0 = time.perf_counter()
-    check_files(cfg)  # before Ray starts: a missing data directory costs nothing
-    started = ensure_ray(address, verbose)
-    try:
-        with Simulation(cfg, address=address, hooks=hooks) as sim:
-            if ckpt is not None:
-                sim.restore(ckpt)
-            elif out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                clear_checkpoints(out)
-                (out / "config.json").write_text(json.dumps(sim.config.to_dict(), indent=2))
-            writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics), resume_count=None if ckpt is None else int(ckpt["records"]))
-            records = read_records(out) if ckpt is not None else []
-            start, t_loop = sim.step, time.perf_counter()
-            try:
-                while not sim.done:
-                    record = sim.advance()
-                    writer.append(record)
-                    records.append(record)
-                    for cb in on_eval:
-                        cb(record)
-                    if out is not None and checkpoint_due(cfg, record["step"]) and sim.diverged is None:
-                        path = save_checkpoint(checkpoint_dir(out) / f"step_{record['step']:06d}", {**sim.state(), "records": writer.count})
-                        for cb in on_checkpoint:
-                            cb(record["step"], path)
-            finally:
-                writer.close()
-            loop = time.perf_counter() - t_loop
-            if sim.diverged is not None:
-                raise Diverged(sim.diverged + (f"; records in {out}" if out is not None else ""))
-    finally:
-        if started:
-            release_ray()
+    with Simulation(cfg, address=address, hooks=hooks, verbose=verbose) as sim:  # starts Ray if needed, ends it after
+        if ckpt is not None:
+            sim.restore(ckpt)
+        elif out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            clear_checkpoints(out)
+            (out / "config.json").write_text(json.dumps(sim.config.to_dict(), indent=2))
+        writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics), resume_count=None if ckpt is None else int(ckpt["records"]))
+        records = read_records(out) if ckpt is not None else []
+        start, t_loop = sim.step, time.perf_counter()
+        try:
+            while not sim.done:
+                record = sim.advance()
+                writer.append(record)
+                records.append(record)
+                for cb in on_eval:
+                    cb(record)
+                if out is not None and checkpoint_due(cfg, record["step"]) and sim.diverged is None:
+                    path = save_checkpoint(checkpoint_dir(out) / f"step_{record['step']:06d}", {**sim.state(), "records": writer.count})
+                    for cb in on_checkpoint:
+                        cb(record["step"], path)
+        finally:
+            writer.close()
+        loop = time.perf_counter() - t_loop
+        if sim.diverged is not None:
+            raise Diverged(sim.diverged + (f"; records in {out}" if out is not None else ""))
     return RunResult(sim.config, records, out, (cfg.steps - start) / loop if loop > 0 else 0.0, time.perf_counter() - t0, start)

@@ -17,7 +17,7 @@ from raymix.config import ExperimentConfig
 from raymix.progress import time_left
 from raymix.records import RecordWriter, columns, is_record_key, read_records
 from raymix.runtime.checkpoint import load_checkpoint, write_checkpoint
-from raymix.runtime.resources import DRIVER_CPUS, actor_placement, actor_sizes, actor_threads, preflight, trial_runs_inside
+from raymix.runtime.resources import DRIVER_CPUS, actor_placement, actor_sizes, actor_threads, check_files, resolve, trial_runs_inside
 from raymix.runtime.simulation import Simulation, check_resumable, checkpoint_due
 from raymix.step import LocalSimulation
 
@@ -45,13 +45,14 @@ class SimulationTrainable(tune.Trainable):
 
         budget = max(self.cpus - DRIVER_CPUS, 0.01)
         given = ExperimentConfig.from_dict(config)  # imports the config's plugins first (a fresh process)
-        resolved = preflight(given, ray.cluster_resources(), budget)
+        resolved = resolve(given, ray.cluster_resources(), budget)  # the plan decides where the trial runs
         if trial_runs_inside(resolved):
+            check_files(resolved)  # the preflight's other half (a Simulation runs both itself)
             torch.set_num_threads(actor_threads(resolved.num_cpus_per_worker, actor_sizes(resolved)[0]))
             self.sim = LocalSimulation(resolved, on_step=[h.on_step for h in self.hooks or () if hasattr(h, "on_step")])
             self.where = _where_inside()
         else:
-            self.sim = Simulation(given, hooks=self.hooks, cpus=budget)
+            self.sim = Simulation(resolved, hooks=self.hooks, cpus=budget)
             self.where = self.sim.placement()  # reported with every result: the tests check it
 
     def reset_config(self, new_config: dict) -> bool:
@@ -131,19 +132,22 @@ class StatusCallback(Callback):
         self.total, self.every = total, every
         self.latest: dict = {}  # trial id -> (label, latest test accuracy)
         self.progress: dict = {}  # trial id -> (steps done, steps in all)
+        self.first: dict = {}  # trial id -> (its first reported step here, when)
         self.running = self.finished = self.errored = 0
         self._last = 0.0
-        self._t0 = time.monotonic()
 
     def _eta(self) -> str | None:
-        """Time left from the trial-steps done so far, at the rate since the sweep began
-        (trials not yet reported count with the steps of the ones that have)."""
+        """Time left at the rate of the trial-steps this process has run: each trial counts
+        from its first report here, not from step 0 (a resumed sweep's restored steps cost
+        no time now), over the time since the first report (Ray's start-up excluded); trials
+        not yet reported count with the steps of the ones that have."""
         if not self.progress:
             return None
-        done = sum(d for d, _ in self.progress.values())
+        done = sum(max(d - self.first[k][0], 0) for k, (d, _) in self.progress.items())
         per_trial = max(t for _, t in self.progress.values())
-        todo = sum(t for _, t in self.progress.values()) + per_trial * (self.total - len(self.progress))
-        return time_left(done, todo, time.monotonic() - self._t0)
+        left = sum(t - d for d, t in self.progress.values()) + per_trial * (self.total - len(self.progress))
+        since = min(t0 for _, t0 in self.first.values())
+        return time_left(done, done + left, time.monotonic() - since)
 
     def _line(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -167,6 +171,8 @@ class StatusCallback(Callback):
         self._count(trials)
         if "step" in result:
             self.progress[trial.trial_id] = (int(result["step"]), int(trial.config.get("steps") or result["step"]))
+            if trial.trial_id not in self.first:
+                self.first[trial.trial_id] = (int(result["step"]), time.monotonic())
         if "test_accuracy" in result:
             self.latest[trial.trial_id] = (f"{trial.config.get('aggregator')} at step {result.get('step')}", float(result["test_accuracy"]))
         self._line()
