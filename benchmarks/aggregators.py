@@ -6,6 +6,8 @@
     python benchmarks/aggregators.py --n1000    # n = 1,000, d = 21,840, f = 2 and f = 200 (slow)
     python benchmarks/aggregators.py --vs-byzfl # comed / trimmed mean / Krum / geomed against
                                                 # ByzFL's, when ByzFL is importable (optional)
+    python benchmarks/aggregators.py --lp-limit # the l^p distance matrix at n = 1,000 against
+                                                # its arithmetic limit and torch.cdist
 
 For each case (n workers, d coordinates, f = the largest f for which every pool member is
 valid, i.e. n >= 4f+3) every distinct spec of the paper pool (and a few other rules) is
@@ -159,6 +161,61 @@ def vs_byzfl() -> int:
     return 0
 
 
+def _chain_ns_per_term(p: int, rows: int = 512, cols: int = 1024, repeats: int = 40) -> float:
+    """The arithmetic limit of one |x_j - x_i|^p term on this machine: the shortest torch
+    chain for it (sub, abs, the powers' multiplies, a float32 sum) on a block that stays
+    in L2, so that neither memory nor Python's per-op cost counts. Best of ``repeats``."""
+    X = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1))
+    x = X[0].clone()
+    D, T, s = torch.empty(rows, cols), torch.empty(rows, cols), torch.empty(rows)
+
+    def chain():
+        torch.sub(X, x, out=D)
+        D.abs_()
+        e = p  # D^p by squaring, as the kernel does: even part in place, odd part via T
+        while e > 1 and e % 2 == 0:
+            D.mul_(D)
+            e //= 2
+        if e > 1:
+            torch.mul(D, D, out=T)
+            e >>= 1
+            while e:
+                if e & 1:
+                    D.mul_(T)
+                e >>= 1
+                if e:
+                    T.mul_(T)
+        torch.sum(D, 1, out=s)
+
+    best = min(time_call(chain, repeats, 5.0))
+    return best * 1e6 / (rows * cols)  # ms -> ns per term
+
+
+def lp_limit(n: int = 1000, d: int = 21_840, ps=(1, 3, 16)) -> int:
+    """Issue #11: the l^p distance matrix (n(n-1)/2 * d terms) for Krum with p != 2, timed
+    whole (``_kernels.lp_pairwise``, and ``krum(p)`` around it) against the limit
+    :func:`_chain_ns_per_term` gives for that many terms, and ``torch.cdist`` (timed on 300
+    rows and scaled by the terms, since at n = 1,000 it takes a minute), all in this process."""
+    from raymix.rules import _kernels as K
+
+    G = torch.randn(n, d, generator=torch.Generator().manual_seed(0)) * 1e-3
+    terms = n * (n - 1) / 2 * d
+    sub = G[:300].contiguous()
+    sub_terms = 300 * 299 / 2 * d
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, n={n}, d={d:,}: {terms:.3g} terms a matrix")
+    print("| p | limit ns/term | limit s | lp_pairwise s | krum(p) s | lp_pairwise / limit | krum / limit | torch.cdist s (scaled) | cdist / limit |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for p in ps:
+        ns = _chain_ns_per_term(p)
+        limit = ns * terms * 1e-9
+        ours = min(time_call(lambda: K.lp_pairwise(G, float(p)), 1, 0.0)) / 1e3
+        krum = min(time_call(lambda: build_rule(f"krum(p={p})")(G, 2), 1, 0.0)) / 1e3
+        cd = min(time_call(lambda: torch.cdist(sub, sub, p=float(p)), 1, 0.0)) / 1e3 * terms / sub_terms
+        print(f"| {p} | {ns:.3f} | {limit:.2f} | {ours:.2f} | {krum:.2f} | {ours / limit:.2f}x | {krum / limit:.2f}x "
+              f"| {cd:.1f} | {cd / limit:.1f}x |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the small case, fewer repeats")
@@ -166,12 +223,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
     ap.add_argument("--n1000", action="store_true", help="only n = 1,000, d = 21,840 with f = 2 and f = 200 (slow)")
     ap.add_argument("--vs-byzfl", action="store_true", help="only the table against ByzFL's rules (needs byzfl importable)")
+    ap.add_argument("--lp-limit", action="store_true", help="only the l^p distance matrix at n = 1,000 against its limit and torch.cdist")
     ap.add_argument("--specs", default=None, help="comma-separated specs to time instead of the pool (mean is always timed)")
     args = ap.parse_args(argv)
     if args.vs_byzfl:
         torch.set_num_threads(args.threads or threads())
         return vs_byzfl()
     torch.set_num_threads(args.threads or threads())
+    if args.lp_limit:
+        return lp_limit()
     pool = list(dict.fromkeys(s for s, _ in paper_pool_specs()))
     specs = ["mean"] + pool + EXTRA
     if args.specs:

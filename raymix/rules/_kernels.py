@@ -544,10 +544,17 @@ def lp_pairwise(G: torch.Tensor, p: float) -> torch.Tensor:
     """(n, n) float64 l^p distances between rows (NaN/overflow -> +inf, diagonal 0).
 
     Per column chunk, a loop over workers i computes |x_j - x_i| for all j > i at once
-    (vectorized over j and the coordinates), so no (n, n, d) tensor is formed. Pairs whose
-    unscaled sum overflowed or may have underflowed are recomputed with scaling.
+    (vectorized over j and the coordinates), so no (n, n, d) tensor is formed. G is first
+    scaled by the power of two that brings its largest finite |entry| into [0.5, 1) (exact:
+    the distances are scaled back at the end), so that small gradients' p-th powers do not
+    underflow for large p (at p = 16 entries of 1e-3 would, sending every pair to the slow
+    path below). Pairs whose sum still overflowed or may have underflowed are recomputed
+    with per-chunk scaling.
     """
     n, d = G.shape
+    scale = _pow2_scale(G) if not (p == 1 or math.isinf(p)) else 1.0
+    if scale != 1.0:
+        G = G * scale
     S = torch.zeros(n, n, dtype=torch.float64, device=G.device)
     csize = max(256, _DIST_BUDGET // max(n, 1))
     # Within a chunk (<= ~500 columns at n = 1,000) the terms are summed in G's precision,
@@ -580,7 +587,18 @@ def lp_pairwise(G: torch.Tensor, p: float) -> torch.Tensor:
             js = torch.nonzero(suspect[i]).flatten()
             dist[i, js] = _lp_dist_to_scaled(G, G[i], p, js)
     out = torch.triu(torch.nan_to_num(dist, nan=INF, posinf=INF), diagonal=1)
+    if scale != 1.0:
+        out /= scale
     return out + out.t()
+
+
+def _pow2_scale(G: torch.Tensor) -> float:
+    """2^-e with e the exponent that puts G's largest finite |entry| in [0.5, 1) (1.0 for an
+    all-zero or all-non-finite G); multiplying by it is exact in floating point."""
+    m = float(torch.where(torch.isfinite(G), G.abs(), torch.zeros((), dtype=G.dtype, device=G.device)).amax()) if G.numel() else 0.0
+    if not m > 0:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(m)[1])
 
 
 def gram(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
