@@ -85,6 +85,16 @@ def small_sweep(ray_session, tmp_path_factory):
         "mixtailor_result": (by_agg["mixtailor"] / "result.json").read_text(),
     }
     block.unlink()  # the outage is over: resume the sweep
+    # ... as a new Ray session would: Tune's driver staging directory of the experiment
+    # (under the session's directory) starts empty, and only the storage copy remains.
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    staging = list((Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray" / "session_latest" / "artifacts").glob("*/small"))
+    assert staging, "Tune's driver staging directory of the sweep was not found"
+    for d in staging:
+        shutil.rmtree(d)
     resumed = run_sweep(sweep, resume=True, storage_path=str(root), hooks=hooks, verbose=0)
     return {
         "root": root / "small",

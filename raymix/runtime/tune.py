@@ -95,7 +95,13 @@ class RecordsCallback(LoggerCallback):
     order, complete across retries. Tune's ``result.json`` keeps every report, the ones a
     retry repeats too, and was seen to lose rows reported before a restore (the row of step 2,
     once, in a 6-step trial restored from step 2). A result for a step already written (a
-    retry from a checkpoint) cuts raymix's files back to the steps before it, then appends."""
+    retry from a checkpoint) cuts raymix's files back to the steps before it, then appends.
+
+    Tune writes trial files in a driver staging directory of the Ray session and copies them
+    to the storage path; a sweep resumed under a new Ray session (``--resume`` after an
+    interruption) starts with an empty staging directory. The rows written before are then
+    taken from the storage copy (:func:`_stored_records`), or the resumed run would replace
+    them with only its own."""
 
     def __init__(self) -> None:
         self.writers: dict = {}
@@ -109,11 +115,20 @@ class RecordsCallback(LoggerCallback):
             if writer is not None:
                 writer.close()
             out = Path(trial.local_path) / "raymix"
-            existing = [r["step"] for r in read_records(out)] if writer is None else list(steps)
-            keep = sum(1 for s in existing if s < step)
-            steps[:] = existing[:keep]
             cfg = ExperimentConfig.from_dict(trial.config)
-            self.writers[trial] = writer = RecordWriter(out, columns(cfg.build_pool(), cfg.diagnostics), resume_count=keep)
+            cols = columns(cfg.build_pool(), cfg.diagnostics)
+            carried = _stored_records(trial) if writer is None and not read_records(out) else []
+            if carried:  # a new Ray session: this trial's rows so far are in the storage copy only
+                writer = RecordWriter(out, cols)
+                for row in (r for r in carried if int(r["step"]) < step):
+                    writer.append(row)
+                    steps.append(int(row["step"]))
+                self.writers[trial] = writer
+            else:
+                existing = [r["step"] for r in read_records(out)] if writer is None else list(steps)
+                keep = sum(1 for s in existing if s < step)
+                steps[:] = existing[:keep]
+                self.writers[trial] = writer = RecordWriter(out, cols, resume_count=keep)
         writer.append({k: v for k, v in result.items() if is_record_key(k)})
         steps.append(step)
 
@@ -121,6 +136,27 @@ class RecordsCallback(LoggerCallback):
         writer = self.writers.pop(trial, None)
         if writer is not None:
             writer.close()
+
+
+def _stored_records(trial) -> list[dict]:
+    """The trial's ``raymix/records.jsonl`` as the storage path holds it (read through Tune's
+    storage filesystem, local or not), in order; a last line cut by an interruption is
+    dropped. Empty when there is none."""
+    import json
+
+    fs, path = trial.storage.storage_filesystem, f"{trial.path}/raymix/records.jsonl"
+    try:
+        with fs.open_input_stream(path) as fh:
+            text = fh.read().decode()
+    except (FileNotFoundError, OSError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # the line being written when the sweep stopped
+            break
+    return rows
 
 
 class StatusCallback(Callback):
