@@ -171,3 +171,44 @@ def test_gap_curves_subtract_at_the_same_step_and_seed(tmp_path):
     assert (tmp_path / "gap.png").exists()
     with pytest.raises(ValueError, match="no omniscient"):
         gap_curves(pd.DataFrame([r for r in rows if r["aggregator"] != "omniscient"]))
+
+
+def test_repair_records_restores_the_rows_a_resume_dropped_from_result_json(tmp_path):
+    """analysis/repair_records.py: the evaluations missing from records.jsonl come back from
+    Tune's result.json, in step order, NaN as null; the old files are kept as .bak; a trial
+    whose two files disagree on a shared step is left alone."""
+    import importlib.util
+    import json
+    import math
+
+    from raymix.config import ExperimentConfig
+    from raymix.records import RecordWriter, columns, read_records
+
+    spec = importlib.util.spec_from_file_location("repair_records", Path(__file__).parent.parent / "analysis" / "repair_records.py")
+    repair = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repair)
+
+    params = {"dataset": "synthetic", "model": "mlp", "n": 7, "f": 1, "aggregator": "krum", "steps": 6, "eval_every": 2}
+    rows = [{"step": s, "test_accuracy": 0.1 * s, "test_loss": 1.0 / s, "cosine": math.nan if s == 2 else 0.5} for s in (2, 4, 6)]
+
+    def trial(name, kept, tune_rows):
+        d = tmp_path / "sweep" / name
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps(params))
+        (d / "result.json").write_text("".join(json.dumps({**r, "time_total_s": 1.0, "pid": 7}) + "\n" for r in tune_rows))
+        cfg = ExperimentConfig.from_dict(params)
+        w = RecordWriter(d / "raymix", columns(cfg.build_pool(), cfg.diagnostics))
+        for r in kept:
+            w.append(r)
+        w.close()
+        return d
+
+    dropped = trial("a", rows[2:], rows[:2] + rows[1:])  # the resume re-reported step 4: a repeat
+    clash = trial("b", [{**rows[2], "test_accuracy": 0.9}], rows)
+    assert repair.main([str(tmp_path / "sweep")]) == 0 and len(read_records(dropped / "raymix")) == 1  # report only
+    repair.main([str(tmp_path / "sweep"), "--write"])
+    got = read_records(dropped / "raymix")
+    assert [r["step"] for r in got] == [2, 4, 6] and got[0]["cosine"] is None and got[1]["test_accuracy"] == 0.4
+    assert len(read_records(dropped / "raymix" / "records.jsonl.bak")) == 1
+    assert (dropped / "raymix" / "progress.csv").read_text().count("\n") == 4  # header and three rows
+    assert [r["step"] for r in read_records(clash / "raymix")] == [6]  # left alone
