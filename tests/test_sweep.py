@@ -318,3 +318,31 @@ def test_one_pack_trials_run_inside_their_trainable_and_reuse_its_process(ray_se
     by_rule = {r.config["aggregator"]: Path(r.path) for r in grid}
     actors = run_experiment(ExperimentConfig(**exp, aggregator="krum", workers_per_actor=3))  # two packs: actors
     same_curve(read_records(by_rule["krum"] / "raymix"), actors.records)
+
+
+def test_callbacks_come_back_fresh_from_the_pickle_a_resume_loads():
+    """Tune pickles the run's callbacks (tuner.pkl) and `--resume` unpickles them in a new
+    process: they come back with their configuration only, and a pickle of an older
+    raymix's StatusCallback (without the fields added since) loads and works. (A resume of
+    a sweep started before the ETA change failed with an AttributeError.)"""
+    import copyreg
+    import pickle
+    from types import SimpleNamespace
+
+    from raymix.runtime import tune as rt
+
+    cb = rt.StatusCallback(total=5, every=7.0)
+    a = SimpleNamespace(trial_id="a", config={"aggregator": "krum", "steps": 40}, status="RUNNING")
+    cb.on_trial_result(0, [a], a, {"step": 10, "test_accuracy": 0.1})
+    back = pickle.loads(pickle.dumps(cb))
+    assert (back.total, back.every, back.progress, back.first, back.latest) == (5, 7.0, {}, {}, {})
+    # an older instance's pickle: its __dict__ as it was, without `first`
+    old = copyreg.__newobj__, (rt.StatusCallback,), {"total": 3, "every": 10.0, "latest": {}, "progress": {"x": (5, 40)},
+                                                     "running": 1, "finished": 0, "errored": 0, "_last": 1.0, "_t0": 2.0}
+    restored = old[0](*old[1])
+    restored.__setstate__(old[2])
+    restored.on_trial_result(0, [a], a, {"step": 20, "test_accuracy": 0.2})
+    assert restored.total == 3 and restored.first["a"][0] == 20
+    rc = rt.RecordsCallback()
+    rc.steps["t"] = [2]
+    assert pickle.loads(pickle.dumps(rc)).steps == {}

@@ -107,6 +107,15 @@ class RecordsCallback(LoggerCallback):
         self.writers: dict = {}
         self.steps: dict = {}
 
+    # Tune pickles the run's callbacks into the experiment (tuner.pkl) and ``--resume``
+    # unpickles them into a new process: what one process held (open files, the steps it
+    # wrote) must not come back, and a pickle made by an older raymix must still load.
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         steps = self.steps.setdefault(trial, [])
         step = int(result["step"])
@@ -171,6 +180,14 @@ class StatusCallback(Callback):
         self.first: dict = {}  # trial id -> (its first reported step here, when)
         self.running = self.finished = self.errored = 0
         self._last = 0.0
+
+    # As RecordsCallback: only the configuration survives the pickle Tune keeps for
+    # ``--resume`` (counts, clocks and rates belong to one process).
+    def __getstate__(self) -> dict:
+        return {"total": self.total, "every": self.every}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["total"], state.get("every", 10.0))
 
     def _eta(self) -> str | None:
         """Time left at the rate of the trial-steps this process has run: each trial counts
