@@ -178,6 +178,9 @@ class StatusCallback(Callback):
         self.latest: dict = {}  # trial id -> (label, latest test accuracy)
         self.progress: dict = {}  # trial id -> (steps done, steps in all)
         self.first: dict = {}  # trial id -> (its first reported step here, when)
+        self.done_ids: set = set()  # finished trials (this run's and, after --resume, earlier ones)
+        self.failed_ids: set = set()
+        self.waiting = total  # trials neither finished nor reported yet
         self.running = self.finished = self.errored = 0
         self._last = 0.0
 
@@ -198,7 +201,7 @@ class StatusCallback(Callback):
             return None
         done = sum(max(d - self.first[k][0], 0) for k, (d, _) in self.progress.items())
         per_trial = max(t for _, t in self.progress.values())
-        left = sum(t - d for d, t in self.progress.values()) + per_trial * (self.total - len(self.progress))
+        left = sum(t - d for d, t in self.progress.values()) + per_trial * self.waiting
         since = min(t0 for _, t0 in self.first.values())
         return time_left(done, done + left, time.monotonic() - since)
 
@@ -219,13 +222,20 @@ class StatusCallback(Callback):
     def _count(self, trials, ended=None) -> None:
         # a trial that has just ended may still read RUNNING when its callback comes
         self.running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
+        # After --resume, the trials that had finished before never report here: they count
+        # as finished, and only the unfinished unreported ones are still to run.
+        self.done_ids |= {t.trial_id for t in trials if t.status == "TERMINATED" and t is not ended}
+        self.failed_ids |= {t.trial_id for t in trials if t.status == "ERROR" and t is not ended}
+        self.finished, self.errored = len(self.done_ids), len(self.failed_ids)
+        self.waiting = sum(1 for t in trials if t.trial_id not in self.progress and t.trial_id not in self.done_ids
+                           and t.trial_id not in self.failed_ids and t is not ended)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._count(trials)
         if "step" in result:
             self.progress[trial.trial_id] = (int(result["step"]), int(trial.config.get("steps") or result["step"]))
             if trial.trial_id not in self.first:
                 self.first[trial.trial_id] = (int(result["step"]), time.monotonic())
+        self._count(trials)
         if "test_accuracy" in result:
             self.latest[trial.trial_id] = (f"{trial.config.get('aggregator')} at step {result.get('step')}", float(result["test_accuracy"]))
         self._line()
@@ -234,10 +244,12 @@ class StatusCallback(Callback):
         self._count(trials, trial)
         if trial.trial_id in self.progress:  # a diverged trial is done early: nothing left of it
             self.progress[trial.trial_id] = (self.progress[trial.trial_id][1],) * 2
-        self.finished += 1
+        self.done_ids.add(trial.trial_id)
+        self.finished = len(self.done_ids)
         self._line(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._count(trials, trial)
-        self.errored += 1
+        self.failed_ids.add(trial.trial_id)
+        self.errored = len(self.failed_ids)
         self._line(force=True)
