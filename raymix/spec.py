@@ -325,7 +325,7 @@ class Catalogue:
     def register(self, name: str, obj: Any = None, **info: Any):
         """``register("name", obj)``, or as a decorator ``@register("name")``. Registering
         the same object again under its name is a no-op; another object is an error."""
-        if not isinstance(name, str) or not _IDENTIFIER.match(name) or "." in name:
+        if not isinstance(name, str) or not _IDENTIFIER.match(name):
             raise ValueError(f"a {self.kind} name must be an identifier, got {name!r}")
         if info and self._wrap is None:
             raise TypeError(f"{self.kind} registration takes no options, got {', '.join(info)}")

@@ -126,7 +126,8 @@ class RecordsCallback(LoggerCallback):
             out = Path(trial.local_path) / "raymix"
             cfg = ExperimentConfig.from_dict(trial.config)
             cols = columns(cfg.build_pool(), cfg.diagnostics)
-            carried = _stored_records(trial) if writer is None and not read_records(out) else []
+            written = [r["step"] for r in read_records(out)] if writer is None else list(steps)
+            carried = _stored_records(trial) if writer is None and not written else []
             if carried:  # a new Ray session: this trial's rows so far are in the storage copy only
                 writer = RecordWriter(out, cols)
                 for row in (r for r in carried if int(r["step"]) < step):
@@ -134,9 +135,8 @@ class RecordsCallback(LoggerCallback):
                     steps.append(int(row["step"]))
                 self.writers[trial] = writer
             else:
-                existing = [r["step"] for r in read_records(out)] if writer is None else list(steps)
-                keep = sum(1 for s in existing if s < step)
-                steps[:] = existing[:keep]
+                keep = sum(1 for s in written if s < step)
+                steps[:] = written[:keep]
                 self.writers[trial] = writer = RecordWriter(out, cols, resume_count=keep)
         writer.append({k: v for k, v in result.items() if is_record_key(k)})
         steps.append(step)
@@ -181,7 +181,7 @@ class StatusCallback(Callback):
         self.done_ids: set = set()  # finished trials (this run's and, after --resume, earlier ones)
         self.failed_ids: set = set()
         self.waiting = total  # trials neither finished nor reported yet
-        self.running = self.finished = self.errored = 0
+        self.running = 0
         self._last = 0.0
 
     # As RecordsCallback: only the configuration survives the pickle Tune keeps for
@@ -210,7 +210,7 @@ class StatusCallback(Callback):
         if not force and now - self._last < self.every:
             return
         self._last = now
-        parts = [f"{self.running} running, {self.finished} finished, {self.errored} errored of {self.total}"]
+        parts = [f"{self.running} running, {len(self.done_ids)} finished, {len(self.failed_ids)} errored of {self.total}"]
         if self.latest:
             (best, b), (worst, w) = max(self.latest.values(), key=lambda v: v[1]), min(self.latest.values(), key=lambda v: v[1])
             parts.append(f"best {b:.4f} ({best}), worst {w:.4f} ({worst})")
@@ -226,7 +226,6 @@ class StatusCallback(Callback):
         # as finished, and only the unfinished unreported ones are still to run.
         self.done_ids |= {t.trial_id for t in trials if t.status == "TERMINATED" and t is not ended}
         self.failed_ids |= {t.trial_id for t in trials if t.status == "ERROR" and t is not ended}
-        self.finished, self.errored = len(self.done_ids), len(self.failed_ids)
         self.waiting = sum(1 for t in trials if t.trial_id not in self.progress and t.trial_id not in self.done_ids
                            and t.trial_id not in self.failed_ids and t is not ended)
 
@@ -245,11 +244,9 @@ class StatusCallback(Callback):
         if trial.trial_id in self.progress:  # a diverged trial is done early: nothing left of it
             self.progress[trial.trial_id] = (self.progress[trial.trial_id][1],) * 2
         self.done_ids.add(trial.trial_id)
-        self.finished = len(self.done_ids)
         self._line(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._count(trials, trial)
         self.failed_ids.add(trial.trial_id)
-        self.errored = len(self.failed_ids)
         self._line(force=True)
