@@ -50,16 +50,17 @@ class PeakRSS:
     the pages of shared libraries, torch's among them, once per process) and PSS (which
     shares them out: what the processes take from the machine together)."""
 
-    def __init__(self, root: int | None = None, interval: float = 0.2):
-        self.root, self.interval = root or os.getpid(), interval
+    def __init__(self, root: int | None = None, interval: float = 0.2, exclude_root: bool = False):
+        self.root, self.interval, self.exclude_root = root or os.getpid(), interval, exclude_root
         self.own = self.ray = self.own_pss = self.ray_pss = 0
+        self.cpu_s = 0.0  # the sampler's own CPU time: reading PSS walks each process's page tables
         self._stop = threading.Event()
 
     def _sample(self) -> tuple[int, int, int, int]:
         own = ray = own_pss = ray_pss = 0
         try:
             top = psutil.Process(self.root)
-            procs = [top] + top.children(recursive=True)
+            procs = ([] if self.exclude_root else [top]) + top.children(recursive=True)
         except psutil.NoSuchProcess:
             return 0, 0, 0, 0
         for p in procs:
@@ -76,8 +77,10 @@ class PeakRSS:
 
     def _run(self):
         while not self._stop.is_set():
+            t0 = time.thread_time()
             sample = self._sample()
             self.own, self.ray, self.own_pss, self.ray_pss = (max(a, b) for a, b in zip((self.own, self.ray, self.own_pss, self.ray_pss), sample))
+            self.cpu_s += time.thread_time() - t0
             self._stop.wait(self.interval)
 
     def __enter__(self):

@@ -236,13 +236,27 @@ def test_trimmed_mean_by_counting(n, dtype):
         assert torch.allclose(build_rule("trimmed_mean")(G, f), b, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+@pytest.fixture(params=["chain", "compiled"])
+def lp_path(request, monkeypatch):
+    """Runs a test on each of lp_pairwise's two paths: the torch chain, and the compiled loop
+    it takes for large matrices (here forced for any size). Where this machine cannot
+    compile (no C++ compiler), the compiled case is skipped with the compiler's error."""
+    monkeypatch.setattr(K, "_fused_failed", [])
+    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0 if request.param == "compiled" else 1 << 62)
+    monkeypatch.delenv("RAYMIX_COMPILE", raising=False)
+    yield request.param
+    if request.param == "compiled" and K._fused_failed:
+        pytest.skip(f"no compiled l^p kernel on this machine: {K._fused_failed[0]}")
+
+
 @pytest.mark.parametrize("scale", [1e-4, 1.0, 1e4])
 @pytest.mark.parametrize("p", [1.0, 3.0, 16.0, 2.5])
-def test_lp_pairwise_matches_cdist_at_any_scale_without_the_slow_path(monkeypatch, p, scale):
+def test_lp_pairwise_matches_cdist_at_any_scale_without_the_slow_path(monkeypatch, lp_path, p, scale):
     """Krum's l^p matrix equals torch.cdist's (float64) whatever the gradients' magnitude,
     and small gradients no longer underflow into the per-pair rescaled recomputation (at
-    p = 16, entries of 1e-4 used to send every pair there: 5x slower at n = 1,000)."""
-    G = torch.randn(40, 700, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * scale
+    p = 16, entries of 1e-4 used to send every pair there: 5x slower at n = 1,000). 40 rows
+    and 2,500 columns: neither a multiple of the compiled loop's blocks (zero padding)."""
+    G = torch.randn(40, 2500, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * scale
     calls = []
     real = K._lp_dist_to_scaled
     monkeypatch.setattr(K, "_lp_dist_to_scaled", lambda *a: calls.append(1) or real(*a))
@@ -253,9 +267,60 @@ def test_lp_pairwise_matches_cdist_at_any_scale_without_the_slow_path(monkeypatc
     assert (out.diagonal() == 0).all() and calls == []
 
 
-def test_lp_pairwise_keeps_non_finite_rows_infinite_after_scaling():
+@pytest.mark.parametrize("p", [1.0, 16.0])
+def test_lp_pairwise_keeps_non_finite_rows_infinite_after_scaling(lp_path, p):
     G = torch.randn(6, 50, generator=torch.Generator().manual_seed(4)) * 1e-3
     G[1, 3], G[2, 7] = float("nan"), float("inf")
-    out = K.lp_pairwise(G, 16.0)
+    out = K.lp_pairwise(G, p)
     assert torch.isinf(out[1, [0, 2, 3]]).all() and torch.isinf(out[2, [0, 3]]).all()
     assert torch.isfinite(out[0, [3, 4, 5]]).all() and out[0, 3] > 0
+
+
+def test_compiled_lp_terms_equal_the_chains_and_krum_picks_the_same(monkeypatch):
+    """The compiled loop's terms are the chain's (same ops, same order): the two matrices
+    differ only by the float32 summation order within a column chunk, and Krum picks the
+    same worker from either."""
+    G = torch.randn(150, 3000, generator=torch.Generator().manual_seed(5)) * 1e-2
+    G[:20] += 0.05  # a cluster, so the pick is not a near-tie
+    monkeypatch.setattr(K, "_fused_failed", [])
+    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 1 << 62)
+    chain = {p: K.lp_pairwise(G, p) for p in (3.0, 7.0)}
+    picks = {p: build_rule(f"krum(p={int(p)})")(G, 10) for p in (3.0, 7.0)}
+    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    for p in (3.0, 7.0):
+        fused = K.lp_pairwise(G, p)
+        if K._fused_failed:
+            pytest.skip(f"no compiled l^p kernel on this machine: {K._fused_failed[0]}")
+        assert torch.allclose(fused, chain[p], rtol=2e-6, atol=0)
+        assert torch.equal(build_rule(f"krum(p={int(p)})")(G, 10), picks[p])
+
+
+def test_a_failed_compile_falls_back_to_the_chain_once_and_says_so(monkeypatch, caplog):
+    G = torch.randn(30, 400, generator=torch.Generator().manual_seed(6))
+    monkeypatch.setattr(K, "_fused_failed", [])
+    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 1 << 62)
+    ref = K.lp_pairwise(G, 3.0)
+    attempts = []
+
+    def broken(p):
+        attempts.append(p)
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore lines")
+
+    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    monkeypatch.setattr(K, "_lp_block", broken)
+    with caplog.at_level("WARNING", logger=K.__name__):
+        assert torch.equal(K.lp_pairwise(G, 3.0), ref)
+        assert torch.equal(K.lp_pairwise(G, 3.0), ref)
+    assert attempts == [3]  # not retried in this process
+    assert [r.getMessage() for r in caplog.records] == [
+        "raymix: compiling the l^p kernel failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler found); using torch ops"]
+
+
+def test_raymix_compile_0_keeps_the_chain(monkeypatch):
+    G = torch.randn(30, 400, generator=torch.Generator().manual_seed(7))
+    monkeypatch.setattr(K, "_fused_failed", [])
+    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    monkeypatch.setenv("RAYMIX_COMPILE", "0")
+    assert not K._fused_lp_applies(G, 3.0)
+    monkeypatch.setenv("RAYMIX_COMPILE", "1")
+    assert K._fused_lp_applies(G, 3.0) and not K._fused_lp_applies(G, 2.5) and not K._fused_lp_applies(G.double(), 3.0)

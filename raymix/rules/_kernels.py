@@ -544,7 +544,8 @@ def lp_pairwise(G: torch.Tensor, p: float) -> torch.Tensor:
     """(n, n) float64 l^p distances between rows (NaN/overflow -> +inf, diagonal 0).
 
     Per column chunk, a loop over workers i computes |x_j - x_i| for all j > i at once
-    (vectorized over j and the coordinates), so no (n, n, d) tensor is formed. G is first
+    (vectorized over j and the coordinates), so no (n, n, d) tensor is formed; large
+    matrices use the same terms as one compiled loop (:func:`_lp_sums_fused`). G is first
     scaled by the power of two that brings its largest finite |entry| into [0.5, 1) (exact:
     the distances are scaled back at the end), so that small gradients' p-th powers do not
     underflow for large p (at p = 16 entries of 1e-3 would, sending every pair to the slow
@@ -555,6 +556,27 @@ def lp_pairwise(G: torch.Tensor, p: float) -> torch.Tensor:
     scale = _pow2_scale(G) if not (p == 1 or math.isinf(p)) else 1.0
     if scale != 1.0:
         G = G * scale
+    S = _lp_sums_fused(G, p) if _fused_lp_applies(G, p) else None
+    if S is None:
+        S = _lp_sums_chain(G, p)
+    dist, suspect = _from_sums(S, p)
+    suspect = torch.triu(suspect, diagonal=1)
+    if bool(suspect.any()):
+        ok = ~bad_rows(G)
+        suspect &= ok[:, None] & ok[None, :]
+        for i in torch.nonzero(suspect.any(1)).flatten().tolist():  # rare: a loop over workers
+            js = torch.nonzero(suspect[i]).flatten()
+            dist[i, js] = _lp_dist_to_scaled(G, G[i], p, js)
+    out = torch.triu(torch.nan_to_num(dist, nan=INF, posinf=INF), diagonal=1)
+    if scale != 1.0:
+        out /= scale
+    return out + out.t()
+
+
+def _lp_sums_chain(G: torch.Tensor, p: float) -> torch.Tensor:
+    """(n, n) float64: above the diagonal, sum_k |x_ik - x_jk|^p (max for p = inf) with
+    torch ops, one row i against the rows after it per column chunk."""
+    n, d = G.shape
     S = torch.zeros(n, n, dtype=torch.float64, device=G.device)
     csize = max(256, _DIST_BUDGET // max(n, 1))
     # Within a chunk (<= ~500 columns at n = 1,000) the terms are summed in G's precision,
@@ -578,18 +600,94 @@ def lp_pairwise(G: torch.Tensor, p: float) -> torch.Tensor:
             else:
                 torch.sum(_ipow_(D, p, tmp[: n - 1 - i]), -1, dtype=inner, out=S_c[i, i + 1:])
         S = torch.maximum(S, S_c.to(torch.float64)) if math.isinf(p) else S + S_c
-    dist, suspect = _from_sums(S, p)
-    suspect = torch.triu(suspect, diagonal=1)
-    if bool(suspect.any()):
-        ok = ~bad_rows(G)
-        suspect &= ok[:, None] & ok[None, :]
-        for i in torch.nonzero(suspect.any(1)).flatten().tolist():  # rare: a loop over workers
-            js = torch.nonzero(suspect[i]).flatten()
-            dist[i, js] = _lp_dist_to_scaled(G, G[i], p, js)
-    out = torch.triu(torch.nan_to_num(dist, nan=INF, posinf=INF), diagonal=1)
-    if scale != 1.0:
-        out /= scale
-    return out + out.t()
+    return S
+
+
+# ---- the same sums as one compiled loop (torch.compile, Inductor's C++ backend) ----------
+# The chain above makes four to seven passes over each block (sub, abs, threshold, the
+# powers' multiplies, sum), each a torch op; one generated loop that keeps the term in
+# registers is 2-3.4x faster at n = 1,000 (docs/rules.md, "Scaling in n"). The terms are the
+# chain's, bit for bit (the same ops in the same order); only the order of the float32 sum
+# within a column chunk differs. Compiling costs seconds (once per p and process, cached on
+# disk by Inductor), so it is used only for matrices of at least _FUSED_MIN_TERMS terms, on
+# CPU, for float32 and integer p <= 64; RAYMIX_COMPILE=0 turns it off. Where Inductor cannot
+# compile (no C++ compiler), the first failure is logged once and the chain is used.
+_FUSED_MIN_TERMS = 1 << 31  # n(n-1)/2 * d: ~0.7 s with the chain, against ~1-3 s to compile
+_FUSED_ROWS, _FUSED_COLS = 128, 1024  # a (rows x cols) block pair stays in L2
+_fused_failed: list[str] = []  # the first error, once compiling has failed in this process
+
+
+def _fused_lp_applies(G: torch.Tensor, p: float) -> bool:
+    import os
+
+    n, d = G.shape
+    return (not _fused_failed and G.dtype == torch.float32 and G.device.type == "cpu"
+            and float(p).is_integer() and 1 <= p <= 64 and n * (n - 1) // 2 * d >= _FUSED_MIN_TERMS
+            and os.environ.get("RAYMIX_COMPILE", "1") != "0")
+
+
+def _lp_block_terms(p: int) -> Callable:
+    """f(A, B) = (m, k) float32 sums over the columns of |a - b|^p, with _ipow_'s threshold
+    and its multiplications in its order (so each term equals the chain's)."""
+    floor = 1e-35 ** (1.0 / p)
+
+    def f(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        D = (A[:, None, :] - B[None, :, :]).abs()
+        if p != 1:
+            D = torch.where(D <= floor, 0.0, D)  # torch.threshold_: NaN passes through
+            e = p
+            while e % 2 == 0:
+                D, e = D * D, e // 2
+            if e != 1:
+                T, e = D * D, e >> 1
+                while True:
+                    if e & 1:
+                        D = D * T
+                    e >>= 1
+                    if not e:
+                        break
+                    T = T * T
+        return D.sum(-1)
+
+    return f
+
+
+@lru_cache(maxsize=None)
+def _lp_block(p: int) -> Callable:
+    import logging
+
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1  # no pool of compile worker processes (each imports torch)
+    # A CPU-only torch warns, at the first compile, that it found no CUDA runtime: not ours to show.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(_lp_block_terms(p), dynamic=False, fullgraph=True)
+
+
+def _lp_sums_fused(G: torch.Tensor, p: float) -> torch.Tensor | None:
+    """:func:`_lp_sums_chain` by compiled blocks (rows and columns zero-padded to the block
+    sizes: |0 - 0|^p adds nothing), or None after logging why compiling failed."""
+    n, d = G.shape
+    m, c = _FUSED_ROWS, _FUSED_COLS
+    N = -(-n // m) * m
+    S = torch.zeros(N, N, dtype=torch.float64)
+    X = torch.zeros(N, c, dtype=G.dtype)
+    try:
+        fn = _lp_block(int(p))
+        for a, b in _chunks(d, c):
+            X[:n, : b - a] = G[:, a:b]
+            if b - a < c:
+                X[:, b - a:] = 0
+            for i in range(0, N, m):
+                for j in range(i, N, m):
+                    S[i:i + m, j:j + m] += fn(X[i:i + m], X[j:j + m])
+    except Exception as e:  # noqa: BLE001 - any compiler failure: the chain computes the same sums
+        import logging
+
+        _fused_failed.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        logging.getLogger(__name__).warning("raymix: compiling the l^p kernel failed (%s); using torch ops", _fused_failed[0])
+        return None
+    return S[:n, :n]
 
 
 def _pow2_scale(G: torch.Tensor) -> float:
