@@ -324,3 +324,16 @@ def test_raymix_compile_0_keeps_the_chain(monkeypatch):
     assert not K._fused_lp_applies(G, 3.0)
     monkeypatch.setenv("RAYMIX_COMPILE", "1")
     assert K._fused_lp_applies(G, 3.0) and not K._fused_lp_applies(G, 2.5) and not K._fused_lp_applies(G.double(), 3.0)
+
+
+def test_the_pools_sixteen_p_values_compile_in_one_process(monkeypatch):
+    """Each p has its own compiled kernel; once they shared one code object, and Dynamo's
+    limit of 8 recompiles failed the 9th p (Krum back on the chain for every p after it).
+    Two matrix sizes: the kernel's block shape does not depend on n, so no recompile."""
+    monkeypatch.setattr(K, "_fused_failed", [])
+    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    for n in (20, 140):
+        G = torch.randn(n, 1100, generator=torch.Generator().manual_seed(n))
+        for p in range(1, 17):
+            K.lp_pairwise(G, float(p))
+            assert not K._fused_failed, (n, p, K._fused_failed)

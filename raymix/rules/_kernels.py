@@ -649,6 +649,10 @@ def _lp_block_terms(p: int) -> Callable:
                     T = T * T
         return D.sum(-1)
 
+    # One code object per p: torch.compile caches compiled graphs on the function's code, and
+    # the pool's 16 values of p would otherwise be 16 recompiles of one code, past Dynamo's
+    # limit of 8 (a hard failure with fullgraph=True).
+    f.__code__ = f.__code__.replace(co_name=f"lp_block_p{p}")
     return f
 
 
