@@ -50,8 +50,9 @@ class PeakRSS:
     the pages of shared libraries, torch's among them, once per process) and PSS (which
     shares them out: what the processes take from the machine together)."""
 
-    def __init__(self, root: int | None = None, interval: float = 0.2, exclude_root: bool = False):
+    def __init__(self, root: int | None = None, interval: float = 0.2, exclude_root: bool = False, pss_every: int = 1):
         self.root, self.interval, self.exclude_root = root or os.getpid(), interval, exclude_root
+        self.pss_every, self._n = pss_every, 0  # PSS on every k-th sample only: RSS is cheap, PSS is not
         self.own = self.ray = self.own_pss = self.ray_pss = 0
         self.cpu_s = 0.0  # the sampler's own CPU time: reading PSS walks each process's page tables
         self._stop = threading.Event()
@@ -63,16 +64,19 @@ class PeakRSS:
             procs = ([] if self.exclude_root else [top]) + top.children(recursive=True)
         except psutil.NoSuchProcess:
             return 0, 0, 0, 0
+        full = self._n % self.pss_every == 0
+        self._n += 1
         for p in procs:
             try:
-                info = p.memory_full_info()
+                info = p.memory_full_info() if full else p.memory_info()
                 name = " ".join(p.cmdline()[:1])
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+            pss = info.pss if full else 0
             if p.pid == self.root or name.startswith(ACTOR_PREFIXES):
-                own, own_pss = own + info.rss, own_pss + info.pss
+                own, own_pss = own + info.rss, own_pss + pss
             else:
-                ray, ray_pss = ray + info.rss, ray_pss + info.pss
+                ray, ray_pss = ray + info.rss, ray_pss + pss
         return own, ray, own_pss, ray_pss
 
     def _run(self):

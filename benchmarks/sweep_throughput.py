@@ -45,7 +45,7 @@ def run_sweep(args, trial_steps: int) -> dict:
            "--seeds", "1", "--set", f"eval_every={args.eval_every}", "--storage-path", storage]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with PeakRSS(proc.pid, interval=args.sample_every) as mem:
+    with PeakRSS(proc.pid, interval=args.sample_every, pss_every=5) as mem:
         proc.wait()
     wall = time.perf_counter() - t0
     if proc.returncode:
@@ -59,7 +59,7 @@ def run_single(args, points: list, trial_steps: int) -> dict:
     t0 = time.perf_counter()
     running: list = []
     queue = list(points)
-    with PeakRSS(os.getpid(), interval=args.sample_every, exclude_root=True) as mem:
+    with PeakRSS(os.getpid(), interval=args.sample_every, exclude_root=True, pss_every=5) as mem:
         while queue or running:
             while queue and len(running) < args.parallel:
                 running.append(subprocess.Popen([sys.executable, "-c", LOCAL.format(config=repr(queue.pop(0)))],
@@ -80,9 +80,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--parallel", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=1, help="pairs of runs; the order alternates (raymix first, then the single processes first)")
-    # Memory is sampled once a second on both sides: reading PSS walks every process's page
-    # tables, and at 5 samples a second over a sweep's dozen processes the sampler itself took
-    # ~14 s of CPU from the sweep (125 s sampled against 111 s unsampled, 2 cores).
+    # Memory is sampled once a second on both sides, PSS every fifth time: reading PSS walks
+    # every process's page tables, and at 5 samples a second over a sweep's dozen processes
+    # the sampler took ~14 s of CPU from the sweep (125 s sampled against 111 s unsampled, 2
+    # cores); once a second, 7-8 s. RSS and PSS plateau for most of a run.
     ap.add_argument("--sample-every", type=float, default=1.0, help="seconds between memory samples (both sides)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
