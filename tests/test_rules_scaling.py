@@ -336,6 +336,8 @@ def test_the_pools_sixteen_p_values_compile_in_one_process(monkeypatch):
         G = torch.randn(n, 1100, generator=torch.Generator().manual_seed(n))
         for p in range(1, 17):
             K.lp_pairwise(G, float(p))
+            if K._fused_failed and (n, p) == (20, 1):
+                pytest.skip(f"no compiled l^p kernel on this machine: {K._fused_failed[0]}")
             assert not K._fused_failed, (n, p, K._fused_failed)
 
 
