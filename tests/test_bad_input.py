@@ -97,3 +97,21 @@ def test_refused_in_one_line(name, argv, message, files, mnist_dir, capsys):
     assert re.search(message, err), err
     assert ray.is_initialized() == started  # refused before Ray (let alone an actor) started
     assert not (files / "pwned").exists()
+
+
+@pytest.mark.parametrize("argv", [lambda m: ["run", *SYN, "--steps", "2"],
+                                  lambda m: ["sweep", str(REPO / "tune_configs" / "quick.yaml"), "--steps", "2", "--set", f"data_dir={m}"]],
+                         ids=["run", "sweep"])
+def test_a_bad_raymix_compile_is_refused_in_one_line(argv, mnist_dir, monkeypatch, capsys):
+    """RAYMIX_COMPILE is read deep in the rules (Krum's l^p matrix); a value other than 0 or
+    1 must not pass as 'on' silently, nor fail at the first large Krum mid-run."""
+    import ray
+
+    monkeypatch.setenv("RAYMIX_COMPILE", "no")
+    started = ray.is_initialized()
+    rc = main(argv(mnist_dir))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, (rc, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "RAYMIX_COMPILE must be 0 or 1, got 'no'" in err
+    assert ray.is_initialized() == started

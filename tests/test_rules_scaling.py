@@ -355,3 +355,11 @@ def test_compiled_terms_equal_the_chains_bit_for_bit(monkeypatch, p):
         pytest.skip(f"no compiled l^p kernel on this machine: {type(e).__name__}")
     ref = K._ipow_((A[:, None, 0] - B[None, :, 0]).abs().contiguous(), float(p))
     assert torch.equal(out, ref)
+
+
+def test_a_bad_raymix_compile_is_an_error_not_on(monkeypatch):
+    monkeypatch.setattr(K, "_fused_failed", [])
+    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    monkeypatch.setenv("RAYMIX_COMPILE", "false")
+    with pytest.raises(ValueError, match="RAYMIX_COMPILE must be 0 or 1, got 'false'"):
+        K.lp_pairwise(torch.randn(10, 50), 3.0)

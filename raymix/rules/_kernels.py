@@ -15,11 +15,15 @@ Non-finite policy (see docs/rules.md):
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 from functools import lru_cache
 from typing import Callable, Sequence
 
 import torch
+
+_log = logging.getLogger(__name__)
 
 INF = float("inf")
 
@@ -617,13 +621,21 @@ _FUSED_ROWS, _FUSED_COLS = 128, 1024  # a (rows x cols) block pair stays in L2
 _fused_failed: list[str] = []  # the first error, once compiling has failed in this process
 
 
-def _fused_lp_applies(G: torch.Tensor, p: float) -> bool:
-    import os
+def compile_enabled() -> bool:
+    """``RAYMIX_COMPILE``: unset or ``1`` lets large l^p matrices use the compiled loop, ``0``
+    keeps the torch chain; any other value is refused (the preflight checks it before Ray
+    starts: ``runtime.resources.check_files``)."""
+    value = os.environ.get("RAYMIX_COMPILE", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"RAYMIX_COMPILE must be 0 or 1, got {value!r}")
+    return value == "1"
 
+
+def _fused_lp_applies(G: torch.Tensor, p: float) -> bool:
     n, d = G.shape
     return (not _fused_failed and G.dtype == torch.float32 and G.device.type == "cpu"
             and float(p).is_integer() and 1 <= p <= 64 and n * (n - 1) // 2 * d >= _FUSED_MIN_TERMS
-            and os.environ.get("RAYMIX_COMPILE", "1") != "0")
+            and compile_enabled())
 
 
 def _lp_block_terms(p: int) -> Callable:
@@ -658,8 +670,6 @@ def _lp_block_terms(p: int) -> Callable:
 
 @lru_cache(maxsize=None)
 def _lp_block(p: int) -> Callable:
-    import logging
-
     import torch._inductor.config as inductor_config
 
     inductor_config.compile_threads = 1  # no pool of compile worker processes (each imports torch)
@@ -686,10 +696,8 @@ def _lp_sums_fused(G: torch.Tensor, p: float) -> torch.Tensor | None:
                 for j in range(i, N, m):
                     S[i:i + m, j:j + m] += fn(X[i:i + m], X[j:j + m])
     except Exception as e:  # noqa: BLE001 - any compiler failure: the chain computes the same sums
-        import logging
-
         _fused_failed.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        logging.getLogger(__name__).warning("raymix: compiling the l^p kernel failed (%s); using torch ops", _fused_failed[0])
+        _log.warning("raymix: compiling the l^p kernel failed (%s); using torch ops", _fused_failed[0])
         return None
     return S[:n, :n]
 

@@ -82,14 +82,17 @@ def auto_workers_per_actor(num_honest: int, cpus: float, gpus: float) -> int:
 
 
 def check_files(config) -> None:
-    """The preflight's first half, which needs no Ray: the data files are there (run before
-    Ray starts, so a missing directory costs no start-up)."""
+    """The preflight's first half, which needs no Ray: the data files are there and the
+    environment's RAYMIX_COMPILE is valid (run before Ray starts, so a missing directory
+    costs no start-up)."""
     import tempfile
 
     from raymix.config import check_data
+    from raymix.rules._kernels import compile_enabled
 
     try:
         check_data(config)
+        compile_enabled()  # RAYMIX_COMPILE is read where Krum runs: a bad value fails here, not mid-run
     except ValueError as exc:
         raise Refused(str(exc)) from None
     if config.output_dir is not None:
