@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,11 +48,9 @@ def run_sweep(args, trial_steps: int) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with PeakRSS(proc.pid, interval=args.sample_every, pss_every=5) as mem:
         proc.wait()
-    wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"raymix sweep failed (rc {proc.returncode})")
-    return {"wall_s": wall, "trial_steps_per_s": trial_steps / wall, "sampler_cpu_s": mem.cpu_s,
-            "rss_mb": (mem.own + mem.ray) / 2**20, "pss_mb": (mem.own_pss + mem.ray_pss) / 2**20}
+    return _measured(time.perf_counter() - t0, trial_steps, mem)
 
 
 def run_single(args, points: list, trial_steps: int) -> dict:
@@ -69,7 +68,12 @@ def run_single(args, points: list, trial_steps: int) -> dict:
             if bad:
                 raise SystemExit(f"a single process failed: {bad}")
             running = [p for p in running if p.poll() is None]
-    wall = time.perf_counter() - t0
+    return _measured(time.perf_counter() - t0, trial_steps, mem)
+
+
+def _measured(wall: float, trial_steps: int, mem: PeakRSS) -> dict:
+    """One side's figures: wall-clock, rate, its memory peaks (all its processes) and what the
+    sampler itself cost."""
     return {"wall_s": wall, "trial_steps_per_s": trial_steps / wall, "sampler_cpu_s": mem.cpu_s,
             "rss_mb": (mem.own + mem.ray) / 2**20, "pss_mb": (mem.own_pss + mem.ray_pss) / 2**20}
 
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
         print(f"ratio raymix sweep / parallel single processes: {pair['ratio']:.2f}x ({len(points)} trials x {args.steps} steps, start-up included)", flush=True)
         out["pairs"].append(pair)
     ratios = sorted(p["ratio"] for p in out["pairs"])
-    out["median_ratio"] = ratios[len(ratios) // 2] if len(ratios) % 2 else 0.5 * (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2])
+    out["median_ratio"] = statistics.median(ratios)
     if args.repeat > 1:
         print(f"median ratio over {args.repeat} pairs: {out['median_ratio']:.2f}x (each: {', '.join(f'{r:.2f}' for r in ratios)})")
     if args.json:
