@@ -137,12 +137,21 @@ def test_killed_worker_and_server_are_restarted_and_records_match(base_run, tmp_
 
 def test_the_step_module_alone_gives_the_actor_path_s_records(base_run):
     """The same config in one process through raymix.step (no Ray): the same training curve
-    (accuracy, losses, draws, fooled members) exactly; the cosines to 1e-9, as the honest
-    mean may be reduced with another thread count."""
+    (accuracy, losses, draws, fooled members) exactly; the float diagnostics to 1e-6.
+
+    Why 1e-6: the actor and this process may run torch with other thread counts (and another
+    machine with another instruction set), so a float32 reduction (the honest mean, the
+    matrix products inside geomed's Gram matrix and its combination of rows) may sum in
+    another order. Each float32 output coordinate then moves by a few ulps (2^-24 ~ 6e-8
+    each), and a float64 inner product of such a vector with the honest mean, relative to
+    ||mu||^2, by about that relative error times the vector's norm over ||mu||; the expected
+    inner product is a probability-weighted mean of such members. 1e-6 covers norm ratios up
+    to ~4 at 4 ulps. Measured: 1.8e-8 (2 threads against 1); 1e-9 was below what the
+    arithmetic allows and failed on a machine of our kind."""
     from raymix.step import run_local
 
     local = run_local(base_run[0].config)
-    same_records(base_run[0].records, local, tol=1e-9)
+    same_records(base_run[0].records, local, tol=1e-6)
 
 
 def test_resume_matches_uninterrupted(base_run, tmp_path):
