@@ -161,6 +161,11 @@ class ExperimentConfig:
         rather than craft rows from the honest ones."""
         return self.f > 0 and not self.is_omniscient and not getattr(self.build_attack(), "crafts_gradients", True)
 
+    @property
+    def records_attack_choice(self) -> bool:
+        """The records carry the attack's choice (``record["attack"]``): a searching attack runs."""
+        return self.f > 0 and not self.is_omniscient and bool(getattr(self.build_attack(), "reports_choice", False))
+
     def is_eval_step(self, step: int) -> bool:
         """Records (and checkpoints) are taken every ``eval_every`` steps and at the last one."""
         return step % self.eval_every == 0 or step == self.steps

@@ -17,6 +17,7 @@ __all__ = ["RecordWriter", "Interval", "is_record_key", "make_record", "columns"
 # Keys that depend on the machine, not on the seed: excluded from determinism checks.
 TIMING_KEYS = ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait", "steps_per_second", "wall_time")
 _PARTS = TIMING_KEYS[:5]  # the per-step busy times the stats report
+ATTACK_KEYS = ("lambda", "expected", "worst", "fooled", "lambda_geomean")  # a reporting attack's record["attack"]
 _RECORD_KEYS = frozenset(("step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio",
                           "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged", "drawn", "drawn_family") + TIMING_KEYS)
 
@@ -35,6 +36,7 @@ class Interval:
         self.drawn: Counter = Counter()
         self.family: Counter = Counter()
         self.times: Counter = Counter()
+        self.log_lambda, self.lambdas = 0.0, 0  # the attack's chosen lambdas (when it reports them)
 
     def add(self, s: Mapping[str, Any]) -> None:
         self.steps += 1
@@ -46,6 +48,10 @@ class Interval:
         self.skipped += int(s.get("skipped", False))
         for k in _PARTS:
             self.times[k] += s.get(k, 0.0)
+        lam = s.get("attack", {}).get("lambda")
+        if lam is not None and lam > 0:
+            self.log_lambda += math.log(lam)
+            self.lambdas += 1
 
 
 def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall: float) -> dict[str, Any]:
@@ -67,6 +73,9 @@ def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall:
     }
     if "diverged" in stats:
         rec["diverged"] = stats["diverged"]
+    if "attack" in stats:  # what the attack chose at this step, and its lambdas' geometric mean over the interval
+        geo = math.exp(iv.log_lambda / iv.lambdas) if iv.lambdas else None
+        rec["attack"] = {**stats["attack"], "lambda_geomean": geo}
     if "diagnostics" in stats:
         d = stats["diagnostics"]
         rec["diag_fooled_fraction"] = d["fooled_fraction"]
@@ -82,8 +91,9 @@ def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall:
     return rec
 
 
-def columns(pool, diagnostics: bool) -> list[str]:
-    """progress.csv's header, fixed at the start from the pool's members."""
+def columns(pool, diagnostics: bool, attack_choice: bool = False) -> list[str]:
+    """progress.csv's header, fixed at the start from the pool's members (and, with
+    ``attack_choice``, the attack's recorded choice)."""
     cols = ["step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio", "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged"]
     if pool is None:
         cols += ["drawn.omniscient", "drawn_family.omniscient"]
@@ -94,6 +104,8 @@ def columns(pool, diagnostics: bool) -> list[str]:
         if diagnostics:
             cols += ["diag_fooled_fraction", "diag_expected_inner_product"] + [f"diag_fooled_family.{f}" for f in fams]
             cols += [f"diag_members_family.{f}" for f in fams] + ["diag_fooled"]
+    if attack_choice:
+        cols += [f"attack.{k}" for k in ATTACK_KEYS]
     return cols + list(TIMING_KEYS)
 
 

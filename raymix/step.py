@@ -178,6 +178,7 @@ class Adversary:
 
         self.attack = build_attack(attack_spec)
         self.n, self.f, self.pool, self.key = int(n), int(f), pool_public, int(key)
+        self.choice: dict | None = None  # what the attack chose at the last step, if it says
         self.workers = workers
         if workers is not None and getattr(self.attack, "data_attack", False):
             workers.poison = self.attack.poison_batch
@@ -204,7 +205,9 @@ class Adversary:
         seen = honest if visible is None else honest[torch.as_tensor(visible, dtype=torch.long)]
         view = AdversaryView(honest=seen, n=self.n, f=self.f, step=int(step), pool=self.pool,
                              generator=torch_generator(self.key, int(step)))
-        return self.attack(view).detach().cpu()
+        rows = self.attack(view).detach().cpu()
+        self.choice = dict(self.attack.last_choice) if self.attack.reports_choice else None
+        return rows
 
 
 # ---------------------------------------------------------------------------- the server's maths
@@ -397,6 +400,8 @@ class LocalSimulation:
             is_eval = self.config.is_eval_step(t)
             stats = self.server.step(t, H, byz, losses, is_eval, is_eval and self.config.diagnostics)
             stats.update(time_gradients=t1 - t0, time_attack=t2 - t1)
+            if self.adversary is not None and self.adversary.choice is not None:
+                stats["attack"] = self.adversary.choice
             if "state" in stats:
                 self._last_state = {"step": t, **stats.pop("state")}
             interval.add(stats)

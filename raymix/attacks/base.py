@@ -184,6 +184,9 @@ class Attack:
       ``__call__`` raises.
     - ``crafts_gradients``: neither of the above; the runtime calls ``attack(view)``.
     - ``uses_pool``: the attack needs ``view.pool`` (pool-aware).
+    - ``reports_choice``: after each call, ``last_choice`` holds what the attack chose (the
+      searching attacks: lambda, the expected and worst member inner products relative to
+      ||mu||^2, the probability of the members fooled); the runtime records it.
     """
 
     name: str = "attack"
@@ -191,6 +194,7 @@ class Attack:
     data_attack: bool = False
     honest_behaviour: bool = False
     uses_pool: bool = False
+    reports_choice: bool = False
     min_visible: int = 1  # visible honest rows the attack needs (0: none, e.g. gaussian)
 
     @property

@@ -28,6 +28,7 @@ import torch
 
 from raymix import checks
 from raymix.attacks.base import ATTACKS, AdversaryView, Attack, check_simulation, spec_text
+from raymix.attacks.pool_values import PoolValues
 from raymix.rules.base import as_rule, build_rule
 from raymix.spec import parse_spec
 
@@ -105,12 +106,9 @@ def _rows(a: torch.Tensor, v: torch.Tensor, lam: float, f: int) -> torch.Tensor:
     return (a + lam * v).unsqueeze(0).expand(f, -1)
 
 
-def _inner(out: torch.Tensor, mu64: torch.Tensor) -> float:
-    return float(out.double() @ mu64)
-
-
 class _Searching(Attack):
     per_decade = 10
+    reports_choice = True
 
     def _init_search(self, search, grid, refine, refine_points) -> None:
         owner = f"attack {self.name}"
@@ -121,17 +119,45 @@ class _Searching(Attack):
         self.refine_points = checks.integer(owner, "refine_points", refine_points, lo=1)
         self.last_lambda: float | None = None
         self.last_value: float | None = None
+        self.last_choice: dict | None = None
 
-    def _objective(self, view: AdversaryView) -> Callable[[float], float]:  # pragma: no cover
+    def _members(self, view: AdversaryView) -> list[tuple[object, float]]:  # pragma: no cover
+        """(rule, probability) of the rules the objective weighs."""
         raise NotImplementedError
 
+    def reduce_values(self, vals: np.ndarray, probs: list[float]) -> float:
+        """The objective from the members' inner products: their expectation (default)."""
+        return math.fsum(float(x) * p for x, p in zip(vals, probs))
+
     def optimise(self, view: AdversaryView) -> tuple[float, float, dict[float, float]]:
-        """(best lambda, its objective value, every evaluated (lambda, value)) for this view."""
-        return lambda_search(self._objective(view), self.grid, self.refine, self.refine_points)
+        """(best lambda, its objective value, every evaluated (lambda, value)) for this view.
+        Sets ``last_choice``: the chosen lambda, the expected and the worst member inner
+        product there (relative to ||mu||^2, mu the visible honest mean, as the records'
+        ``diag_expected_inner_product``) and the probability of the members it fools
+        (inner product < 0 or not finite), all as the attacker computes them."""
+        members = self._members(view)
+        probs = [p for _, p in members]
+        values = PoolValues(view.honest, *crafted_direction(view, self.search), view.f, [r for r, _ in members])
+        seen: dict[float, np.ndarray] = {}
+
+        def objective(lam: float) -> float:
+            seen[lam] = values.values(lam)
+            return self.reduce_values(seen[lam], probs)
+
+        lam, val, table = lambda_search(objective, self.grid, self.refine, self.refine_points)
+        vals, mm = seen[lam], float(values.mu64 @ values.mu64)
+        rel = (lambda x: x / mm) if mm > 0 else (lambda x: float("nan"))
+        self.last_lambda, self.last_value = lam, val
+        self.last_choice = {
+            "lambda": lam,
+            "expected": rel(math.fsum(float(x) * p for x, p in zip(vals, probs))),
+            "worst": rel(float(vals.max())),
+            "fooled": math.fsum(p for x, p in zip(vals, probs) if not (math.isfinite(x) and x >= 0)),
+        }
+        return lam, val, table
 
     def craft(self, view: AdversaryView) -> torch.Tensor:
-        lam, val, _ = self.optimise(view)
-        self.last_lambda, self.last_value = lam, val
+        lam, _, _ = self.optimise(view)
         a, v = crafted_direction(view, self.search)
         return _rows(a, v, lam, view.f).clone()
 
@@ -162,17 +188,9 @@ class Optimal(_Searching):
         super().check(n, f)
         self.rule.check(n, f)
 
-    def _objective(self, view: AdversaryView) -> Callable[[float], float]:
-        H, f = view.honest, view.f
+    def _members(self, view: AdversaryView) -> list[tuple[object, float]]:
         check_simulation(self.spec, self.rule, view)
-        mu64 = H.mean(dim=0).double()
-        a, v = crafted_direction(view, self.search)
-
-        def obj(lam: float) -> float:
-            G = torch.cat([H, _rows(a, v, lam, f)], dim=0)
-            return _inner(self.rule(G, f), mu64)
-
-        return obj
+        return [(self.rule, 1.0)]
 
 
 def pool_distribution(pool) -> list[tuple[str, float]]:
@@ -244,26 +262,15 @@ class PoolAware(_Searching):
         total = sum(p for _, p in kept)
         return [(r, p / total) for r, p in kept]
 
-    def _objective(self, view: AdversaryView) -> Callable[[float], float]:
-        H, f = view.honest, view.f
-        members = self.members_for(view)
-        mu64 = H.mean(dim=0).double()
-        a, v = crafted_direction(view, self.search)
-        worst = self.objective == "worst"
+    def _members(self, view: AdversaryView) -> list[tuple[object, float]]:
+        return self.members_for(view)
 
-        def obj(lam: float) -> float:
-            G = torch.cat([H, _rows(a, v, lam, f)], dim=0)
-            vals = [(_inner(rule(G, f), mu64), p) for rule, p in members]
-            if worst:
-                return max(x for x, _ in vals)
-            return math.fsum(x * p for x, p in vals)
+    def reduce_values(self, vals: np.ndarray, probs: list[float]) -> float:
+        return float(vals.max()) if self.objective == "worst" else super().reduce_values(vals, probs)
 
-        return obj
-
-    def pool_values(self, view: AdversaryView, lam: float) -> dict[str, float]:
-        """<rule(G(lambda)), mu> for each distinct member (diagnostics and tests)."""
-        H, f = view.honest, view.f
-        mu64 = H.mean(dim=0).double()
-        a, v = crafted_direction(view, self.search)
-        G = torch.cat([H, _rows(a, v, lam, f)], dim=0)
-        return {rule.spec: _inner(rule(G, f), mu64) for rule, _ in self.members_for(view)}
+    def pool_values(self, view: AdversaryView, lam: float, fast: bool = True) -> dict[str, float]:
+        """<rule(G(lambda)), mu> for each distinct member (diagnostics and tests); ``fast=False``:
+        each member run on the materialised G(lambda)."""
+        members = [r for r, _ in self.members_for(view)]
+        vals = PoolValues(view.honest, *crafted_direction(view, self.search), view.f, members, fast=fast).values(lam)
+        return {rule.spec: float(x) for rule, x in zip(members, vals)}

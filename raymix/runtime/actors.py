@@ -97,6 +97,8 @@ class ServerActor:
         stats = self.server.step(step, H, byz, torch.cat([l.reshape(-1) for l, _ in aux]), evaluate, diagnose)
         stats["time_gradients"] = max(s for _, s in aux)
         stats["time_attack"] = t1 - t0
+        if self.adversary is not None and self.adversary.choice is not None:
+            stats["attack"] = self.adversary.choice
         return (self.server.weights() if send_weights else None), stats
 
     def where(self) -> dict:

@@ -450,7 +450,7 @@ def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hook
             out.mkdir(parents=True, exist_ok=True)
             clear_checkpoints(out)
             (out / "config.json").write_text(json.dumps(sim.config.to_dict(), indent=2))
-        writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics), resume_count=None if ckpt is None else int(ckpt["records"]))
+        writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics, cfg.records_attack_choice), resume_count=None if ckpt is None else int(ckpt["records"]))
         records = read_records(out) if ckpt is not None else []
         start, t_loop = sim.step, time.perf_counter()
         try:

@@ -1,0 +1,116 @@
+"""The pool-aware attack's fast inner loop (raymix/attacks/pool_values.py) against saved cases
+of the attack as it was before the fast paths existed (commit baaffa3: every member run on the
+materialised G(lambda)), and against that reference path, which stays in the code.
+
+The saved cases (tests/data/pool_aware_cases.json, made by benchmarks/pool_aware_cases.py) are
+real MNIST gradients of the paper's CNN (10 honest workers, 1,000 of its 21,840 coordinates,
+at initialisation and after 400 steps), n = 12, f = 2, every search family and both
+objectives, on the paper's pool, its no_krum composition, a weighted pool with members that
+have no fast path (centered clipping), and a view of 7 honest rows (Bulyan then drops out).
+
+Tolerance: the fast paths accumulate the Gram matrices and l^p sums in float64 where the rules
+accumulate float32 products, and sum k + 1 rows where the rules sum k + f. Those differ by
+~1e-7 relative per entry; through Weiszfeld's and Krum's geometry the members' inner products
+moved by at most ~3e-6 of ||mu||^2 on the full 21,840 coordinates (measured). The objective
+is compared to 2e-5 of ||mu||^2 and the chosen lambda exactly (a flipped near-tie would show
+here).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raymix.attacks import AdversaryView, build_attack
+from raymix.attacks.optimal import crafted_direction
+from raymix.attacks.pool_values import PoolValues
+from raymix.pool import MixTailorPool
+from raymix.seeding import torch_generator
+
+DATA = Path(__file__).parent / "data"
+SAVED = json.loads((DATA / "pool_aware_cases.json").read_text())
+with np.load(DATA / "pool_aware_honest.npz", allow_pickle=False) as z:
+    HONEST = {k: torch.from_numpy(z[k]) for k in z.files}
+
+
+def view_of(case) -> AdversaryView:
+    pool = MixTailorPool.from_spec(case["pool"], n=SAVED["n"], f=SAVED["f"])
+    H = HONEST[case["honest"]][: case["rows"]]
+    return AdversaryView(honest=H, n=SAVED["n"], f=SAVED["f"], step=0, pool=pool.public(), generator=torch_generator(0, "a", 0))
+
+
+def case_id(c) -> str:
+    pool = c["pool"].split("(")[0] if not c["pool"].startswith("mixtailor(") else c["pool"][len("mixtailor(composition="):-1]
+    attack = c["attack"][len("pool_aware("):-1].replace("objective=", "").replace("search=", "").replace(", ", "-")
+    return f'{c["honest"]}-k{c["rows"]}-{pool}-{attack}'
+
+
+# The suite checks the cases below (every search family and objective, both sets of rows, the
+# weighted pool with reference-path members, 7 visible rows); each full-pool case costs ~20 s on
+# one thread. `python benchmarks/pool_aware_cases.py --check` compares all 44.
+SUITE = {
+    "trained-k10-mixtailor-expected-epsilon", "trained-k10-mixtailor-worst-sign", "init-k10-mixtailor-expected-alie",
+    "trained-k10-no_krum-worst-epsilon", "trained-k7-mixtailor-expected-alie",
+}
+CASES = [c for c in SAVED["cases"] if c["pool"].startswith("pool(") or case_id(c) in SUITE]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_the_fast_search_chooses_what_the_attack_chose_before(case, one_torch_thread):
+    view = view_of(case)
+    mm = float(view.honest.mean(0).double().square().sum())
+    attack = build_attack(case["attack"])
+    lam, value, table = attack.optimise(view)
+    assert lam == case["lambda"]
+    assert value == pytest.approx(case["value"], rel=0, abs=2e-5 * mm)
+    saved = dict((l, v) for l, v in case["table"])
+    assert sorted(table) == sorted(saved)  # the same lambdas were evaluated (the same refine rounds)
+    worst = max(abs(table[l] - saved[l]) for l in saved)
+    assert worst <= 2e-5 * mm, worst / mm
+
+
+def test_every_member_s_fast_value_equals_the_rule_run_on_g(one_torch_thread):
+    """Per member and lambda, the fast value against the rule on the materialised G(lambda)."""
+    for hname, search in (("trained", "epsilon"), ("init", "sign"), ("trained", "alie")):
+        case = {"pool": "mixtailor", "honest": hname, "rows": 10}
+        view = view_of(case)
+        members = [r for r, _ in build_attack("pool_aware").members_for(view)]
+        a, v = crafted_direction(view, search)
+        fast = PoolValues(view.honest, a, v, view.f, members)
+        ref = PoolValues(view.honest, a, v, view.f, members, fast=False)
+        assert not ref.fast and fast.fast
+        mm = float(fast.mu64 @ fast.mu64)
+        for lam in (0.003, 0.3, 1.0, 7.0, 300.0):
+            got, want = fast.values(lam), ref.values(lam)
+            bad = [(m.spec, g / mm, w / mm) for m, g, w in zip(members, got, want) if abs(g - w) > 2e-5 * mm]
+            assert not bad, (search, lam, bad)
+
+
+def test_a_view_with_a_non_finite_row_takes_the_reference_path():
+    H = HONEST["init"][:10].clone()
+    H[3, 5] = float("nan")
+    members = [r for r, _ in build_attack("pool_aware").members_for(view_of({"pool": "mixtailor", "honest": "init", "rows": 10}))]
+    pv = PoolValues(H, torch.zeros(H.shape[1]), -H.mean(0), 2, members)
+    assert not pv.fast
+
+
+def test_the_attack_reports_its_choice(one_torch_thread):
+    """last_choice: the chosen lambda, the expected and worst member inner products relative to
+    ||mu||^2 and the probability fooled, consistent with the objective it minimised."""
+    case = next(c for c in SAVED["cases"] if c["pool"] == "mixtailor" and c["rows"] == 10 and c["honest"] == "trained")
+    view = view_of(case)
+    mm = float(view.honest.mean(0).double().square().sum())
+    for objective in ("expected", "worst"):
+        a = build_attack(f"pool_aware(objective={objective}, grid=[0.1, 1, 10], refine=0)")
+        a(view)
+        ch = a.last_choice
+        assert set(ch) == {"lambda", "expected", "worst", "fooled"} and ch["lambda"] in (0.1, 1.0, 10.0)
+        assert ch[objective] == pytest.approx(a.last_value / mm, rel=1e-12)
+        assert ch["worst"] >= ch["expected"] and 0.0 <= ch["fooled"] <= 1.0
+        vals = a.pool_values(view, ch["lambda"], fast=False)
+        probs = {r.spec: p for r, p in a.members_for(view)}
+        fooled = sum(probs[s] for s, x in vals.items() if x < 0)
+        assert ch["fooled"] == pytest.approx(fooled, abs=1e-12)
