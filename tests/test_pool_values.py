@@ -114,3 +114,24 @@ def test_the_attack_reports_its_choice(one_torch_thread):
         probs = {r.spec: p for r, p in a.members_for(view)}
         fooled = sum(probs[s] for s, x in vals.items() if x < 0)
         assert ch["fooled"] == pytest.approx(fooled, abs=1e-12)
+
+
+def test_records_carry_the_attacker_s_choice_and_it_matches_the_server_s_diagnostic(one_torch_thread):
+    """A run under a searching attack writes record["attack"] at each evaluation (and
+    progress.csv has its columns); with every honest row visible, the attacker's expected inner
+    product and fooled share at its lambda are the server's own diagnostics of that step."""
+    from raymix.config import ExperimentConfig
+    from raymix.records import ATTACK_KEYS, columns
+    from raymix.step import run_local
+
+    c = ExperimentConfig(dataset="synthetic", model="mlp", n=12, f=2, aggregator="mixtailor", attack="pool_aware(grid=[0.1, 1, 10], refine=0)",
+                         steps=4, eval_every=2, seed=1, batch_size=16, diagnostics=True)
+    local = run_local(c)
+    assert [set(r["attack"]) for r in local] == [set(ATTACK_KEYS)] * 2
+    for r in local:
+        assert r["attack"]["lambda"] in (0.1, 1.0, 10.0) and r["attack"]["lambda_geomean"] > 0
+        assert r["attack"]["expected"] == pytest.approx(r["diag_expected_inner_product"], abs=1e-5)
+        assert r["attack"]["fooled"] == pytest.approx(r["diag_fooled_fraction"], abs=1e-12)
+    assert c.records_attack_choice and {f"attack.{k}" for k in ATTACK_KEYS} <= set(columns(c.build_pool(), True, True))
+    plain = c.replace(attack="ipm(epsilon=0.1)")
+    assert not plain.records_attack_choice and "attack" not in run_local(plain)[0]
