@@ -49,8 +49,8 @@ from raymix.rules import _kernels as K
 from raymix.rules.base import Rule
 from raymix.rules.basic import CoordinateMedian, Mean
 from raymix.rules.bulyan import Bulyan, bulyan_classic_agg
-from raymix.rules.geomed import GeometricMedian, weiszfeld_coefficients
-from raymix.rules.krum import Krum, krum_scores
+from raymix.rules.geomed import GeometricMedian
+from raymix.rules.krum import Krum
 
 __all__ = ["PoolValues"]
 
@@ -89,16 +89,105 @@ def _lp_from_diffs(D: torch.Tensor, ps: Sequence[float]) -> dict[float, torch.Te
     return out
 
 
+def _krum_scores(D2: np.ndarray, f: int, shrinking: bool = False) -> np.ndarray:
+    """``raymix.rules.krum.krum_scores`` on a small float64 numpy matrix (the same sums of the
+    k nearest squared distances; infinite terms give an infinite score)."""
+    m = D2.shape[0]
+    if m == 1:
+        return np.zeros(1)
+    k = max(m - f - 2, min(2, m - 1)) if shrinking else max(m - f - 2, 1)
+    off = D2.copy()
+    np.fill_diagonal(off, _INF)
+    near = np.sort(off, axis=1)[:, :k]
+    return np.nan_to_num(near.sum(1), nan=_INF)
+
+
+def _krum_rounds(D2: np.ndarray, f: int, theta: int) -> list[int]:
+    """Bulyan's rounds of Krum (``raymix.rules._kernels.bulyan_krum_rounds``) on a small matrix."""
+    rem, picks = list(range(D2.shape[0])), []
+    for _ in range(theta):
+        j = int(np.argmin(_krum_scores(D2[np.ix_(rem, rem)], f, shrinking=True)))
+        picks.append(rem.pop(j))
+    return picks
+
+
+def _weiszfeld(Kg: np.ndarray, nu: float, iters: int, tol: float) -> np.ndarray:
+    """``raymix.rules.geomed.weiszfeld_coefficients`` on a small float64 numpy Gram matrix."""
+    m = Kg.shape[0]
+    alpha = np.full(m, 1.0 / m)
+    diag = np.diagonal(Kg)
+    for _ in range(iters):
+        Ka = Kg @ alpha
+        dist = np.sqrt(np.maximum(diag - 2 * Ka + alpha @ Ka, 0))
+        w = 1.0 / np.maximum(dist, nu)
+        new = w / w.sum()
+        step = new - alpha
+        dz2 = max(float(step @ (Kg @ step)), 0.0)
+        z2 = max(float(new @ (Kg @ new)), 0.0)
+        alpha = new
+        if dz2 <= tol * tol * z2:
+            break
+    return alpha
+
+
+def _gram_rounds(Kg: np.ndarray, theta: int, geomed: "tuple | None") -> list[int]:
+    """Bulyan's rounds with select=mean (``geomed`` None) or geomed(p=2) (``(nu, iters, tol)``)
+    on a small Gram matrix of finite rows (``raymix.rules._kernels.bulyan_gram_rounds``: each
+    round picks the remaining row closest to the rule's output on the remaining rows;
+    Weiszfeld warm-starts from the previous round's weights)."""
+    m = Kg.shape[0]
+    dc = np.diagonal(Kg)
+    live = np.ones(m)
+    picks: list[int] = []
+    if geomed is not None:
+        nu, iters, tol = geomed
+        alpha = np.full(m, 1.0 / m)
+        Ka = Kg @ alpha
+    for t in range(theta):
+        left = m - t
+        if geomed is None:
+            Ka = (Kg @ live) / left
+            d2 = dc - 2 * Ka + (live @ Ka) / left
+        else:
+            for _ in range(iters):
+                dist = np.sqrt(np.maximum(dc - 2 * Ka + alpha @ Ka, 0))
+                w = live / np.maximum(dist, nu)
+                new = w / w.sum()
+                Kn = Kg @ new
+                dz2 = max(float((new - alpha) @ (Kn - Ka)), 0.0)
+                z2 = max(float(new @ Kn), 0.0)
+                alpha, Ka = new, Kn
+                if dz2 <= tol * tol * z2:
+                    break
+            d2 = dc - 2 * Ka + alpha @ Ka
+        d2 = np.where(live > 0, d2, _INF)
+        j = int(np.argmin(d2))
+        picks.append(j)
+        live[j] = 0.0
+        if geomed is not None:  # warm start: drop the removed row's weight
+            aj = alpha[j]
+            alpha = alpha.copy()
+            alpha[j] = 0.0
+            s = alpha.sum()
+            if s > 0:
+                alpha, Ka = alpha / s, (Ka - Kg[:, j] * aj) / s
+            else:
+                alpha = live / max(left - 1, 1)
+                Ka = Kg @ alpha
+    return picks
+
+
 class _Lambda:
-    """The parts of one lambda's G shared by the rules (computed on first use)."""
+    """The parts of one lambda's G shared by the rules (computed on first use; the (m, m)
+    matrices as float64 numpy arrays, which small-matrix code reads far faster than torch)."""
 
     def __init__(self, pv: "PoolValues", lam: float):
         self.pv, self.lam = pv, lam
         self.b = (pv.a + lam * pv.v)  # the crafted row, as optimal._rows builds it
         self.bmu = float(self.b.double() @ pv.mu64)
         self.vals = np.concatenate([pv.hmu, np.full(pv.f, self.bmu)])  # each row's <x_i, mu>
-        self._G = self._gram = None
-        self._d2: dict[float, torch.Tensor] = {}
+        self._G = self._gram = self.sorted_g = None
+        self._d2: dict[float, np.ndarray] = {}
         self.picks: dict[Rule, list[int]] = {}
 
     @property
@@ -108,13 +197,13 @@ class _Lambda:
         return self._G
 
     @property
-    def gram(self) -> torch.Tensor:
+    def gram(self) -> np.ndarray:
         """(m, m) float64 Gram matrix of G, from H's and b's products (no pass over d but H b)."""
         if self._gram is None:
             pv, k, f = self.pv, self.pv.k, self.pv.f
             b64 = self.b.double()
-            hb = pv.H64 @ b64
-            Kg = torch.empty(k + f, k + f, dtype=torch.float64)
+            hb = (pv.H64 @ b64).numpy()
+            Kg = np.empty((k + f, k + f))
             Kg[:k, :k] = pv.KH
             Kg[:k, k:] = hb[:, None]
             Kg[k:, :k] = hb[None, :]
@@ -122,20 +211,24 @@ class _Lambda:
             self._gram = Kg
         return self._gram
 
-    def d2(self, p: float) -> torch.Tensor:
+    def d2(self, p: float) -> np.ndarray:
         """(m, m) float64 squared l^p distances of G (crafted rows at distance 0 from each other)."""
         if p not in self._d2:
-            pv, k = self.pv, self.pv.k
+            pv, k, m = self.pv, self.pv.k, self.pv.k + self.pv.f
             if p == 2:
-                self._d2[p] = K.sq_dists_from_gram(self.gram, torch.zeros(k + pv.f, dtype=torch.bool))
+                Kg = self.gram
+                diag = np.diagonal(Kg)
+                D = np.maximum(diag[:, None] + diag[None, :] - 2 * Kg, 0)
+                np.fill_diagonal(D, 0)
+                self._d2[p] = D
             else:
                 ps = [q for q in pv.chain_ps if q not in self._d2] or [p]
                 D = (pv.H - self.b).abs_().double()
                 for q, hb in _lp_from_diffs(D, ps).items():
-                    M = torch.zeros(k + pv.f, k + pv.f, dtype=torch.float64)
+                    M = np.zeros((m, m))
                     M[:k, :k] = pv.hh(q)
-                    M[:k, k:] = hb[:, None]
-                    M[k:, :k] = hb[None, :]
+                    M[:k, k:] = hb.numpy()[:, None]
+                    M[k:, :k] = hb.numpy()[None, :]
                     self._d2[q] = M * M
         return self._d2[p]
 
@@ -153,19 +246,19 @@ class PoolValues:
         self.fast = fast and bool(torch.isfinite(H).all() and torch.isfinite(a).all() and torch.isfinite(v).all())
         self.H64 = H.double()
         self.hmu = np.array([float(h.double() @ self.mu64) for h in H])
-        KH = self.H64 @ self.H64.t()
-        self.KH = 0.5 * (KH + KH.t())
+        KH = (self.H64 @ self.H64.t()).numpy()
+        self.KH = 0.5 * (KH + KH.T)
         ps = set()
         for r in self.rules:
             for q in (r, getattr(r, "select", None), getattr(r, "agg", None)):
                 if type(q) is Krum and q.p != 2 and _chain_p(q) is not None:
                     ps.add(_chain_p(q))
         self.chain_ps = sorted(ps)
-        self._hh: dict[float, torch.Tensor] = {}
-        self._sorted: torch.Tensor | None = None
+        self._hh: dict[float, np.ndarray] = {}
+        self._sorted: "torch.Tensor | None" = None
 
     # -- parts shared by every lambda -------------------------------------------------------
-    def hh(self, p: float) -> torch.Tensor:
+    def hh(self, p: float) -> np.ndarray:
         """(k, k) float64 l^p distances between the honest rows (all chain p at once)."""
         if p not in self._hh:
             k = self.k
@@ -173,13 +266,14 @@ class PoolValues:
             ps = [q for q in self.chain_ps if q not in self._hh] or [p]
             D = (self.H[iu[0]] - self.H[iu[1]]).abs_().double()
             for q, dist in _lp_from_diffs(D, ps).items():
-                M = torch.zeros(k, k, dtype=torch.float64)
-                M[iu[0], iu[1]] = dist
-                self._hh[q] = M + M.t()
+                M = np.zeros((k, k))
+                M[iu[0].numpy(), iu[1].numpy()] = dist.numpy()
+                self._hh[q] = M + M.T
         return self._hh[p]
 
     @property
     def sorted_cols(self) -> torch.Tensor:
+        """H's columns sorted."""
         if self._sorted is None:
             self._sorted = torch.sort(self.H, dim=0).values
         return self._sorted
@@ -202,9 +296,9 @@ class PoolValues:
         if t is Mean:
             return float(pt.vals.mean())
         if t is CoordinateMedian:
-            return self._comed(pt)
+            return float(self._middle(self._sorted_g(pt)).double() @ self.mu64)
         if t is Krum and _chain_p(rule) is not None:
-            return float(pt.vals[self._krum_pick(pt.d2(_chain_p(rule)), self.f)])
+            return float(pt.vals[int(np.argmin(_krum_scores(pt.d2(_chain_p(rule)), self.f)))])
         if t is GeometricMedian:
             return self._geomed(rule, pt)
         if t is Bulyan:
@@ -212,46 +306,66 @@ class PoolValues:
         return None
 
     # -- the rules -----------------------------------------------------------------------------
-    def _comed(self, pt: _Lambda) -> float:
-        """The median of k sorted honest values and f copies of b per column (float32
-        midpoint as the rule's), by b's rank among the sorted honest values."""
-        S, b, f, k = self.sorted_cols, pt.b, self.f, self.k
-        m = k + f
-        r = (S < b).sum(0)  # honest values below b, per column
-
-        def order_stat(t: int) -> torch.Tensor:
-            lo = S[min(t, k - 1)]
-            hi = S[max(min(t - f, k - 1), 0)]
-            return torch.where(t < r, lo, torch.where(t < r + f, b, hi))
-
-        lo, hi = (m - 1) // 2, m // 2
-        z = order_stat(lo) if lo == hi else (order_stat(lo) + order_stat(hi)) * 0.5
-        return float(z.double() @ self.mu64)
+    def _sorted_g(self, pt: _Lambda) -> torch.Tensor:
+        """(m, d): G's columns sorted, from H's sorted columns: the i-th smallest of the k
+        honest values and f copies of b is ``max(S[i-f], min(b, S[i]))`` (a missing S[.]
+        drops its bound), two operations instead of a sort per lambda."""
+        if pt.sorted_g is None:
+            S, f = self.sorted_cols, self.f
+            lo = torch.cat([S.new_full((f,) + tuple(S.shape[1:]), -_INF), S])
+            hi = torch.cat([S, S.new_full((f,) + tuple(S.shape[1:]), _INF)])
+            pt.sorted_g = torch.maximum(lo, torch.minimum(pt.b, hi))
+        return pt.sorted_g
 
     @staticmethod
-    def _krum_pick(D2: torch.Tensor, f: int) -> int:
-        return int(torch.argmin(krum_scores(D2, f)))
+    def _without(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Sorted columns A with one value x[j] taken out of each column j (tied values are
+        interchangeable, so which copy leaves does not matter)."""
+        q = (A < x).sum(0)  # the first position of x in each column
+        i = torch.arange(A.shape[0] - 1).unsqueeze(1)
+        return torch.where(i < q, A[:-1], A[1:])
+
+    @staticmethod
+    def _middle(A: torch.Tensor) -> torch.Tensor:
+        """The rule's median of sorted columns: the middle value, or the float32 midpoint."""
+        n = A.shape[0]
+        lo, hi = (n - 1) // 2, n // 2
+        return A[lo] if lo == hi else (A[lo] + A[hi]) * 0.5
 
     def _geomed(self, rule: GeometricMedian, pt: _Lambda) -> "float | None":
         if rule.p == 2:
-            alpha = weiszfeld_coefficients(pt.gram, rule.nu, rule.iters, rule.tol)
-            return float(alpha.numpy() @ pt.vals)
+            return float(_weiszfeld(pt.gram, rule.nu, rule.iters, rule.tol) @ pt.vals)
         if _chain_p(rule) is None or math.isinf(rule.p):
             return None
         return self._geomed_lp(rule, pt)
 
     def _geomed_lp(self, rule: GeometricMedian, pt: _Lambda) -> float:
         """The rule's own smoothed Weiszfeld with l^p weights, from the mean, on the k + 1
-        distinct rows (b's weight counted f times): the rule's iterates, one row fewer per
-        pass. Not warm-started nor accelerated: for p != 2 the map can have several fixed
-        points, and a warm start from the neighbouring lambda (or Anderson mixing) was measured
-        to land on another one than the rule's (0.6% and 21% of ||mu||^2 apart)."""
-        k, f = self.k, self.f
-        X = torch.cat([self.H, pt.b.unsqueeze(0)])
+        distinct rows (b's weight counted f times): the rule's iterates, with one row fewer
+        and fewer passes per map (the rows scaled once by a power of two, exact; powers by
+        squaring in two reused buffers; float32 sums, rows whose sum may have underflowed
+        measured again by the rule's own ``lp_dist_to``). Not warm-started nor accelerated:
+        for p != 2 the map can have several fixed points, and a warm start from the
+        neighbouring lambda (or Anderson mixing) was measured to land on another one than the
+        rule's (0.6% and 21% of ||mu||^2 apart)."""
+        k, f, p = self.k, self.f, float(rule.p)
+        s = K._pow2_scale(torch.cat([self.H, pt.b.unsqueeze(0)]))
+        X = torch.cat([self.H, pt.b.unsqueeze(0)]) * s  # exact: z's iterates scale with it
         mult = torch.tensor([1.0] * k + [float(f)], dtype=torch.float64)
+        buf, tmp = torch.empty_like(X), torch.empty_like(X)
+
+        def dists(z):  # (k+1,) float64 l^p distances of the unscaled rows to z / s
+            S = K._ipow_(torch.sub(X, z, out=buf).abs_(), p, tmp).sum(1).double()
+            bad = ~torch.isfinite(S) | (S < 1e-30)
+            if bool(bad.any()):
+                rows = torch.nonzero(bad).flatten()
+                S = S.clone()
+                S[rows] = K.lp_dist_to(X, z, p, rows) ** p
+            return S ** (1.0 / p) / s
+
         z = K.combine_rows(X, mult / mult.sum())
         for _ in range(rule.iters):
-            w = mult / K.lp_dist_to(X, z, rule.p).clamp_min(rule.nu)  # infinite distance: weight 0
+            w = mult / dists(z).clamp_min(rule.nu)  # infinite distance: weight 0
             total = w.sum()
             if not bool(torch.isfinite(total)) or float(total) <= 0:
                 break
@@ -261,50 +375,62 @@ class PoolValues:
             z = new
             if dz <= rule.tol * zn:
                 break
-        return float(z.double() @ self.mu64)
+        return float(z.double() @ self.mu64) / s
 
     def _select(self, select: Rule, pt: _Lambda) -> "list[int] | None":
-        """Bulyan's theta = m - 2f picks with ``select``, as bulyan_select makes them."""
+        """Bulyan's theta = m - 2f picks with ``select``, as ``bulyan_select`` makes them."""
         if select in pt.picks:
             return pt.picks[select]
-        m, f = self.k + self.f, self.f
-        theta = m - 2 * f
+        k, f = self.k, self.f
+        theta = k + f - 2 * f
         t = type(select)
         if t is Krum and _chain_p(select) is not None:
-            picks = K.bulyan_krum_rounds(pt.d2(_chain_p(select)), f, theta)
+            picks = _krum_rounds(pt.d2(_chain_p(select)), f, theta)
         elif t is Mean:
-            picks = K.bulyan_gram_rounds(pt.gram, torch.zeros(m, dtype=torch.bool), theta)
+            picks = _gram_rounds(pt.gram, theta, None)
         elif t is GeometricMedian and select.p == 2:
-            picks = K.bulyan_gram_rounds(pt.gram, torch.zeros(m, dtype=torch.bool), theta, (select.nu, select.iters, select.tol))
+            picks = _gram_rounds(pt.gram, theta, (select.nu, select.iters, select.tol))
         elif t is CoordinateMedian:
-            G, rem, picks = pt.G, list(range(m)), []
-            for _ in range(theta):
-                rows = torch.tensor(rem)
-                z = K.coordinate_median_rows(G, rows)
-                i = int(torch.argmin(K.lp_dist_to(G, z, 2.0, rows)))
-                picks.append(rem.pop(i))
+            picks = self._comed_rounds(pt, theta)
         else:
             return None
         pt.picks[select] = picks
+        return picks
+
+    def _comed_rounds(self, pt: _Lambda, theta: int) -> list[int]:
+        """Each round: the coordinate-wise median of the remaining rows, then the remaining row
+        closest to it in l2 (the rule's exact ``cdist``; ties: the lowest index of G); the
+        picked row's values leave the sorted columns."""
+        k, f = self.k, self.f
+        G, X = pt.G, torch.cat([self.H, pt.b.unsqueeze(0)])
+        A, rem, picks = self._sorted_g(pt), list(range(k + f)), []
+        for _ in range(theta):
+            dist = torch.cdist(X, self._middle(A)[None], compute_mode="donot_use_mm_for_euclid_dist")[:, 0].tolist()
+            j = rem[int(np.argmin([dist[min(r, k)] for r in rem]))]
+            picks.append(j)
+            rem.remove(j)
+            A = self._without(A, G[j])
         return picks
 
     def _bulyan(self, rule: Bulyan, pt: _Lambda) -> "float | None":
         picks = self._select(rule.select, pt)
         if picks is None:
             return None
-        f, agg = self.f, rule.agg
-        P = torch.tensor(picks)
+        k, f, agg = self.k, self.f, rule.agg
         t = type(agg)
-        if agg is None:
-            return float(bulyan_classic_agg(pt.G, f, P).double() @ self.mu64)
         if t is Mean:
             return float(pt.vals[picks].mean())
         if t is CoordinateMedian:
-            return float(K.coordinate_median_rows(pt.G, P).double() @ self.mu64)
+            A = self._sorted_g(pt)
+            for j in sorted(set(range(k + f)) - set(picks)):
+                A = self._without(A, pt.G[j])
+            return float(self._middle(A).double() @ self.mu64)
         if t is Krum and _chain_p(agg) is not None:
-            sub = pt.d2(_chain_p(agg))[P][:, P]
-            return float(pt.vals[picks[self._krum_pick(sub, f)]])
+            sub = pt.d2(_chain_p(agg))[np.ix_(picks, picks)]
+            return float(pt.vals[picks[int(np.argmin(_krum_scores(sub, f)))]])
         if t is GeometricMedian and agg.p == 2:
-            alpha = weiszfeld_coefficients(pt.gram[P][:, P], agg.nu, agg.iters, agg.tol)
-            return float(alpha.numpy() @ pt.vals[picks])
+            return float(_weiszfeld(pt.gram[np.ix_(picks, picks)], agg.nu, agg.iters, agg.tol) @ pt.vals[picks])
+        P = torch.tensor(picks)
+        if agg is None:
+            return float(bulyan_classic_agg(pt.G, f, P).double() @ self.mu64)
         return float(agg.aggregate(pt.G.index_select(0, P), f).double() @ self.mu64)
