@@ -135,3 +135,19 @@ def test_records_carry_the_attacker_s_choice_and_it_matches_the_server_s_diagnos
     assert c.records_attack_choice and {f"attack.{k}" for k in ATTACK_KEYS} <= set(columns(c.build_pool(), True, True))
     plain = c.replace(attack="ipm(epsilon=0.1)")
     assert not plain.records_attack_choice and "attack" not in run_local(plain)[0]
+
+
+def test_comed_and_trimmed_mean_fast_paths_are_the_rules_bit_for_bit():
+    """G's sorted columns built from H's by max/min, then the rules' own float32 arithmetic:
+    the same bits as the rules on G (ties and both signs of lambda included)."""
+    from raymix.rules import build_rule
+
+    rules = [build_rule(s) for s in ("comed", "trimmed_mean", "bulyan(select=comed, agg=comed)")]
+    H = HONEST["trained"][:10].clone()
+    H[:, :50] = H[0, :50]  # ties across every row
+    for search in ("epsilon", "alie"):
+        view = AdversaryView(honest=H, n=12, f=2, step=0, pool=None, generator=torch_generator(0, "a", 0))
+        a, v = crafted_direction(view, search)
+        fast, ref = PoolValues(H, a, v, 2, rules), PoolValues(H, a, v, 2, rules, fast=False)
+        for lam in (0.0, 1e-3, 0.5, 3.0, -2.0, 1e3):
+            assert fast.values(lam).tolist() == ref.values(lam).tolist(), (search, lam)

@@ -19,7 +19,7 @@ once per lambda           b, <b, mu>, the (m, m) Gram matrix (from the parts abo
 Per rule (exact type and arguments, never spec text):
 
 - ``mean``: the average of the rows' inner products.
-- ``comed``: b inserted into H's sorted columns (the rule's own float32 midpoint, bit for bit).
+- ``comed``, ``trimmed_mean``: G's sorted columns from H's (the rules' own float32 arithmetic).
 - ``krum(p)`` (p = 2 from the Gram matrix, integer p <= 64 or inf from the l^p distances):
   the rule's scores on the (m, m) matrix, the picked row's inner product.
 - ``geomed(p=2)``: the rule's Weiszfeld on the (m, m) Gram matrix.
@@ -47,7 +47,7 @@ import torch
 
 from raymix.rules import _kernels as K
 from raymix.rules.base import Rule
-from raymix.rules.basic import CoordinateMedian, Mean
+from raymix.rules.basic import CoordinateMedian, Mean, TrimmedMean
 from raymix.rules.bulyan import Bulyan, bulyan_classic_agg
 from raymix.rules.geomed import GeometricMedian
 from raymix.rules.krum import Krum
@@ -297,6 +297,12 @@ class PoolValues:
             return float(pt.vals.mean())
         if t is CoordinateMedian:
             return float(self._middle(self._sorted_g(pt)).double() @ self.mu64)
+        if t is TrimmedMean and self.k + self.f <= K.NETWORK_MAX_ROWS:
+            A = self._sorted_g(pt)[self.f: self.k]  # drop the f smallest and f largest: as the rule sums, in float32
+            out = A[0].clone()
+            for row in A[1:]:
+                out.add_(row)
+            return float(out.mul_(1.0 / A.shape[0]).double() @ self.mu64)
         if t is Krum and _chain_p(rule) is not None:
             return float(pt.vals[int(np.argmin(_krum_scores(pt.d2(_chain_p(rule)), self.f)))])
         if t is GeometricMedian:
