@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -270,27 +271,46 @@ def run_sweep(
     hooks: "list | None" = None,
     verbose: int = 1,
     status: bool = False,
+    overwrite: bool = False,
 ):
     """Run (or, with ``resume``, continue) a sweep; returns Tune's ``ResultGrid``.
 
     ``resume`` restores the sweep from ``storage_path/name`` with ``Tuner.restore``:
     finished trials are kept as they are, unfinished and errored ones continue from their
-    last checkpoint."""
-    import ray
-    from ray import tune
-
-    from raymix.runtime.tune import RecordsCallback, SimulationTrainable, StatusCallback
+    last checkpoint. The sweep directory is held for the whole sweep (:class:`OutputLock`);
+    one that already holds a sweep is refused unless ``resume``, or ``overwrite`` (which
+    deletes it first)."""
+    from raymix.runtime.lock import LOCK_NAME, OutputLock
+    from raymix.runtime.resources import Refused, check_files
 
     if not isinstance(sweep, SweepConfig):
         sweep = load_sweep(sweep)
-    run = dict(sweep.run)
-    storage = str(Path(storage_path or run.get("storage_path") or "~/ray_results").expanduser().resolve())
-    from raymix.runtime.resources import check_files
-    from raymix.runtime.simulation import ensure_ray, release_ray
-
+    storage = str(Path(storage_path or sweep.run.get("storage_path") or "~/ray_results").expanduser().resolve())
     points = [_absolute_data_dir(p) for p in expand_grid(sweep.experiment, sweep.search)]
     for point in points:  # before Ray starts: a missing data directory costs nothing
         check_files(ExperimentConfig.from_dict(point))
+    path = Path(storage) / sweep.name
+    if resume and not path.exists():
+        raise FileNotFoundError(f"no sweep to resume at {path}")
+    with OutputLock(path, "raymix sweep"):
+        if not resume:
+            held = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+            if held and not overwrite:
+                raise Refused(f"{path} already holds a sweep ({len(held)} entries): continue it (--resume) or replace it (--overwrite)")
+            for entry in held:  # --overwrite: asked for
+                shutil.rmtree(path / entry) if (path / entry).is_dir() else (path / entry).unlink()
+        return _fit(sweep, points, path, resume, address, hooks, verbose, status)
+
+
+def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, address, hooks, verbose: int, status: bool):
+    """run_sweep's Ray and Tune part, with the sweep directory held."""
+    import ray
+    from ray import tune
+
+    from raymix.runtime.simulation import ensure_ray, release_ray
+    from raymix.runtime.tune import RecordsCallback, SimulationTrainable, StatusCallback
+
+    run, storage = dict(sweep.run), str(path.parent)
     started = ensure_ray(address, verbose=bool(verbose))
     try:
         from raymix.runtime.resources import default_concurrency
@@ -313,9 +333,6 @@ def run_sweep(
 
         trainable = tune.with_resources(tune.with_parameters(SimulationTrainable, cpus=cpus_per_trial, hooks=hooks), resources)
         if resume:
-            path = Path(storage) / sweep.name
-            if not path.exists():
-                raise FileNotFoundError(f"no sweep to resume at {path}")
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True, param_space=space)
         else:
             tuner = tune.Tuner(
@@ -360,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="raymix sweep", description="Run a Ray Tune sweep from a YAML in tune_configs/")
     ap.add_argument("sweep", help="the sweep YAML (e.g. tune_configs/quick.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are not re-run)")
+    ap.add_argument("--overwrite", action="store_true", help="delete the sweep directory's earlier trials first (without it, a directory holding a sweep is refused)")
     ap.add_argument("--steps", type=int, help="override the step count of every trial")
     ap.add_argument("--seeds", type=int, help="replace the seed axis by seeds 0..SEEDS-1")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set an experiment field for every trial (repeatable)")
@@ -392,8 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     from raymix.runtime.resources import Refused
 
     try:
+        if args.resume and args.overwrite:
+            raise Refused("--resume and --overwrite contradict each other: continue the sweep, or replace it")
         grid = run_sweep(sweep, resume=args.resume, storage_path=args.storage_path, address=args.address,
-                         verbose=1 if args.verbose else 0, status=not args.verbose)
+                         verbose=1 if args.verbose else 0, status=not args.verbose, overwrite=args.overwrite)
     except (Refused, FileNotFoundError) as exc:  # the preflight of every trial, before Tune starts
         print(f"raymix sweep: {exc}", file=sys.stderr)
         return 2

@@ -51,10 +51,7 @@ def case_id(c) -> str:
 # The suite checks the cases below (every search family and objective, both sets of rows, the
 # weighted pool with reference-path members, 7 visible rows); each full-pool case costs ~20 s on
 # one thread. `python benchmarks/pool_aware_cases.py --check` compares all 44.
-SUITE = {
-    "trained-k10-mixtailor-expected-epsilon", "trained-k10-mixtailor-worst-sign", "init-k10-mixtailor-expected-alie",
-    "trained-k10-no_krum-worst-epsilon", "trained-k7-mixtailor-expected-alie",
-}
+SUITE = {"trained-k10-mixtailor-expected-epsilon", "init-k10-mixtailor-worst-sign", "trained-k7-mixtailor-worst-alie"}
 CASES = [c for c in SAVED["cases"] if c["pool"].startswith("pool(") or case_id(c) in SUITE]
 
 
@@ -83,7 +80,7 @@ def test_every_member_s_fast_value_equals_the_rule_run_on_g(one_torch_thread):
         ref = PoolValues(view.honest, a, v, view.f, members, fast=False)
         assert not ref.fast and fast.fast
         mm = float(fast.mu64 @ fast.mu64)
-        for lam in (0.003, 0.3, 1.0, 7.0, 300.0):
+        for lam in (0.003, 0.6, 40.0):
             got, want = fast.values(lam), ref.values(lam)
             bad = [(m.spec, g / mm, w / mm) for m, g, w in zip(members, got, want) if abs(g - w) > 2e-5 * mm]
             assert not bad, (search, lam, bad)

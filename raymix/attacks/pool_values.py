@@ -324,14 +324,6 @@ class PoolValues:
         return pt.sorted_g
 
     @staticmethod
-    def _without(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Sorted columns A with one value x[j] taken out of each column j (tied values are
-        interchangeable, so which copy leaves does not matter)."""
-        q = (A < x).sum(0)  # the first position of x in each column
-        i = torch.arange(A.shape[0] - 1).unsqueeze(1)
-        return torch.where(i < q, A[:-1], A[1:])
-
-    @staticmethod
     def _middle(A: torch.Tensor) -> torch.Tensor:
         """The rule's median of sorted columns: the middle value, or the float32 midpoint."""
         n = A.shape[0]
@@ -404,18 +396,18 @@ class PoolValues:
         return picks
 
     def _comed_rounds(self, pt: _Lambda, theta: int) -> list[int]:
-        """Each round: the coordinate-wise median of the remaining rows, then the remaining row
-        closest to it in l2 (the rule's exact ``cdist``; ties: the lowest index of G); the
-        picked row's values leave the sorted columns."""
+        """Each round: the coordinate-wise median of the remaining rows (the rule's own
+        selection network), then the remaining row closest to it in l2 (the rule's exact
+        ``cdist``, on the k + 1 distinct rows; ties: the lowest index of G)."""
         k, f = self.k, self.f
         G, X = pt.G, torch.cat([self.H, pt.b.unsqueeze(0)])
-        A, rem, picks = self._sorted_g(pt), list(range(k + f)), []
+        rem, picks = list(range(k + f)), []
         for _ in range(theta):
-            dist = torch.cdist(X, self._middle(A)[None], compute_mode="donot_use_mm_for_euclid_dist")[:, 0].tolist()
+            z = K.coordinate_median_rows(G, torch.tensor(rem))
+            dist = torch.cdist(X, z[None], compute_mode="donot_use_mm_for_euclid_dist")[:, 0].tolist()
             j = rem[int(np.argmin([dist[min(r, k)] for r in rem]))]
             picks.append(j)
             rem.remove(j)
-            A = self._without(A, G[j])
         return picks
 
     def _bulyan(self, rule: Bulyan, pt: _Lambda) -> "float | None":
@@ -427,10 +419,7 @@ class PoolValues:
         if t is Mean:
             return float(pt.vals[picks].mean())
         if t is CoordinateMedian:
-            A = self._sorted_g(pt)
-            for j in sorted(set(range(k + f)) - set(picks)):
-                A = self._without(A, pt.G[j])
-            return float(self._middle(A).double() @ self.mu64)
+            return float(K.coordinate_median_rows(pt.G, torch.tensor(picks)).double() @ self.mu64)
         if t is Krum and _chain_p(agg) is not None:
             sub = pt.d2(_chain_p(agg))[np.ix_(picks, picks)]
             return float(pt.vals[picks[int(np.argmin(_krum_scores(sub, f)))]])

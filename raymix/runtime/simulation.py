@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 from raymix.config import ExperimentConfig
 from raymix.records import Interval, RecordWriter, columns, make_record, read_records
 from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, load_latest, remove_stale, save_checkpoint
+from raymix.runtime.lock import OutputLock
 from raymix.runtime.resources import Refused, actor_groups, actor_sizes, check_files, resolve, resources_for
 
 __all__ = ["Simulation", "Diverged", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
@@ -428,6 +429,16 @@ def run_experiment(config: "ExperimentConfig | dict", resume: bool = False, hook
     lets Ray's own messages through (see :func:`ensure_ray`)."""
     cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
     out = Path(cfg.output_dir) if cfg.output_dir else None
+    lock = OutputLock(out, "raymix run").acquire() if out is not None else None  # before anything is read or written there
+    try:
+        return _run_locked(cfg, out, resume, hooks, address, progress, overwrite, verbose)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg, out, resume, hooks, address, progress, overwrite, verbose) -> RunResult:
+    """run_experiment's body, with the output directory held."""
     ckpt = None
     if resume:
         if out is None:
