@@ -89,97 +89,9 @@ def _lp_from_diffs(D: torch.Tensor, ps: Sequence[float]) -> dict[float, torch.Te
     return out
 
 
-def _krum_scores(D2: np.ndarray, f: int, shrinking: bool = False) -> np.ndarray:
-    """``raymix.rules.krum.krum_scores`` on a small float64 numpy matrix (the same sums of the
-    k nearest squared distances; infinite terms give an infinite score)."""
-    m = D2.shape[0]
-    if m == 1:
-        return np.zeros(1)
-    k = max(m - f - 2, min(2, m - 1)) if shrinking else max(m - f - 2, 1)
-    off = D2.copy()
-    np.fill_diagonal(off, _INF)
-    near = np.sort(off, axis=1)[:, :k]
-    return np.nan_to_num(near.sum(1), nan=_INF)
-
-
-def _krum_rounds(D2: np.ndarray, f: int, theta: int) -> list[int]:
-    """Bulyan's rounds of Krum (``raymix.rules._kernels.bulyan_krum_rounds``) on a small matrix."""
-    rem, picks = list(range(D2.shape[0])), []
-    for _ in range(theta):
-        j = int(np.argmin(_krum_scores(D2[np.ix_(rem, rem)], f, shrinking=True)))
-        picks.append(rem.pop(j))
-    return picks
-
-
-def _weiszfeld(Kg: np.ndarray, nu: float, iters: int, tol: float) -> np.ndarray:
-    """``raymix.rules.geomed.weiszfeld_coefficients`` on a small float64 numpy Gram matrix."""
-    m = Kg.shape[0]
-    alpha = np.full(m, 1.0 / m)
-    diag = np.diagonal(Kg)
-    for _ in range(iters):
-        Ka = Kg @ alpha
-        dist = np.sqrt(np.maximum(diag - 2 * Ka + alpha @ Ka, 0))
-        w = 1.0 / np.maximum(dist, nu)
-        new = w / w.sum()
-        step = new - alpha
-        dz2 = max(float(step @ (Kg @ step)), 0.0)
-        z2 = max(float(new @ (Kg @ new)), 0.0)
-        alpha = new
-        if dz2 <= tol * tol * z2:
-            break
-    return alpha
-
-
-def _gram_rounds(Kg: np.ndarray, theta: int, geomed: "tuple | None") -> list[int]:
-    """Bulyan's rounds with select=mean (``geomed`` None) or geomed(p=2) (``(nu, iters, tol)``)
-    on a small Gram matrix of finite rows (``raymix.rules._kernels.bulyan_gram_rounds``: each
-    round picks the remaining row closest to the rule's output on the remaining rows;
-    Weiszfeld warm-starts from the previous round's weights)."""
-    m = Kg.shape[0]
-    dc = np.diagonal(Kg)
-    live = np.ones(m)
-    picks: list[int] = []
-    if geomed is not None:
-        nu, iters, tol = geomed
-        alpha = np.full(m, 1.0 / m)
-        Ka = Kg @ alpha
-    for t in range(theta):
-        left = m - t
-        if geomed is None:
-            Ka = (Kg @ live) / left
-            d2 = dc - 2 * Ka + (live @ Ka) / left
-        else:
-            for _ in range(iters):
-                dist = np.sqrt(np.maximum(dc - 2 * Ka + alpha @ Ka, 0))
-                w = live / np.maximum(dist, nu)
-                new = w / w.sum()
-                Kn = Kg @ new
-                dz2 = max(float((new - alpha) @ (Kn - Ka)), 0.0)
-                z2 = max(float(new @ Kn), 0.0)
-                alpha, Ka = new, Kn
-                if dz2 <= tol * tol * z2:
-                    break
-            d2 = dc - 2 * Ka + alpha @ Ka
-        d2 = np.where(live > 0, d2, _INF)
-        j = int(np.argmin(d2))
-        picks.append(j)
-        live[j] = 0.0
-        if geomed is not None:  # warm start: drop the removed row's weight
-            aj = alpha[j]
-            alpha = alpha.copy()
-            alpha[j] = 0.0
-            s = alpha.sum()
-            if s > 0:
-                alpha, Ka = alpha / s, (Ka - Kg[:, j] * aj) / s
-            else:
-                alpha = live / max(left - 1, 1)
-                Ka = Kg @ alpha
-    return picks
-
-
 class _Lambda:
     """The parts of one lambda's G shared by the rules (computed on first use; the (m, m)
-    matrices as float64 numpy arrays, which small-matrix code reads far faster than torch)."""
+    matrices as float64 numpy arrays, for the kernels' small-matrix paths)."""
 
     def __init__(self, pv: "PoolValues", lam: float):
         self.pv, self.lam = pv, lam
@@ -256,6 +168,7 @@ class PoolValues:
         self.chain_ps = sorted(ps)
         self._hh: dict[float, np.ndarray] = {}
         self._sorted: "torch.Tensor | None" = None
+        self._no_bad = torch.zeros(self.k + self.f, dtype=torch.bool)  # a fast view has only finite rows
 
     # -- parts shared by every lambda -------------------------------------------------------
     def hh(self, p: float) -> np.ndarray:
@@ -304,7 +217,7 @@ class PoolValues:
                 out.add_(row)
             return float(out.mul_(1.0 / A.shape[0]).double() @ self.mu64)
         if t is Krum and _chain_p(rule) is not None:
-            return float(pt.vals[int(np.argmin(_krum_scores(pt.d2(_chain_p(rule)), self.f)))])
+            return float(pt.vals[int(np.argmin(K.small_krum_scores(pt.d2(_chain_p(rule)), self.f)))])
         if t is GeometricMedian:
             return self._geomed(rule, pt)
         if t is Bulyan:
@@ -332,7 +245,7 @@ class PoolValues:
 
     def _geomed(self, rule: GeometricMedian, pt: _Lambda) -> "float | None":
         if rule.p == 2:
-            return float(_weiszfeld(pt.gram, rule.nu, rule.iters, rule.tol) @ pt.vals)
+            return float(K.small_weiszfeld(pt.gram, rule.nu, rule.iters, rule.tol) @ pt.vals)
         if _chain_p(rule) is None or math.isinf(rule.p):
             return None
         return self._geomed_lp(rule, pt)
@@ -383,11 +296,11 @@ class PoolValues:
         theta = k + f - 2 * f
         t = type(select)
         if t is Krum and _chain_p(select) is not None:
-            picks = _krum_rounds(pt.d2(_chain_p(select)), f, theta)
+            picks = K.bulyan_krum_rounds(torch.from_numpy(pt.d2(_chain_p(select))), f, theta)
         elif t is Mean:
-            picks = _gram_rounds(pt.gram, theta, None)
+            picks = K.bulyan_gram_rounds(torch.from_numpy(pt.gram), self._no_bad, theta)
         elif t is GeometricMedian and select.p == 2:
-            picks = _gram_rounds(pt.gram, theta, (select.nu, select.iters, select.tol))
+            picks = K.bulyan_gram_rounds(torch.from_numpy(pt.gram), self._no_bad, theta, (select.nu, select.iters, select.tol))
         elif t is CoordinateMedian:
             picks = self._comed_rounds(pt, theta)
         else:
@@ -422,9 +335,9 @@ class PoolValues:
             return float(K.coordinate_median_rows(pt.G, torch.tensor(picks)).double() @ self.mu64)
         if t is Krum and _chain_p(agg) is not None:
             sub = pt.d2(_chain_p(agg))[np.ix_(picks, picks)]
-            return float(pt.vals[picks[int(np.argmin(_krum_scores(sub, f)))]])
+            return float(pt.vals[picks[int(np.argmin(K.small_krum_scores(sub, f)))]])
         if t is GeometricMedian and agg.p == 2:
-            return float(_weiszfeld(pt.gram[np.ix_(picks, picks)], agg.nu, agg.iters, agg.tol) @ pt.vals[picks])
+            return float(K.small_weiszfeld(pt.gram[np.ix_(picks, picks)], agg.nu, agg.iters, agg.tol) @ pt.vals[picks])
         P = torch.tensor(picks)
         if agg is None:
             return float(bulyan_classic_agg(pt.G, f, P).double() @ self.mu64)

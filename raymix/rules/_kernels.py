@@ -21,6 +21,7 @@ import os
 from functools import lru_cache
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 _log = logging.getLogger(__name__)
@@ -771,6 +772,87 @@ def combine_rows(G: torch.Tensor, alpha: torch.Tensor, rows: torch.Tensor | None
 # ----------------------------------------------------------------------------------------
 # Bulyan's selection rounds, incremental (same picks as re-running the rule each round)
 # ----------------------------------------------------------------------------------------
+# ---- small matrices (m <= SMALL_ROWS): the same algorithms in numpy -------------------------
+# On a few dozen rows each torch op costs ~5-10 us of dispatch against ~1 us for numpy, and
+# these loops make hundreds of such ops per call (Weiszfeld's iterations, Bulyan's rounds).
+# The arithmetic is the same float64 arithmetic; only BLAS may sum a product in another order.
+SMALL_ROWS = 64
+
+
+def small_krum_scores(D2: np.ndarray, f: int, shrinking: bool = False) -> np.ndarray:
+    """``krum.krum_scores`` on a small float64 numpy matrix."""
+    m = D2.shape[0]
+    if m == 1:
+        return np.zeros(1)
+    k = max(m - f - 2, min(2, m - 1)) if shrinking else max(m - f - 2, 1)
+    off = D2.copy()
+    np.fill_diagonal(off, INF)
+    return np.nan_to_num(np.sort(off, axis=1)[:, :k].sum(1), nan=INF)
+
+
+def small_weiszfeld(Kg: np.ndarray, nu: float, iters: int, tol: float) -> np.ndarray:
+    """``geomed.weiszfeld_coefficients`` on a small float64 numpy Gram matrix."""
+    m = Kg.shape[0]
+    alpha = np.full(m, 1.0 / m)
+    diag = np.diagonal(Kg)
+    for _ in range(iters):
+        Ka = Kg @ alpha
+        w = 1.0 / np.maximum(np.sqrt(np.maximum(diag - 2 * Ka + alpha @ Ka, 0)), nu)
+        new = w / w.sum()
+        step = new - alpha
+        dz2, z2 = max(float(step @ (Kg @ step)), 0.0), max(float(new @ (Kg @ new)), 0.0)
+        alpha = new
+        if dz2 <= tol * tol * z2:
+            break
+    return alpha
+
+
+def _small_krum_rounds(D2: np.ndarray, f: int, theta: int) -> list[int]:
+    rem, picks = list(range(D2.shape[0])), []
+    for _ in range(theta):
+        j = int(np.argmin(small_krum_scores(D2[np.ix_(rem, rem)], f, shrinking=True)))
+        picks.append(rem.pop(j))
+    return picks
+
+
+def _small_gram_rounds(Kg: np.ndarray, theta: int, geomed: "tuple | None") -> list[int]:
+    """``bulyan_gram_rounds`` on a small Gram matrix of finite rows (same rounds, same warm start)."""
+    m = Kg.shape[0]
+    dc, live, picks = np.diagonal(Kg), np.ones(m), []
+    if geomed is not None:
+        nu, iters, tol = geomed
+        alpha = np.full(m, 1.0 / m)
+        Ka = Kg @ alpha
+    for t in range(theta):
+        left = m - t
+        if geomed is None:
+            Ka = (Kg @ live) / left
+            d2 = dc - 2 * Ka + (live @ Ka) / left
+        else:
+            for _ in range(iters):
+                w = live / np.maximum(np.sqrt(np.maximum(dc - 2 * Ka + alpha @ Ka, 0)), nu)
+                new = w / w.sum()
+                Kn = Kg @ new
+                dz2, z2 = max(float((new - alpha) @ (Kn - Ka)), 0.0), max(float(new @ Kn), 0.0)
+                alpha, Ka = new, Kn
+                if dz2 <= tol * tol * z2:
+                    break
+            d2 = dc - 2 * Ka + alpha @ Ka
+        j = int(np.argmin(np.where(live > 0, d2, INF)))
+        picks.append(j)
+        live[j] = 0.0
+        if geomed is not None:  # warm start: drop the removed row's weight
+            aj, alpha = alpha[j], alpha.copy()
+            alpha[j] = 0.0
+            s = alpha.sum()
+            if s > 0:
+                alpha, Ka = alpha / s, (Ka - Kg[:, j] * aj) / s
+            else:
+                alpha = live / max(left - 1, 1)
+                Ka = Kg @ alpha
+    return picks
+
+
 def bulyan_krum_rounds(D2: torch.Tensor, f: int, theta: int) -> list[int]:
     """Bulyan's theta rounds of Krum on one (n, n) matrix of squared distances: round t
     scores the m remaining rows with k = max(m-f-2, min(2, m-1)) neighbours (as
@@ -783,6 +865,8 @@ def bulyan_krum_rounds(D2: torch.Tensor, f: int, theta: int) -> list[int]:
     dev = D2.device
     if theta <= 0:
         return []
+    if n <= SMALL_ROWS and dev.type == "cpu":
+        return _small_krum_rounds(D2.to(torch.float64).numpy(), f, theta)
     off = D2.to(torch.float64).clone()
     off.fill_diagonal_(INF)
     vals, order = torch.sort(off, dim=1, stable=True)
@@ -856,6 +940,8 @@ def bulyan_gram_rounds(Kf: torch.Tensor, bad: torch.Tensor, theta: int, geomed: 
     round's weights (the removed row's weight dropped), one matrix-vector product per
     iteration, on K restricted to a working set that is compacted as rows leave."""
     dev = Kf.device
+    if Kf.shape[0] <= SMALL_ROWS and dev.type == "cpu" and not bool(bad.any()):
+        return _small_gram_rounds(Kf.numpy(), theta, geomed)
     picked: list[int] = []
     rem = torch.nonzero(~bad).flatten()
     tail = torch.nonzero(bad).flatten().tolist()

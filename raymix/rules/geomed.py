@@ -17,6 +17,8 @@ def weiszfeld_coefficients(Kg: torch.Tensor, nu: float, iters: int, tol: float) 
     rows: the iterate is z = sum_i alpha_i x_i, so ||x_i - z||^2 = K_ii - 2 (K alpha)_i +
     alpha' K alpha and each step costs O(m^2), not O(m d). Starts at the mean; returns alpha."""
     m = Kg.shape[0]
+    if m <= K.SMALL_ROWS and Kg.device.type == "cpu":
+        return torch.from_numpy(K.small_weiszfeld(Kg.to(torch.float64).numpy(), nu, iters, tol))
     alpha = torch.full((m,), 1.0 / m, dtype=torch.float64, device=Kg.device)
     diag = torch.diagonal(Kg)
     for _ in range(iters):

@@ -16,6 +16,8 @@ def krum_scores(D2: torch.Tensor, f: int, shrinking: bool = False) -> torch.Tens
     rounds, where m falls below 2f+3) k = max(m-f-2, min(2, m-1)), so rows are still ranked
     and a mutual-nearest pair does not tie. Infinite distances give infinite scores, never NaN."""
     m = D2.shape[0]
+    if m <= K.SMALL_ROWS and D2.device.type == "cpu" and D2.dtype == torch.float64:
+        return torch.from_numpy(K.small_krum_scores(D2.numpy(), f, shrinking))
     if m == 1:
         return torch.zeros(1, dtype=D2.dtype, device=D2.device)
     k = max(m - f - 2, min(2, m - 1)) if shrinking else max(m - f - 2, 1)
