@@ -194,6 +194,10 @@ def cmd_run(argv: Sequence[str]) -> int:
         print(f"raymix run: {exc.strerror} while writing {exc.filename or cfg.output_dir}: what was written is kept; "
               f"free space and continue with --resume", file=sys.stderr)
         return 1
+    if result.final.get("all_steps_skipped"):
+        print(f"raymix run: every one of the {result.final['step']} steps was skipped (a non-finite aggregate or training "
+              f"loss each time; on_divergence: skip): the weights never moved", file=sys.stderr)
+        return 3
     acc = result.final_accuracy
     print(f"final test accuracy {acc:.4f} at step {result.final.get('step')} ({result.steps_per_second:.2f} steps/s)"
           if acc is not None else "no evaluation recorded")

@@ -33,6 +33,7 @@ class Interval:
 
     def __init__(self) -> None:
         self.steps, self.loss_sum, self.cos_sum, self.nonfinite, self.skipped = 0, 0.0, 0.0, 0, 0
+        self.cos_n = 0  # steps whose cosine is finite: the mean is over those, null when none
         self.drawn: Counter = Counter()
         self.family: Counter = Counter()
         self.times: Counter = Counter()
@@ -43,7 +44,9 @@ class Interval:
         self.drawn[s["drawn"]] += 1
         self.family[s["family"]] += 1
         self.loss_sum += s["train_loss"]
-        self.cos_sum += s["cosine"] if s["cosine"] == s["cosine"] else 0.0
+        if math.isfinite(s["cosine"]):
+            self.cos_sum += s["cosine"]
+            self.cos_n += 1
         self.nonfinite += int(s["nonfinite"])
         self.skipped += int(s.get("skipped", False))
         for k in _PARTS:
@@ -65,7 +68,7 @@ def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall:
         "cosine": stats["cosine"],
         "inner_product": stats["inner_product"],
         "norm_ratio": stats["norm_ratio"],
-        "cosine_mean": iv.cos_sum / k,
+        "cosine_mean": iv.cos_sum / iv.cos_n if iv.cos_n else None,
         "nonfinite_steps": iv.nonfinite,
         "skipped_steps": iv.skipped,
         "drawn": dict(sorted(iv.drawn.items())),

@@ -315,6 +315,7 @@ def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_
     skip = run_experiment(c.replace(on_divergence="skip", output_dir=str(tmp_path / "skip")))
     assert [r["step"] for r in skip.records] == [3, 6] and all(r["skipped_steps"] == 3 for r in skip.records)
     assert skip.records[-1]["test_loss"] == recs[0]["test_loss"]  # nothing was ever applied
+    assert skip.records[-1]["all_steps_skipped"] is True and "all_steps_skipped" not in skip.records[0]
     args = ["run", "--dataset", "synthetic", "--model", "mlp", "--n", "7", "--f", "1", "--aggregator", "mean",
             "--attack", "nonfinite(kind='nan')", "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--quiet"]
     proc = subprocess.run([sys.executable, "-m", "raymix"] + args, capture_output=True, text=True, timeout=300)
@@ -323,6 +324,10 @@ def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_
     # bookkeeping warnings stay out of the terminal (`--verbose` lets them through).
     assert proc.stderr.strip().splitlines() == [
         "raymix run: diverged at step 1: the aggregate is not finite (drawn rule mean); the update was not applied"]
+    proc = subprocess.run([sys.executable, "-m", "raymix"] + args + ["--on-divergence", "skip"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3 and proc.stderr.strip().splitlines() == [
+        "raymix run: every one of the 2 steps was skipped (a non-finite aggregate or training loss each time; "
+        "on_divergence: skip): the weights never moved"]
 
 
 def test_resume_passes_over_a_torn_checkpoint_and_a_torn_record(base_run, tmp_path):

@@ -467,6 +467,8 @@ def _run_locked(cfg, out, resume, hooks, address, progress, overwrite, verbose) 
         try:
             while not sim.done:
                 record = sim.advance()
+                if sim.done and sum(r["skipped_steps"] for r in records) + record["skipped_steps"] >= record["step"]:
+                    record["all_steps_skipped"] = True  # the weights never moved: said here and by the CLI
                 writer.append(record)
                 records.append(record)
                 for cb in on_eval:
