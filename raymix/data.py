@@ -169,8 +169,7 @@ def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None)
     missing = _missing_files(name, root)
     if not missing:
         if name in _IDX_DATASETS:
-            for f in _expected_files(name, root):
-                _check_idx_header(_find(f))
+            _check_idx_content(name, root)
         return
     source = (
         "the data_dir argument" if data_dir not in (None, "")
@@ -202,6 +201,34 @@ def _check_idx_header(path: pathlib.Path) -> None:
     expected = 4 + 4 * ndim + int(np.prod(dims))
     if path.stat().st_size != expected:
         raise ValueError(f"{path}: {path.stat().st_size} bytes, its header says {expected} (truncated or corrupt)")
+
+
+def _idx_dims(path: pathlib.Path) -> tuple[int, ...]:
+    """An idx file's dimensions from its header (gzipped files: decompressing the header only)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        ndim = int.from_bytes(fh.read(4), "big") & 0xFF
+        return tuple(int.from_bytes(fh.read(4), "big") for _ in range(ndim))
+
+
+def _check_idx_content(name: str, root: pathlib.Path) -> None:
+    """Before any actor starts: each file's header against its size, images of 28 x 28, as
+    many labels as images in each split, and every label one of the 10 classes (the label
+    files are read whole: 70 kB)."""
+    raw = root / _IDX_DATASETS[name][0] / "raw"
+    for split, (images, labels) in _IDX_FILES.items():
+        ipath, lpath = _find(raw / images), _find(raw / labels)
+        for path in (ipath, lpath):
+            _check_idx_header(path)
+        idims, ldims = _idx_dims(ipath), _idx_dims(lpath)
+        if len(idims) != 3 or idims[1:] != (28, 28):
+            raise ValueError(f"{ipath}: images of shape {idims[1:]}, expected {name}'s 28 x 28")
+        if len(ldims) != 1 or ldims[0] != idims[0]:
+            raise ValueError(f"{lpath}: {ldims[0] if ldims else 0} labels for the {idims[0]} {split} images of {ipath.name}")
+        y = read_idx(lpath)
+        bad = np.flatnonzero(y >= 10)
+        if bad.size:
+            raise ValueError(f"{lpath}: {bad.size} label(s) outside {name}'s classes 0-9 (label {int(y[bad[0]])} at index {int(bad[0])})")
 
 
 def read_idx(path: "str | os.PathLike") -> np.ndarray:

@@ -1,0 +1,56 @@
+"""Data checked in content before any actor starts: a label outside the dataset's classes, a
+label file that does not match its images, images of the wrong size. Each is one line, exit
+2, before Ray starts (it used to crash the server actor with a 143-line Ray traceback)."""
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from raymix.cli import main
+
+ARGS = ["run", "--dataset", "mnist", "--n", "7", "--f", "1", "--steps", "2", "--eval-every", "1", "--quiet"]
+
+
+@pytest.fixture
+def copy(tmp_path, mnist_dir):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for p in (Path(mnist_dir) / "MNIST" / "raw").iterdir():
+        if not p.name.endswith(".gz"):
+            shutil.copy(p, raw / p.name)
+    return tmp_path, raw
+
+
+def refused(capsys, data: Path, *needles: str) -> None:
+    assert main(ARGS + ["--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_a_label_outside_the_classes_is_refused(copy, capsys):
+    data, raw = copy
+    with open(raw / "train-labels-idx1-ubyte", "r+b") as fh:
+        fh.seek(8 + 1234)  # header: magic, count
+        fh.write(bytes([200]))
+    refused(capsys, data, "1 label(s) outside mnist's classes 0-9 (label 200 at index 1234)")
+
+
+def test_labels_that_do_not_match_the_images_are_refused(copy, capsys):
+    data, raw = copy
+    path = raw / "t10k-labels-idx1-ubyte"
+    body = path.read_bytes()
+    path.write_bytes(body[:4] + struct.pack(">I", 9999) + body[8:8 + 9999])  # a consistent file of 9,999 labels
+    refused(capsys, data, "9999 labels for the 10000 test images")
+
+
+def test_images_of_another_size_are_refused(copy, capsys):
+    data, raw = copy
+    path = raw / "t10k-images-idx3-ubyte"
+    body = path.read_bytes()
+    path.write_bytes(body[:8] + struct.pack(">II", 14, 56) + body[16:])  # same bytes, 14 x 56 images
+    refused(capsys, data, "images of shape (14, 56), expected mnist's 28 x 28")
