@@ -175,13 +175,18 @@ def cmd_run(argv: Sequence[str]) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"raymix run: {exc}", file=sys.stderr)
         return 2
+    from raymix.interrupts import Interrupted, interruptible
     from raymix.runtime import run_experiment
     from raymix.runtime.resources import Refused
     from raymix.runtime.simulation import Diverged
 
     try:
-        result = run_experiment(cfg, resume=args.resume, address=args.address, overwrite=args.overwrite,
-                                progress=None if args.quiet else _progress(cfg.steps), verbose=args.verbose)
+        with interruptible():
+            result = run_experiment(cfg, resume=args.resume, address=args.address, overwrite=args.overwrite,
+                                    progress=None if args.quiet else _progress(cfg.steps), verbose=args.verbose)
+    except Interrupted as exc:
+        print(f"raymix run: interrupted ({exc}); {_kept(cfg.output_dir)}", file=sys.stderr)
+        return exc.exit_code
     except Refused as exc:  # the preflight's refusals (data, resources, resume, overwrite)
         print(f"raymix run: {exc}", file=sys.stderr)
         return 2
@@ -204,6 +209,22 @@ def cmd_run(argv: Sequence[str]) -> int:
     if result.output_dir is not None:
         print(f"records: {result.output_dir / 'records.jsonl'}", file=sys.stderr)
     return 0
+
+
+def _kept(output_dir: "str | None") -> str:
+    """What an interrupted run left, and the command that continues it."""
+    from raymix.interrupts import resume_command
+    from raymix.records import read_records
+    from raymix.runtime.checkpoint import latest_checkpoint
+
+    if output_dir is None:
+        return "nothing was kept (no --output-dir)"
+    records, ckpt = read_records(output_dir), latest_checkpoint(output_dir)
+    if ckpt is None:
+        return f"no checkpoint was written yet in {output_dir}: start it again"
+    step = int(ckpt.name.split("_")[-1])
+    return (f"{len(records)} record(s) to step {records[-1]['step'] if records else 0} and the checkpoint at step {step} "
+            f"are kept in {output_dir}; continue from step {step} with: {resume_command()}")
 
 
 def _delegate(module: str, argv: Sequence[str], name: str) -> int:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -106,13 +108,24 @@ def ensure_ray(address: str | None, verbose: bool = False) -> bool:
     if ray.is_initialized():
         return False
     quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
+    kept = _python_signal_handlers()
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, **quiet)
     else:
         ray.init(include_dashboard=False, **quiet)
+    for sig, handler in kept.items():  # the program's own SIGINT/SIGTERM handlers win over Ray's (a C++ stack dump on SIGTERM)
+        signal.signal(sig, handler)
     if not verbose:
         _NativeFilter.install()  # after ray.init: Ray's daemons keep the real stderr
     return True
+
+
+def _python_signal_handlers() -> dict:
+    """The SIGINT/SIGTERM handlers this program set in Python (in the main thread only, where
+    they can be set again), to be put back after ``ray.init`` installs its own."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: h for s in (signal.SIGINT, signal.SIGTERM) if callable(h := signal.getsignal(s))}
 
 
 def release_ray() -> None:

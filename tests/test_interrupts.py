@@ -1,0 +1,50 @@
+"""Interrupts that say what happened: SIGINT (Ctrl-C) or SIGTERM on `raymix run` stops it at
+the step in flight, keeps every record and the last checkpoint, prints one line with the
+exact command that continues it, and exits 130 / 143, with no Python or C++ stack dump. The
+signal is sent at a point the test controls: once records.jsonl holds two evaluations."""
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_says_what_it_kept_and_how_to_continue(tmp_path, sig):
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "synthetic", "--model", "mlp", "--n", "7", "--f", "1", "--steps", "5000",
+            "--eval-every", "20", "--output-dir", str(out), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "raymix", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "records.jsonl").exists() and len((out / "records.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "received at time" not in err, err
+    line = lines[0]
+    assert line.startswith(f"raymix run: interrupted ({signal.Signals(sig).name}); ") and f"are kept in {out}" in line
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) >= 2 and [r["step"] for r in records] == [20 * (i + 1) for i in range(len(records))]
+    command = shlex.split(line.split("with: ", 1)[1])
+    assert command[0] == "raymix" and command[-1] == "--resume"
+    step = int(line.split("continue from step ")[1].split(" ")[0])
+    assert step in [r["step"] for r in records]  # the checkpoint of an evaluation already recorded
+    # The command continues the run (here shortened: how long a run is may change on resume).
+    command = [a if a != "5000" else str(step + 20) for a in command[1:]]
+    done = subprocess.run([sys.executable, "-m", "raymix", *command], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    steps = [json.loads(x)["step"] for x in (out / "records.jsonl").read_text().splitlines()]
+    assert steps == [20 * (i + 1) for i in range(len(steps))] and steps[-1] == step + 20
