@@ -23,6 +23,10 @@ from raymix.runtime import Hook, run_experiment
 from raymix.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from raymix.records import read_records, strip_timings
 
+# Every test here but one runs real Ray actors (the shared base run alone is ~25 s, each other
+# run 8-70 s on 2 cores): the module is in the slow tier, `pytest -m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 BASE = dict(
     dataset="synthetic", n=7, f=1, aggregator="mixtailor", attack="ipm(epsilon=0.1)", steps=6, eval_every=1,
     batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-4, workers_per_actor=3, seed=3, checkpoint_every=3,

@@ -62,6 +62,7 @@ def test_gradient_mode_is_torch_sgd_on_the_aggregate(setup):
         torch.testing.assert_close(server.weights(), ref.detach())
 
 
+@pytest.mark.slow  # diagnostics over the 64-rule pool: 12-16 s
 def test_server_state_round_trip_evaluate_and_diagnostics(setup):
     data, model, w0, _ = setup
     c = ExperimentConfig(n=7, f=1, aggregator="mixtailor", diagnostics=True)
