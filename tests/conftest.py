@@ -1,5 +1,9 @@
 """Shared fixtures: ONE local Ray instance for the whole session (ray.init costs ~8 s and
-every actor importing torch ~3 s of CPU, on a 2-core machine), and the MNIST directory."""
+every actor importing torch ~3 s of CPU, on a 2-core machine), and the MNIST directory.
+
+The tests read their data where raymix itself does: ``RAYMIX_DATA_DIR`` (the Makefile sets it
+to ../shared/data when that exists), else ../shared/data beside the repository. One variable,
+so a test never skips for want of data that the product would find."""
 from __future__ import annotations
 
 import os
@@ -8,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MNIST_DIR = Path(os.environ.get("RAYMIX_TEST_MNIST_DIR", REPO.parent / "shared" / "data"))
+MNIST_DIR = Path(os.environ.get("RAYMIX_DATA_DIR") or REPO.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +43,10 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> str:
-    """The data directory holding MNIST/raw (../shared/data from the repo root), or skip."""
+    """The data directory holding MNIST/raw ($RAYMIX_DATA_DIR, else ../shared/data), or skip."""
     raw = MNIST_DIR / "MNIST" / "raw"
     if not raw.is_dir():
-        pytest.skip(f"MNIST not available: {raw} does not exist (set RAYMIX_TEST_MNIST_DIR to a directory holding MNIST/raw)")
+        pytest.skip(f"MNIST not available: {raw} does not exist (set RAYMIX_DATA_DIR to a directory holding MNIST/raw)")
     return str(MNIST_DIR)
 
 

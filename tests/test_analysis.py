@@ -26,6 +26,7 @@ def results(small_sweep):
     return load_results(small_sweep["root"])
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_loader_gives_one_row_per_trial_and_evaluation(results, small_sweep):
     cfg = small_sweep["config"]
     evals = cfg["steps"] // cfg["eval_every"]
@@ -45,6 +46,7 @@ def test_loader_gives_one_row_per_trial_and_evaluation(results, small_sweep):
     assert len(fin) == 2 and set(fin["step"]) == {cfg["steps"]}
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_loader_reads_a_copied_directory_without_ray(small_sweep, tmp_path):
     copy = tmp_path / "copied"
     shutil.copytree(small_sweep["root"], copy)
@@ -57,6 +59,7 @@ def test_loader_reads_a_copied_directory_without_ray(small_sweep, tmp_path):
     assert trials == 2 and rows > 0 and ray_loaded is False
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_loader_tolerates_a_half_written_line(small_sweep, tmp_path):
     copy = tmp_path / "running"
     shutil.copytree(small_sweep["root"], copy)
@@ -74,6 +77,7 @@ def _image_has_content(path: Path) -> None:
     assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_plots_render_from_real_results(results, tmp_path):
     for name, fn in [
         ("accuracy", plots.accuracy_curves),
@@ -97,6 +101,7 @@ def test_plots_render_from_real_results(results, tmp_path):
     assert row["fooled_fraction_mean"] == pytest.approx(mt["diag_fooled_fraction"].mean())
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_drawn_classes_counts_match_the_pool(results):
     mt = results[results["aggregator"] == "mixtailor"]
     fam = [c for c in mt.columns if c.startswith("drawn_family.")]
@@ -105,6 +110,7 @@ def test_drawn_classes_counts_match_the_pool(results):
     assert kr["drawn_family.krum"].eq(2).all()
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_report_end_to_end(small_sweep, tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "raymix", "report", str(small_sweep["root"]), "--out", str(out)],
@@ -123,6 +129,7 @@ def test_report_end_to_end(small_sweep, tmp_path):
     assert (out / "summary.csv").exists()
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 @pytest.mark.parametrize("notebook", ["paper_figures.ipynb", "ablation.ipynb"])
 def test_notebooks_run_headless(notebook, small_sweep, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

@@ -1,7 +1,6 @@
 """Datasets, partitions and batch sampling (fast, no Ray)."""
 from __future__ import annotations
 
-import os
 import pathlib
 import time
 
@@ -17,19 +16,15 @@ from raymix.data import (
     sample_batches,
 )
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _mnist_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("RAYMIX_DATA_DIR") or REPO.parent / "shared" / "data")
-
-
 @pytest.fixture(scope="module")
-def mnist():
-    d = _mnist_dir()
+def mnist(mnist_dir):
+    """MNIST from the directory every test reads (conftest.mnist_dir: $RAYMIX_DATA_DIR, else
+    ../shared/data); skipped there when MNIST/raw is missing, refused here when it is torn."""
+    d = mnist_dir
     try:
         check_data_available("mnist", str(d))
     except FileNotFoundError as e:
@@ -55,8 +50,8 @@ def test_mnist_loads(mnist):
     assert int((ds.y_train == 1).sum()) == 6742 and int((ds.y_test == 0).sum()) == 980
 
 
-def test_mnist_limits_deterministic(mnist):
-    d = str(_mnist_dir())
+def test_mnist_limits_deterministic(mnist, mnist_dir):
+    d = mnist_dir
     a = load_dataset("mnist", d, train_limit=500, test_limit=100, seed=3)
     b = load_dataset("mnist", d, train_limit=500, test_limit=100, seed=3)
     c = load_dataset("mnist", d, train_limit=500, test_limit=100, seed=4)

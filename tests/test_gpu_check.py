@@ -58,6 +58,7 @@ def test_env_smoke(gc, tmp_path):
     assert smoke["ok"] and smoke["failed"] == {} and smoke["members"] == smoke["members_checked"] == 49  # the paper pool's distinct members
 
 
+@pytest.mark.slow  # Ray actors: 10-35 s
 def test_actors_report_their_device(gc, tmp_path, ray_session):
     rows = run_phase(gc, "actors", tmp_path)
     actors = rows_of(rows, "actor")
@@ -73,6 +74,7 @@ def test_actors_report_their_device(gc, tmp_path, ray_session):
     assert rate["placement"]["devices"] == "cpu"
 
 
+@pytest.mark.slow  # Ray actors: 10-35 s
 def test_one_trial_against_the_single_process(gc, tmp_path, ray_session):
     rows = run_phase(gc, "one_trial", tmp_path)
     rates = {r["name"]: r for r in rows_of(rows, "steps_per_second")}
@@ -83,6 +85,7 @@ def test_one_trial_against_the_single_process(gc, tmp_path, ray_session):
     assert all(positive(v) for v in ratio["against"].values())
 
 
+@pytest.mark.slow  # Ray actors: 10-35 s
 def test_packed_processes_and_raymix(gc, tmp_path, ray_session):
     rows = run_phase(gc, "packed", tmp_path)
     by = {r["variant"]: r for r in rows_of(rows, "trial_steps_per_second")}

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # three Ray nodes in a process of their own: ~40 s
+
 HERE = Path(__file__).resolve().parent
 
 

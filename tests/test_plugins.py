@@ -301,6 +301,7 @@ def test_the_example_package_declares_entry_points_for_what_it_registers(tmp_pat
 
 
 # ---------------------------------------------------------------------------- the sweep of docs/extending.md
+@pytest.mark.slow  # a fresh process with its own Ray and a sweep: ~50 s
 def test_the_example_sweep_draws_the_plugin_rule_against_the_plugin_attack(tmp_path):
     """The command of docs/extending.md, as a user runs it: a fresh process (its own local
     Ray, whose Tune trial and actors import the plugin), two trials, records on disk."""

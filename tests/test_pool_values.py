@@ -55,6 +55,7 @@ SUITE = {"trained-k10-mixtailor-expected-epsilon", "init-k10-mixtailor-worst-sig
 CASES = [c for c in SAVED["cases"] if c["pool"].startswith("pool(") or case_id(c) in SUITE]
 
 
+@pytest.mark.slow  # the saved cases: 8-18 s each, ~70 s in all
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_the_fast_search_chooses_what_the_attack_chose_before(case, one_torch_thread):
     view = view_of(case)

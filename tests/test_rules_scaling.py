@@ -159,6 +159,7 @@ def test_mean_rounds_match_rerunning_mean(n, f, d):
         assert same_rows(G, a, b) or (kind == 3 and mean_tie(G, a, b))
 
 
+@pytest.mark.slow  # 5-12 s a case
 @pytest.mark.parametrize("n,f,d", [s for s in SIZES if s[0] > 7])
 def test_geomed_rounds_warm_start_match_cold_start(n, f, d):
     # Warm-started Weiszfeld stops within tol of the cold start: the same rows are picked
@@ -276,6 +277,7 @@ def test_lp_pairwise_keeps_non_finite_rows_infinite_after_scaling(lp_path, p):
     assert torch.isfinite(out[0, [3, 4, 5]]).all() and out[0, 3] > 0
 
 
+@pytest.mark.slow  # torch.compile of the fused l^p kernels: ~30 s
 def test_compiled_lp_terms_equal_the_chains_and_krum_picks_the_same(monkeypatch):
     """The compiled loop's terms are the chain's (same ops, same order): the two matrices
     differ only by the float32 summation order within a column chunk, and Krum picks the
@@ -326,6 +328,7 @@ def test_raymix_compile_0_keeps_the_chain(monkeypatch):
     assert K._fused_lp_applies(G, 3.0) and not K._fused_lp_applies(G, 2.5) and not K._fused_lp_applies(G.double(), 3.0)
 
 
+@pytest.mark.slow  # compiles sixteen kernels: ~20 s
 def test_the_pools_sixteen_p_values_compile_in_one_process(monkeypatch):
     """Each p has its own compiled kernel; once they shared one code object, and Dynamo's
     limit of 8 recompiles failed the 9th p (Krum back on the chain for every p after it).

@@ -23,6 +23,10 @@ from raymix.runtime import Hook, run_experiment
 from raymix.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from raymix.records import read_records, strip_timings
 
+# Every test here but one runs real Ray actors (the shared base run alone is ~25 s, each other
+# run 8-70 s on 2 cores): the module is in the slow tier, `pytest -m "not slow"` leaves it out.
+pytestmark = pytest.mark.slow
+
 BASE = dict(
     dataset="synthetic", n=7, f=1, aggregator="mixtailor", attack="ipm(epsilon=0.1)", steps=6, eval_every=1,
     batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-4, workers_per_actor=3, seed=3, checkpoint_every=3,
@@ -377,25 +381,60 @@ def test_a_full_disk_while_checkpointing_costs_no_record(base_run, tmp_path, mon
     same_records(base_run[0].records, read_records(tmp_path))
 
 
-def test_a_sigkilled_driver_resumes_to_the_same_records(base_run, tmp_path):
+# `raymix run` whose driver stalls in an on_step hook before submitting step ``at`` (the CLI
+# takes no hooks: this wraps run_experiment to add one). It writes the marker file first, so
+# the test kills the driver at a point it chose, not after a time whatever the machine's speed.
+STALLING_DRIVER = """
+import pathlib, sys, time
+import raymix.runtime as runtime
+from raymix.cli import main
+
+marker, at = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+run_experiment = runtime.run_experiment
+
+
+class Stall(runtime.Hook):
+    def on_step(self, step, context):
+        if step == at:
+            marker.write_text(str(step))
+            time.sleep(600)
+
+
+runtime.run_experiment = lambda *a, hooks=None, **kw: run_experiment(*a, hooks=[*(hooks or ()), Stall()], **kw)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_a_sigkilled_driver_resumes_to_the_same_records(ray_session, tmp_path):
     """`raymix run` SIGKILLed (with the Ray it started) mid-run, then `--resume`: the records
-    equal an uninterrupted run's."""
+    equal an uninterrupted run's. The driver is killed while it stalls before submitting step
+    10: by then it has written the records of steps 2..8 and the checkpoint of step 8 (a step
+    is submitted after the record two steps back is written: at most two are in flight), and
+    step 9 is in flight; 11 of the 15 records are still to come."""
     import os
     import signal
     import time
 
-    c = cfg(tmp_path, steps=30, eval_every=2, checkpoint_every=0, diagnostics=False)
-    args = [sys.executable, "-m", "raymix", "run", "--quiet"] + [
+    at = 10
+    c = cfg(tmp_path / "run", steps=30, eval_every=2, checkpoint_every=0, diagnostics=False)
+    args = [sys.executable, "-c", STALLING_DRIVER, str(tmp_path / "stalled"), str(at), "run", "--quiet"] + [
         x for k, v in c.to_dict().items() if v is not None and k not in ("num_cpus_per_worker", "num_gpus_per_worker", "plugins")
         for x in (((f"--{k}" if v else f"--no-{k}"),) if isinstance(v, bool) else (f"--{k}", str(v)))]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and len(read_records(tmp_path) if (tmp_path / "records.jsonl").exists() else []) < 4:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    killed_at = len(read_records(tmp_path))
-    assert 4 <= killed_at < 15, killed_at
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "stalled").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "stalled").exists(), f"the driver never reached step {at}: {(tmp_path / 'driver.log').read_text()[-2000:]}"
+        assert proc.poll() is None  # still running: the kill lands mid-run
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    killed = read_records(tmp_path / "run")
+    assert [r["step"] for r in killed] == [2, 4, 6, 8]  # fewer than the 15 of the whole run
     resumed = run_experiment(c, resume=True)
-    assert resumed.resumed_from >= 6
-    same_records(run_experiment(c.replace(output_dir=str(tmp_path / "whole"))).records, read_records(tmp_path))
+    assert resumed.resumed_from == 8
+    same_records(run_experiment(c.replace(output_dir=str(tmp_path / "whole"))).records, read_records(tmp_path / "run"))

@@ -50,6 +50,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_result_files_and_columns(small_sweep):
     assert len(small_sweep["trial_dirs"]) == 2
     for d in small_sweep["trial_dirs"]:
@@ -61,6 +62,7 @@ def test_result_files_and_columns(small_sweep):
         assert (d / "raymix" / "records.jsonl").exists()
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_each_trials_actors_sat_in_its_placement_group(small_sweep):
     for d in small_sweep["trial_dirs"]:
         for rec in lines(d / "result.json"):
@@ -68,6 +70,7 @@ def test_each_trials_actors_sat_in_its_placement_group(small_sweep):
             assert rec["actors_in_trial_placement_group"] == rec["actors"]
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_failed_trial_is_retried_from_its_checkpoint_and_matches_an_unfailed_run(small_sweep, tmp_path):
     d = trial_of(small_sweep, "mixtailor")
     assert Path(small_sweep["fail_once_marker"]).exists()  # it really failed once
@@ -87,6 +90,7 @@ def test_failed_trial_is_retried_from_its_checkpoint_and_matches_an_unfailed_run
     same_curve(swept, direct.records)
 
 
+@pytest.mark.slow  # the shared small_sweep fixture: a real Tune sweep, about a minute
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_sweep):
     finished = trial_of(small_sweep, "mixtailor")
     blocked = trial_of(small_sweep, "krum")
@@ -204,6 +208,7 @@ def test_a_trial_fits_its_cpu_budget_whatever_the_packing(wpa):
         check_trial_fits(cfg.replace(num_cpus_per_worker=0.5, num_gpus_per_worker=0.0), {"CPU": 1.0})
 
 
+@pytest.mark.slow  # a Tune trial on Ray
 def test_a_trial_with_one_actor_per_worker_starts(ray_session, tmp_path):
     # Bundles of different sizes (0.15-CPU workers, a 0.3-CPU adversary): each actor is pinned
     # to its own bundle, else small actors can fill the adversary's and the trial hangs.
@@ -216,6 +221,7 @@ def test_a_trial_with_one_actor_per_worker_starts(ray_session, tmp_path):
     assert grid[0].metrics["step"] == 2 and grid[0].metrics["actors_in_trial_placement_group"] == grid[0].metrics["actors"] == 5  # the server (with worker 0) and 4 packs
 
 
+@pytest.mark.slow  # a Tune trial on Ray
 def test_raymix_run_and_a_one_trial_sweep_of_the_same_config_write_the_same_records(ray_session, tmp_path):
     """The CLI's loop and Tune's Trainable drive the same Simulation: the records match, and the
     trial's checkpoints (Tune's directories) hold the one checkpoint format."""
@@ -257,6 +263,7 @@ def test_default_concurrency_counts_memory_as_well_as_cpus():
     assert default_concurrency({"CPU": 8.0, "memory": 0.5 * per_trial}, cfg) == 1  # never below one
 
 
+@pytest.mark.slow  # a Tune trial on Ray
 def test_a_diverged_trial_ends_without_retry_and_is_marked(ray_session, tmp_path):
     from raymix.analysis import load_results
     from raymix.analysis.plots import summary_table
@@ -308,6 +315,7 @@ def test_the_sweep_status_line(caplog, monkeypatch):
         "raymix sweep: 1 running, 2 finished, 0 errored of 4; best 0.9000 (mixtailor at step 40), worst 0.1000 (krum at step 10); about 1m00s left"]
 
 
+@pytest.mark.slow  # a Tune trial on Ray
 def test_one_pack_trials_run_inside_their_trainable_and_reuse_its_process(ray_session, tmp_path):
     """A trial that is one pack on CPUs is one process, the Trainable's (one bundle), and Tune
     starts the next such trial in a finished one's process: three trials one at a time run in
