@@ -150,7 +150,7 @@ class _Searching(Attack):
         self.last_lambda, self.last_value = lam, val
         self.last_choice = {
             "lambda": lam,
-            "expected": rel(math.fsum(float(x) * p for x, p in zip(vals, probs))),
+            "expected": rel(_Searching.reduce_values(self, vals, probs)),  # whatever this attack minimised
             "worst": rel(float(vals.max())),
             "fooled": math.fsum(p for x, p in zip(vals, probs) if not (math.isfinite(x) and x >= 0)),
         }
