@@ -292,7 +292,7 @@ def run_sweep(
     path = Path(storage) / sweep.name
     if resume and not path.exists():
         raise FileNotFoundError(f"no sweep to resume at {path}")
-    with OutputLock(path, "raymix sweep"):
+    with OutputLock(path, "raymix sweep", label="the sweep directory"):
         if not resume:
             held = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
             if held and not overwrite:

@@ -26,10 +26,11 @@ LOCK_NAME = ".raymix.lock"
 
 
 class OutputLock:
-    """``with OutputLock(dir, "raymix run"):``; refuses (:class:`Refused`) while another holds it."""
+    """``with OutputLock(dir, "raymix run"):``; refuses (:class:`Refused`) while another holds it.
+    ``label`` names the directory in the refusal of one that cannot be written."""
 
-    def __init__(self, directory: "str | os.PathLike", what: str):
-        self.dir, self.what = Path(directory), what
+    def __init__(self, directory: "str | os.PathLike", what: str, label: str = "output_dir"):
+        self.dir, self.what, self.label = Path(directory), what, label
         self._fh = None
 
     def acquire(self) -> "OutputLock":
@@ -37,7 +38,7 @@ class OutputLock:
             self.dir.mkdir(parents=True, exist_ok=True)
             fh = open(self.dir / LOCK_NAME, "a+")
         except OSError as exc:
-            raise Refused(f"{self.dir} cannot be written: {exc.strerror or exc}") from None
+            raise Refused(f"{self.label} {str(self.dir)!r} cannot be written: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
