@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/raymix sweep tune_configs/quick.yaml --storage-path results --report
+	$(BIN)/raymix sweep tune_configs/quick.yaml --storage-path results --overwrite --report
 
 demo: $(STAMP)
 	$(BIN)/raymix demo
