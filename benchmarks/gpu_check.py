@@ -180,7 +180,7 @@ def ensure_ray(args) -> bool:
     if ray.is_initialized():
         return False
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
-    ray.init(num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     return True
 
 

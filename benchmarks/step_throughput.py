@@ -193,7 +193,7 @@ def main(argv=None) -> int:
               + "\n                  per step s: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in r["timings"].items()), flush=True)
 
     # Room for every packing's actors at once (only one computes at a time); each plans for the real cores.
-    ray.init(num_cpus=os.cpu_count() * len(packings), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count() * len(packings), include_dashboard=False, log_to_driver=False)
     try:
         out.update(interleaved(cfg, args.warmup, args.repeats, packings))
         for name in [k for k in out if k.startswith(("single", "raymix"))]:

@@ -112,7 +112,9 @@ def ensure_ray(address: str | None, verbose: bool = False) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, **quiet)
     else:
-        ray.init(include_dashboard=False, **quiet)
+        # "local": a new Ray of our own, never one that /tmp/ray/ray_current_cluster names (a
+        # file a killed Ray leaves behind; ray.init would try to join its dead address).
+        ray.init(address="local", include_dashboard=False, **quiet)
     for sig, handler in kept.items():  # the program's own SIGINT/SIGTERM handlers win over Ray's (a C++ stack dump on SIGTERM)
         signal.signal(sig, handler)
     if not verbose:
