@@ -4,8 +4,10 @@ The setting of the pool-aware experiments: MNIST, the paper's CNN (d = 21,840), 
 f = 2, the 64-rule pool (49 distinct members). The honest rows are real: 10 workers'
 gradients at the initial weights and after ``--trained`` steps of omniscient training. Each
 attack crafts its rows from them ``--repeat`` times (median reported); the fast path
-(raymix/attacks/pool_values.py) and the reference (every member run on the materialised
-G(lambda), the attack as it was before the fast paths) are timed on the same rows. The
+(raymix/attacks/pool_values.py, with the C l^p Weiszfeld of raymix/rules/_native.py), the same
+fast path with torch ops only (``RAYMIX_COMPILE=0``: the attack before the C kernel) and the
+reference (every member run on the materialised G(lambda), the attack as it was before the fast
+paths) are timed on the same rows. The
 training step is ``raymix.step.LocalSimulation`` under ``ipm(epsilon=0.1)`` (the best single
 process: every honest gradient in one vmap pass), timed over ``--train-steps`` steps.
 
@@ -72,6 +74,24 @@ def reference_seconds(spec: str, view: AdversaryView) -> float:
     return time.perf_counter() - t
 
 
+def timed(spec: str, view: AdversaryView, repeat: int, compile_on: bool) -> float:
+    """Median seconds of ``repeat`` calls of a fresh attack, RAYMIX_COMPILE set for them."""
+    before = os.environ.get("RAYMIX_COMPILE")
+    os.environ["RAYMIX_COMPILE"] = "1" if compile_on else "0"
+    try:
+        a, times = build_attack(spec), []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            a(view)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    finally:
+        if before is None:
+            del os.environ["RAYMIX_COMPILE"]
+        else:
+            os.environ["RAYMIX_COMPILE"] = before
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trained", type=int, default=400, help="omniscient steps before the second set of rows (0: init only)")
@@ -86,22 +106,18 @@ def main(argv=None) -> int:
     train = train_step_seconds(args.train_steps)
     print(f"training step (LocalSimulation, mixtailor, ipm(epsilon=0.1), 1 thread): {train * 1e3:.1f} ms")
     pool = setting(aggregator="mixtailor", attack="none").build_pool().public()
-    print("| rows | attack | fast (ms) | x training step | reference (ms) | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print("| rows | attack | fast, C (ms) | x training step | fast, torch ops (ms) | reference (ms) | C vs torch ops | C vs reference |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, H in honest_rows(args.trained).items():
         view = AdversaryView(honest=H, n=12, f=2, step=0, pool=pool, generator=torch_generator(0, "adversary", 0))
         for spec in ATTACKS:
-            a = build_attack(spec)
-            times = []
-            for _ in range(args.repeat):
-                t = time.perf_counter()
-                a(view)
-                times.append(time.perf_counter() - t)
-            fast = statistics.median(times)
-            ref = math.nan if args.no_reference or not spec.startswith("pool_aware") else reference_seconds(spec, view)
-            ref_txt = "" if math.isnan(ref) else f"{ref * 1e3:.0f}"
-            up = "" if math.isnan(ref) else f"{ref / fast:.1f}x"
-            print(f"| {name} | `{spec}` | {fast * 1e3:.1f} | {fast / train:.1f} | {ref_txt} | {up} |", flush=True)
+            fast = timed(spec, view, args.repeat, True)
+            searching = spec.startswith("pool_aware")
+            torch_ops = timed(spec, view, args.repeat, False) if searching else math.nan
+            ref = math.nan if args.no_reference or not searching else reference_seconds(spec, view)
+            cell = lambda x: "" if math.isnan(x) else f"{x * 1e3:.0f}"  # noqa: E731
+            ratio = lambda x: "" if math.isnan(x) else f"{x / fast:.1f}x"  # noqa: E731
+            print(f"| {name} | `{spec}` | {fast * 1e3:.1f} | {fast / train:.2f} | {cell(torch_ops)} | {cell(ref)} | {ratio(torch_ops)} | {ratio(ref)} |", flush=True)
     return 0
 
 

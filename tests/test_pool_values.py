@@ -12,8 +12,10 @@ Tolerance: the fast paths accumulate the Gram matrices and l^p sums in float64 w
 accumulate float32 products, and sum k + 1 rows where the rules sum k + f. Those differ by
 ~1e-7 relative per entry; through Weiszfeld's and Krum's geometry the members' inner products
 moved by at most ~3e-6 of ||mu||^2 on the full 21,840 coordinates (measured). The objective
-is compared to 2e-5 of ||mu||^2 and the chosen lambda exactly (a flipped near-tie would show
-here).
+is compared to 2e-5 of ||mu||^2, and the chosen lambda must be the saved one or a tie at that
+precision: a lambda whose saved value is within 2e-5 of ||mu||^2 of the saved optimum (where the
+objective is flat, two lambdas 6e-10 apart in value, 2e-8 of ||mu||^2, order either way; seen
+when the l^p Weiszfeld moved to C, raymix/rules/_native.py). A worse choice still fails.
 """
 from __future__ import annotations
 
@@ -62,9 +64,9 @@ def test_the_fast_search_chooses_what_the_attack_chose_before(case, one_torch_th
     mm = float(view.honest.mean(0).double().square().sum())
     attack = build_attack(case["attack"])
     lam, value, table = attack.optimise(view)
-    assert lam == case["lambda"]
-    assert value == pytest.approx(case["value"], rel=0, abs=2e-5 * mm)
     saved = dict((l, v) for l, v in case["table"])
+    assert lam == case["lambda"] or saved[lam] - case["value"] <= 2e-5 * mm  # the same choice, or a tie
+    assert value == pytest.approx(case["value"], rel=0, abs=2e-5 * mm)
     assert sorted(table) == sorted(saved)  # the same lambdas were evaluated (the same refine rounds)
     worst = max(abs(table[l] - saved[l]) for l in saved)
     assert worst <= 2e-5 * mm, worst / mm

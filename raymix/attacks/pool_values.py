@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from raymix.rules import _kernels as K
+from raymix.rules import _native
 from raymix.rules.base import Rule
 from raymix.rules.basic import CoordinateMedian, Mean, TrimmedMean
 from raymix.rules.bulyan import Bulyan, bulyan_classic_agg
@@ -98,7 +99,7 @@ class _Lambda:
         self.b = (pv.a + lam * pv.v)  # the crafted row, as optimal._rows builds it
         self.bmu = float(self.b.double() @ pv.mu64)
         self.vals = np.concatenate([pv.hmu, np.full(pv.f, self.bmu)])  # each row's <x_i, mu>
-        self._G = self._gram = self.sorted_g = None
+        self._G = self._gram = self.sorted_g = self._distinct = None
         self._d2: dict[float, np.ndarray] = {}
         self.picks: dict[Rule, list[int]] = {}
 
@@ -107,6 +108,17 @@ class _Lambda:
         if self._G is None:
             self._G = torch.cat([self.pv.H, self.b.unsqueeze(0).expand(self.pv.f, -1)])
         return self._G
+
+    @property
+    def distinct(self) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """(X, s, mult): the k + 1 distinct rows [H; b] scaled by the power of two s that puts
+        the largest |entry| in [0.5, 1) (exact), and each row's multiplicity (b's is f)."""
+        if self._distinct is None:
+            X = torch.cat([self.pv.H, self.b.unsqueeze(0)])
+            s = K._pow2_scale(X)
+            mult = torch.tensor([1.0] * self.pv.k + [float(self.pv.f)], dtype=torch.float64)
+            self._distinct = (X.mul_(s), s, mult)
+        return self._distinct
 
     @property
     def gram(self) -> np.ndarray:
@@ -252,17 +264,19 @@ class PoolValues:
 
     def _geomed_lp(self, rule: GeometricMedian, pt: _Lambda) -> float:
         """The rule's own smoothed Weiszfeld with l^p weights, from the mean, on the k + 1
-        distinct rows (b's weight counted f times): the rule's iterates, with one row fewer
-        and fewer passes per map (the rows scaled once by a power of two, exact; powers by
-        squaring in two reused buffers; float32 sums, rows whose sum may have underflowed
-        measured again by the rule's own ``lp_dist_to``). Not warm-started nor accelerated:
-        for p != 2 the map can have several fixed points, and a warm start from the
-        neighbouring lambda (or Anderson mixing) was measured to land on another one than the
-        rule's (0.6% and 21% of ||mu||^2 apart)."""
-        k, f, p = self.k, self.f, float(rule.p)
-        s = K._pow2_scale(torch.cat([self.H, pt.b.unsqueeze(0)]))
-        X = torch.cat([self.H, pt.b.unsqueeze(0)]) * s  # exact: z's iterates scale with it
-        mult = torch.tensor([1.0] * k + [float(f)], dtype=torch.float64)
+        distinct rows (b's weight counted f times), the rows scaled once by a power of two
+        (exact: the iterates scale with them): the rule's iterates, as one C loop
+        (raymix/rules/_native.py: float32 terms, float64 sums) or, where that is not built,
+        with fewer passes per map than the rule (powers by squaring in two reused buffers;
+        float32 sums, rows whose sum may have underflowed measured again by the rule's own
+        ``lp_dist_to``). Not warm-started nor accelerated: for p != 2 the map can have several
+        fixed points, and a warm start from the neighbouring lambda (or Anderson mixing) was
+        measured to land on another one than the rule's (0.6% and 21% of ||mu||^2 apart)."""
+        p = float(rule.p)
+        X, s, mult = pt.distinct
+        z = _native.lp_weiszfeld(X, mult, p, rule.nu, rule.iters, rule.tol, s)
+        if z is not None:
+            return float(z.double() @ self.mu64) / s
         buf, tmp = torch.empty_like(X), torch.empty_like(X)
 
         def dists(z):  # (k+1,) float64 l^p distances of the unscaled rows to z / s
