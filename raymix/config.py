@@ -195,6 +195,8 @@ def read_yaml_mapping(path: "str | Path", what: str, holds: str, key_lines: dict
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no {what} at {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give the {what} file itself")
     try:
         with open(path) as fh:
             data = yaml.load(fh, Loader=_make_unique_key_loader({} if key_lines is None else key_lines)) or {}

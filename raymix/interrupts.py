@@ -14,7 +14,7 @@ import signal
 import sys
 from contextlib import contextmanager
 
-__all__ = ["Interrupted", "interruptible", "resume_command"]
+__all__ = ["Interrupted", "interruptible", "tune_stops_on_sigterm", "resume_command"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -53,6 +53,31 @@ def interruptible():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def tune_stops_on_sigterm():
+    """Within it (around ``Tuner.fit``), SIGTERM stops Tune as Ctrl-C does: Tune's handler,
+    which it also installs for SIGUSR1, saves the experiment state and returns the results so
+    far. Yields the list of the signals received (SIGTERM), for the exit code. Before Tune has
+    installed its handler (Ray still starting), SIGTERM raises :class:`Interrupted`."""
+    received: list[int] = []
+    usr1 = getattr(signal, "SIGUSR1", None)
+
+    def handler(signum, frame):
+        received.append(signum)
+        tune_handler = signal.getsignal(usr1) if usr1 is not None else None
+        if callable(tune_handler) and tune_handler is not handler:
+            signal.signal(signum, signal.SIG_IGN)  # one stop: Tune's clean-up runs uninterrupted
+            tune_handler(usr1, frame)
+        else:
+            raise Interrupted(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def resume_command(drop: tuple[str, ...] = ("--overwrite",)) -> str:

@@ -370,8 +370,16 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _finished(result) -> bool:
+    """Whether a trial ran to its end (its last report says ``done``: the last step, or a
+    diverged run stopped). Tune also returns the trials a Ctrl-C stopped, with the metrics
+    they had reached."""
+    return bool((result.metrics or {}).get("done"))
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import signal
     import sys
 
     ap = argparse.ArgumentParser(prog="raymix sweep", description="Run a Ray Tune sweep from a YAML in tune_configs/")
@@ -407,24 +415,41 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"raymix sweep: {exc}", file=sys.stderr)
         return 2
+    from raymix.interrupts import Interrupted, interruptible, resume_command, tune_stops_on_sigterm
     from raymix.runtime.resources import Refused
 
     try:
         if args.resume and args.overwrite:
             raise Refused("--resume and --overwrite contradict each other: continue the sweep, or replace it")
-        grid = run_sweep(sweep, resume=args.resume, storage_path=args.storage_path, address=args.address,
-                         verbose=1 if args.verbose else 0, status=not args.verbose, overwrite=args.overwrite)
+        # Ctrl-C (and SIGTERM) while Tune runs: Tune saves the sweep's state and returns what it
+        # has; before Tune starts, or a second Ctrl-C: Interrupted.
+        with interruptible(), tune_stops_on_sigterm() as received:
+            grid = run_sweep(sweep, resume=args.resume, storage_path=args.storage_path, address=args.address,
+                             verbose=1 if args.verbose else 0, status=not args.verbose, overwrite=args.overwrite)
     except (Refused, FileNotFoundError) as exc:  # the preflight of every trial, before Tune starts
         print(f"raymix sweep: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"raymix sweep: interrupted ({exc}) before its trials ran to the end; what they wrote is kept; "
+              f"continue with: {resume_command()}", file=sys.stderr)
+        return exc.exit_code
     errors = sum(1 for r in grid if r.error is not None)
     path = Path(grid.experiment_path)
-    print(f"{len(grid)} trials ({errors} errored) in {path}")
+    total = len(expand_grid(sweep.experiment, sweep.search)) * int(sweep.run.get("num_samples", 1))
+    finished = [r for r in grid if r.error is None and _finished(r)]
+    print(f"{len(grid)} trials ({errors} errored) in {path}" if len(finished) + errors == total else
+          f"{len(finished)} of {total} trials finished ({errors} errored, {total - len(finished) - errors} unfinished) in {path}")
     for r in grid:
         m = r.metrics or {}
         cfg = r.config or {}
+        state = "" if r.error is not None or _finished(r) else "  (unfinished)"
         print(f"  {cfg.get('aggregator', '?'):40s} {cfg.get('attack', '?'):30s} seed={cfg.get('seed', '?')}  "
-              f"step={m.get('step', '-')}  test_accuracy={m.get('test_accuracy', float('nan')):.4f}")
+              f"step={m.get('step', '-')}  test_accuracy={m.get('test_accuracy', float('nan')):.4f}{state}")
+    if len(finished) + errors < total:  # stopped (Ctrl-C, SIGTERM) before every trial ended: not a result yet
+        signum = received[0] if received else signal.SIGINT
+        print(f"raymix sweep: interrupted ({signal.Signals(signum).name}): the unfinished trials' records and "
+              f"checkpoints are kept; continue with: {resume_command()}", file=sys.stderr)
+        return 128 + signum
     if args.report:
         from raymix.analysis.report import write_report
 

@@ -219,3 +219,17 @@ def test_repair_records_restores_the_rows_a_resume_dropped_from_result_json(tmp_
     assert len(read_records(dropped / "raymix" / "records.jsonl.bak")) == 1
     assert (dropped / "raymix" / "progress.csv").read_text().count("\n") == 4  # header and three rows
     assert [r["step"] for r in read_records(clash / "raymix")] == [6]  # left alone
+
+
+def test_a_sweep_over_seeds_only_is_one_row_of_the_summary():
+    """Issue 22: `raymix report` refused a sweep whose only axis is the seed ("No group keys
+    passed!"): with no attack or aggregator to group by, every trial is one configuration."""
+    import pandas as pd
+
+    from raymix.analysis.plots import summary_table
+
+    df = pd.DataFrame([{"trial": f"t{seed}", "seed": seed, "step": s, "test_accuracy": 0.5 + 0.1 * seed + s / 1000}
+                       for seed in (0, 1, 2) for s in (100, 200)])
+    table = summary_table(df)
+    assert len(table) == 1 and table.loc[0, "seeds"] == 3 and table.loc[0, "steps"] == 200
+    assert table.loc[0, "final_mean"] == pytest.approx(100 * sum(0.5 + 0.1 * seed + 0.2 for seed in (0, 1, 2)) / 3)

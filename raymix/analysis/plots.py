@@ -229,6 +229,8 @@ def summary_table(df: pd.DataFrame, metric: str = ACC) -> pd.DataFrame:
         fin = fin.drop(columns=list(diag), errors="ignore").join(df.groupby("trial")[list(diag)].mean(), on="trial")
     fin = fin.drop(columns=["fluctuation"], errors="ignore").join(fluctuation(df, metric), on="trial")
     keys = [k for k in ("attack", "aggregator") if k in fin.columns and fin[k].notna().any()]
+    if not keys:  # a sweep over seeds only: one configuration, one row
+        fin, keys = fin.assign(configuration="all trials"), ["configuration"]
     if "trial_diverged" not in fin.columns:
         fin = fin.assign(trial_diverged=False)
     table = fin.groupby(keys).agg(
