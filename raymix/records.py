@@ -19,7 +19,7 @@ TIMING_KEYS = ("time_gradients", "time_attack", "time_aggregation", "time_update
 _PARTS = TIMING_KEYS[:5]  # the per-step busy times the stats report
 ATTACK_KEYS = ("lambda", "expected", "worst", "fooled", "lambda_geomean")  # a reporting attack's record["attack"]
 _RECORD_KEYS = frozenset(("step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio",
-                          "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged", "drawn", "drawn_family") + TIMING_KEYS)
+                          "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged", "drawn", "drawn_family", "attack") + TIMING_KEYS)
 
 
 def is_record_key(key: str) -> bool:

@@ -40,7 +40,7 @@ def same_curve(a: list[dict], b: list[dict]) -> None:
         ra, rb = strip_timings(ra), strip_timings(rb)
         assert ra.keys() == rb.keys()
         for k in ra:
-            if k in ("cosine", "inner_product", "norm_ratio", "cosine_mean", "diag_expected_inner_product", "train_loss"):
+            if k in ("cosine", "inner_product", "norm_ratio", "cosine_mean", "diag_expected_inner_product", "train_loss", "attack"):
                 assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
             else:
                 assert ra[k] == rb[k], (ra["step"], k)
@@ -223,16 +223,20 @@ def test_a_trial_with_one_actor_per_worker_starts(ray_session, tmp_path):
 
 @pytest.mark.slow  # a Tune trial on Ray
 def test_raymix_run_and_a_one_trial_sweep_of_the_same_config_write_the_same_records(ray_session, tmp_path):
-    """The CLI's loop and Tune's Trainable drive the same Simulation: the records match, and the
-    trial's checkpoints (Tune's directories) hold the one checkpoint format."""
+    """The CLI's loop and Tune's Trainable drive the same Simulation: the records match (the
+    searching attack's recorded choice too: a sweep's records once dropped it, while Tune's
+    result.json kept it), and the trial's checkpoints (Tune's directories) hold the one
+    checkpoint format."""
     from raymix.cli import main
     from raymix.runtime.checkpoint import load_checkpoint
     from raymix.sweep import run_sweep
 
-    exp = {"dataset": "synthetic", "model": "mlp", "n": 7, "f": 1, "aggregator": "mixtailor", "attack": "ipm(epsilon=0.1)",
-           "steps": 4, "eval_every": 2, "batch_size": 8, "lr": 0.05, "seed": 7, "diagnostics": True}
+    exp = {"dataset": "synthetic", "model": "mlp", "n": 7, "f": 1, "aggregator": "mixtailor",
+           "attack": "pool_aware(grid=[0.1, 1, 10], refine=0)", "steps": 4, "eval_every": 2, "batch_size": 8, "lr": 0.05,
+           "seed": 7, "diagnostics": True}
     grid = run_sweep(SweepConfig("same", exp, {}, {}), storage_path=str(tmp_path / "sweep"), verbose=0)
     trial = Path(grid[0].path)
+    assert all(r["attack"]["lambda"] in (0.1, 1.0, 10.0) for r in read_records(trial / "raymix"))
     args = ["run", "--output-dir", str(tmp_path / "run")] + [x for k, v in exp.items() for x in
                                                             ((f"--{k}" if v else f"--no-{k}",) if isinstance(v, bool) else (f"--{k}", str(v)))]
     assert main(args) == 0
