@@ -233,3 +233,42 @@ def test_a_sweep_over_seeds_only_is_one_row_of_the_summary():
     table = summary_table(df)
     assert len(table) == 1 and table.loc[0, "seeds"] == 3 and table.loc[0, "steps"] == 200
     assert table.loc[0, "final_mean"] == pytest.approx(100 * sum(0.5 + 0.1 * seed + 0.2 for seed in (0, 1, 2)) / 3)
+
+
+def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path):
+    """analysis/pool_aware_long.py: the published records are the trial's, the attacker's
+    choice filled from Tune's result.json where records.jsonl lacks it, and the table's
+    numbers follow from them (accuracy in %, the lambda shares, the omniscient reference)."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pool_aware_long", REPO / "analysis" / "pool_aware_long.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def trial(sweep, name, cfg, recs, tune_rows=()):
+        d = tmp_path / sweep / f"SimulationTrainable_ab_{name}_x"
+        (d / "raymix").mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps(cfg))
+        (d / "raymix" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 9')  # a cut last line
+        (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in tune_rows))
+
+    cfg = {"aggregator": "mixtailor(composition=full)", "attack": "pool_aware(grid=[0.1, 1, 10], refine=0)", "seed": 0, "steps": 400}
+    recs = [{"step": 100 * i, "test_accuracy": a, "diag_expected_inner_product": 0.1 * i, "diag_fooled_fraction": 0.25}
+            for i, a in enumerate((0.2, 0.85, 0.9, 0.95), start=1)]
+    lams = (0.1, 1.0, 1.0, 10.0)
+    trial("pa", "00000", cfg, recs, [{"step": r["step"], "attack": {"lambda": l, "expected": -0.5, "worst": 0.1, "fooled": 0.5}}
+                                     for r, l in zip(recs, lams)])
+    trial("ref", "00000", {"aggregator": "omniscient", "attack": "none", "seed": 0, "steps": 400},
+          [{"step": 100 * i, "test_accuracy": 0.97} for i in range(1, 5)])
+    out = tmp_path / "docs"
+    assert mod.main(["--sweep", str(tmp_path / "pa"), "--reference", str(tmp_path / "ref"), "--commit", "abc1234", "--out", str(out)]) == 0
+    published = [json.loads(x) for x in gzip.open(out / "records" / "pa__00000_seed0.jsonl.gz", "rt")]
+    assert [r["step"] for r in published] == [100, 200, 300, 400] and [r["attack"]["lambda"] for r in published] == list(lams)
+    assert json.loads((out / "records" / "pa__00000_seed0.json").read_text())["commit"] == "abc1234"
+    text = (out / "summary.md").read_text()
+    row = next(x for x in text.splitlines() if x.startswith("| mixtailor(composition=full) / expected / seed 0 | 400 of 400"))
+    assert "| 95.0 | 72.5 | 97.0 | 20.0 (100) | 200 |" in row  # final, mean of all 4 (< 10 evals), omniscient, lowest, first >= 80%
+    row2 = [x for x in text.splitlines() if x.startswith("| mixtailor(composition=full) / expected / seed 0 |")][1]
+    assert "| 0.50 / 0.50 / 0.00 | 0.00 / 0.50 / 0.50 | -0.500 | 0.50 | 0.250 | 0.25 |" in row2
+    assert "result.json" in text.strip().splitlines()[-1]

@@ -1,0 +1,173 @@
+"""Publish the pool-aware long runs (issue 21): their records, and the tables and figure made
+from them, into one docs directory. Every number in the written summary.md comes from the
+records copied beside it; rerun this script to regenerate it.
+
+    python analysis/pool_aware_long.py --sweep <results>/pool_aware_grid3_long \
+        --reference <results>/pool_aware_grid3_long_reference --commit 8c265c9 \
+        --out docs/results/pool_aware_grid3_long
+
+Per trial, in ``<out>/records/``: the evaluation records (``<trial>.jsonl.gz``, one JSON object
+per evaluation, as raymix wrote them) and the trial's configuration (``<trial>.json``, with the
+commit the runs were made at). Records written at commits before 9ed0a2f lack the attack's
+recorded choice (a sweep's records.jsonl dropped ``attack``; Tune's result.json of the same
+trial kept it): it is taken from result.json, step by step, and the summary says so.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at eval_every 100)
+
+
+def trial_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "params.json").exists())
+
+
+def read_trial(path: Path) -> tuple[dict, list[dict], bool]:
+    """(config, records in step order, whether the attack's choice came from result.json)."""
+    config = json.loads((path / "params.json").read_text())
+    records = {}
+    for line in (path / "raymix" / "records.jsonl").read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # a last line cut by an interruption
+            continue
+        records[int(r["step"])] = r
+    from_tune = False
+    result = path / "result.json"
+    if result.exists() and any("attack" not in r for r in records.values()):
+        for line in result.read_text().splitlines():
+            try:
+                t = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            r = records.get(int(t.get("step", -1)))
+            if r is not None and "attack" not in r and isinstance(t.get("attack"), dict):
+                r["attack"] = t["attack"]
+                from_tune = True
+    return config, [records[s] for s in sorted(records)], from_tune
+
+
+def label(config: dict) -> str:
+    attack = config.get("attack", "none")
+    objective = "worst (P3)" if "objective=worst" in attack else ("expected" if attack.startswith("pool_aware") else attack)
+    return f"{config.get('aggregator')} / {objective} / seed {config.get('seed')}"
+
+
+def mean(xs) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def fmt(x: float, digits: int = 1, scale: float = 100.0) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{scale * x:.{digits}f}"
+
+
+def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[int, list[dict]]) -> str:
+    lines = ["| trial | steps | final acc. | mean acc., last 10 evals | omniscient, same seed and steps | lowest acc. (step) | first step >= 80% |",
+             "|---|---|---|---|---|---|---|"]
+    for name, cfg, recs, _ in trials:
+        last = recs[-1]
+        tail = recs[-LAST:]
+        ref = {r["step"]: r["test_accuracy"] for r in reference.get(cfg.get("seed"), [])}
+        ref_tail = [ref.get(r["step"]) for r in tail]
+        ref_txt = fmt(mean(ref_tail)) if all(x is not None for x in ref_tail) else "not run to this step yet"
+        low = min(recs, key=lambda r: r["test_accuracy"])
+        first80 = next((r["step"] for r in recs if r["test_accuracy"] >= 0.8), None)
+        lines.append(f"| {label(cfg)} | {last['step']:,} of {cfg['steps']:,} | {fmt(last['test_accuracy'])} | {fmt(mean(r['test_accuracy'] for r in tail))} "
+                     f"| {ref_txt} | {fmt(low['test_accuracy'])} ({low['step']:,}) | {first80 if first80 is None else f'{first80:,}'} |")
+    lines += ["", "What the attacker chose, and what the server saw (at the evaluation steps: the attack's choice there, "
+              "relative to ||mu||^2; the server's pool diagnostics of that step):", "",
+              "| trial | lambda = 0.1 / 1 / 10 (share of evaluations), first half | same, second half | attacker's expected inner product, last 10 | attacker's fooled share, last 10 | server's expected inner product, last 10 | server's fooled share, last 10 |",
+              "|---|---|---|---|---|---|---|"]
+    for name, cfg, recs, _ in trials:
+        with_choice = [r for r in recs if isinstance(r.get("attack"), dict)]
+        half = len(with_choice) // 2
+
+        def shares(rs):
+            if not rs:
+                return "n/a"
+            return " / ".join(f"{sum(1 for r in rs if r['attack']['lambda'] == lam) / len(rs):.2f}" for lam in (0.1, 1.0, 10.0))
+
+        tail = with_choice[-LAST:]
+        rtail = recs[-LAST:]
+        lines.append(f"| {label(cfg)} | {shares(with_choice[:half])} | {shares(with_choice[half:])} "
+                     f"| {fmt(mean(r['attack']['expected'] for r in tail), 3, 1)} | {fmt(mean(r['attack']['fooled'] for r in tail), 2, 1)} "
+                     f"| {fmt(mean(r.get('diag_expected_inner_product') for r in rtail), 3, 1)} | {fmt(mean(r.get('diag_fooled_fraction') for r in rtail), 2, 1)} |")
+    return "\n".join(lines)
+
+
+def figure(trials, reference, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for seed, recs in sorted(reference.items()):
+        ax.plot([r["step"] for r in recs], [100 * r["test_accuracy"] for r in recs], color="0.5", lw=1, ls="--",
+                label=f"omniscient / seed {seed}")
+    for name, cfg, recs, _ in trials:
+        ax.plot([r["step"] for r in recs], [100 * r["test_accuracy"] for r in recs], lw=1.2, label=label(cfg))
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("MNIST, n = 12, f = 2: full MixTailor pool under the pool-aware attack (3-point lambda grid)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(out / f"accuracy.{ext}", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", type=Path, required=True, help="the pool-aware sweep directory")
+    ap.add_argument("--reference", type=Path, help="the omniscient sweep directory (same seeds)")
+    ap.add_argument("--commit", required=True, help="the commit the runs were made at (a frozen worktree)")
+    ap.add_argument("--out", type=Path, required=True, help="the docs directory to (re)write")
+    args = ap.parse_args(argv)
+    out = args.out
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    trials, reference, patched = [], {}, []
+    sources = [(args.sweep, False)] + ([(args.reference, True)] if args.reference else [])
+    for sweep, is_ref in sources:
+        for path in trial_dirs(sweep):
+            cfg, recs, from_tune = read_trial(path)
+            if not recs:
+                continue
+            name = f"{sweep.name}__{path.name.split('_')[2]}_seed{cfg.get('seed')}"
+            with gzip.open(out / "records" / f"{name}.jsonl.gz", "wt") as fh:
+                for r in recs:
+                    fh.write(json.dumps(r, sort_keys=True) + "\n")
+            (out / "records" / f"{name}.json").write_text(json.dumps({"commit": args.commit, "sweep": sweep.name, "config": cfg}, indent=1, sort_keys=True))
+            if is_ref:
+                reference[cfg.get("seed")] = recs
+            else:
+                trials.append((name, cfg, recs, from_tune))
+                if from_tune:
+                    patched.append(name)
+    trials.sort(key=lambda t: (t[1].get("seed"), t[1].get("attack")))
+    figure(trials, reference, out)
+    text = [f"# Pool-aware attack at length: `{args.sweep.name}` (generated)", "",
+            f"Written by `python analysis/pool_aware_long.py` from the records in `records/` (runs at commit `{args.commit}`, "
+            "a frozen worktree); rerun it to regenerate. Accuracies in %; inner products relative to ||mu||^2, mu the "
+            "honest mean. A run listed with fewer steps than its configuration is still going, or was stopped and "
+            "will be resumed: its numbers are at the step it reached, not final.", "",
+            summarise(trials, reference), "", "![accuracy](accuracy.png)", ""]
+    if patched:
+        text += ["The attack's recorded choice of " + ", ".join(f"`{p}`" for p in patched) + " comes from the trial's Tune "
+                 "`result.json` (its `records.jsonl` was written by a raymix that dropped the key; fixed at 9ed0a2f).", ""]
+    (out / "summary.md").write_text("\n".join(text))
+    print(out / "summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
