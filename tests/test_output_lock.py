@@ -87,3 +87,21 @@ def test_a_sweep_directory_holding_trials_needs_resume_or_overwrite(tmp_path, ca
     assert (held / "result.json").exists()
     assert main(["sweep", str(yaml), "--storage-path", str(tmp_path), "--resume", "--overwrite"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a Tune trial on Ray
+def test_overwrite_replaces_the_sweep_it_names_and_nothing_beside_it(ray_session, tmp_path, capsys):
+    """``--overwrite`` (which `make run` passes): the earlier trials of this sweep's directory
+    go, the new trial runs; a sibling directory under the same storage path stays."""
+    yaml = tmp_path / "s.yaml"
+    yaml.write_text("name: s\nexperiment: {dataset: synthetic, model: mlp, n: 7, f: 1, steps: 2, eval_every: 1}\n")
+    held = tmp_path / "s" / "an_earlier_trial"
+    held.mkdir(parents=True)
+    (held / "result.json").write_text("{}")
+    sibling = tmp_path / "other_sweep" / "trial"
+    sibling.mkdir(parents=True)
+    assert main(["sweep", str(yaml), "--storage-path", str(tmp_path), "--overwrite"]) == 0
+    assert "1 trials (0 errored)" in capsys.readouterr().out
+    assert not held.exists() and sibling.exists()
+    trials = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
+    assert len(trials) == 1 and (trials[0] / "raymix" / "records.jsonl").read_text().count("\n") == 2
