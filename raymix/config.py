@@ -196,15 +196,17 @@ def read_yaml_mapping(path: "str | Path", what: str, holds: str, key_lines: dict
     if not path.exists():
         raise FileNotFoundError(f"no {what} at {path}")
     if path.is_dir():
-        raise ValueError(f"{path} is a directory: give the {what} file itself")
+        raise ValueError(f"{path} is a directory: give the {what} itself")
     try:
         with open(path) as fh:
-            data = yaml.load(fh, Loader=_make_unique_key_loader({} if key_lines is None else key_lines)) or {}
+            data = yaml.load(fh, Loader=_make_unique_key_loader({} if key_lines is None else key_lines))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ValueError(f"{path}{where}: not valid YAML: {problem}") from None
+    if data is None:  # an empty file (or only comments): a mistake, not "all defaults"
+        raise ValueError(f"{path}: the {what} is empty; a {what} holds {holds}")
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: a {what} holds {holds}")
     return dict(data)
@@ -212,10 +214,17 @@ def read_yaml_mapping(path: "str | Path", what: str, holds: str, key_lines: dict
 
 def yaml_line(exc: Exception, key_lines: dict, overrides: Mapping | None = None) -> str:
     """' line N' of the first config field the message names that the YAML file set (and no
-    flag overrode), else ''."""
+    flag overrode), else ''; for unknown keys, the line of the first unknown key (not of a
+    field the message lists as known)."""
     import re
 
-    words = re.findall(r"[A-Za-z_]+", str(exc))
+    text = str(exc).split("; known fields:")[0]
+    unknown = re.search(r"unknown config key\(s\): ([\w, .]+)", text)
+    if unknown:
+        for w in (x.strip() for x in unknown.group(1).split(",")):
+            if w in key_lines:
+                return f" line {key_lines[w]}"
+    words = re.findall(r"[A-Za-z_]+", text)
     for w in words:
         if w in key_lines and w in ExperimentConfig.field_names() and not (overrides and w in overrides):
             return f" line {key_lines[w]}"

@@ -45,6 +45,10 @@ def files(tmp_path_factory):
     (root / "twice.yaml").write_text("n: 12\nlr: 0.1\nlr: 0.2\n")
     (root / "value.yaml").write_text("dataset: synthetic\nn: 12\nf: 2\nlr: -1\n")
     (root / "sweep.yaml").write_text("name: s\nexperiment:\n  dataset: synthetic\n  n: 7\n  f: 1\n  steps: 0\n")
+    (root / "unknown.yaml").write_text("dataset: synthetic\nstepz: 3\n")
+    (root / "sweep_unknown.yaml").write_text("name: s\nexperiment:\n  dataset: synthetic\n  stepz: 3\n")
+    (root / "empty.yaml").write_text("# nothing set yet\n")
+    (root / "yaml_dir.yaml").mkdir()
     (root / "sweep_rule.yaml").write_text("name: s\nexperiment: {dataset: synthetic, n: 7, f: 1}\nsearch:\n  aggregator: {grid_search: [krum, nosuchrule]}\n")
     _torn_mnist(root / "torn" / "MNIST" / "raw")
     (root / "a_file").write_text("")
@@ -76,6 +80,9 @@ CASES = [
     ("malformed YAML", lambda r: ["run", "--config", f"{r}/malformed.yaml"], r"malformed.yaml line 2: not valid YAML"),
     ("a YAML key given twice", lambda r: ["run", "--config", f"{r}/twice.yaml"], r"the key 'lr' is given twice \(lines 2 and 3\)"),
     ("a bad value in a YAML", lambda r: ["run", "--config", f"{r}/value.yaml"], r"value.yaml line 4: .*lr must be a finite number > 0, got -1"),
+    ("an unknown key in a YAML", lambda r: ["run", "--config", f"{r}/unknown.yaml"], r"unknown.yaml line 2: unknown config key\(s\): stepz"),
+    ("an empty YAML", lambda r: ["run", "--config", f"{r}/empty.yaml"], r"empty.yaml: the config file is empty"),
+    ("a directory as the YAML", lambda r: ["run", "--config", f"{r}/yaml_dir.yaml"], r"yaml_dir.yaml is a directory: give the config file itself"),
     ("f >= n/2", lambda r: ["run", "--n", "6", "--f", "3"], r"f must be < n/2"),
     ("an unknown attack", lambda r: ["run", *SYN, "--attack", "nope"], r"unknown attack 'nope'"),
     ("a missing data directory", lambda r: ["run", "--dataset", "mnist", "--data-dir", f"{r}/nowhere"], r"dataset 'mnist' not found"),
@@ -91,6 +98,9 @@ CASES = [
     ("sweep: --steps 0", lambda r: ["sweep", str(REPO / "tune_configs" / "quick.yaml"), "--steps", "0"], r"--steps must be an integer >= 1"),
     ("sweep: a bad value in the YAML", lambda r: ["sweep", f"{r}/sweep.yaml"], r"steps must be an integer >= 1, got 0 \(.*sweep.yaml line 6\)"),
     ("sweep: an unknown rule on an axis", lambda r: ["sweep", f"{r}/sweep_rule.yaml"], r"unknown rule 'nosuchrule'"),
+    ("sweep: an unknown key in the YAML", lambda r: ["sweep", f"{r}/sweep_unknown.yaml"], r"unknown config key\(s\): stepz.*sweep_unknown.yaml line 4\)"),
+    ("sweep: an empty YAML", lambda r: ["sweep", f"{r}/empty.yaml"], r"empty.yaml: the sweep file is empty"),
+    ("sweep: a directory as the YAML", lambda r: ["sweep", f"{r}/yaml_dir.yaml"], r"yaml_dir.yaml is a directory: give the sweep file itself"),
     ("sweep: no such file", lambda r: ["sweep", f"{r}/nope.yaml"], r"no sweep file at"),
     ("report: no such directory", lambda r: ["report", f"{r}/nowhere"], r"no sweep directory at"),
     ("report: a directory without trials", lambda r: ["report", f"{r}/empty_sweep"], r"no trial results under"),
