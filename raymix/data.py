@@ -159,6 +159,20 @@ def _missing_files(name: str, root: pathlib.Path) -> list[pathlib.Path]:
     return [p for p in _expected_files(name, root) if _find(p) is None]
 
 
+def _data_dir_source(configured, root: pathlib.Path) -> str:
+    """Where the data directory came from, in words: callers often pass the directory already
+    resolved, so it is matched against RAYMIX_DATA_DIR and the default, not taken as set."""
+    def same(a, b) -> bool:
+        return pathlib.Path(a).expanduser().resolve() == pathlib.Path(b).expanduser().resolve()
+
+    env = os.environ.get("RAYMIX_DATA_DIR")
+    if env and same(env, root):
+        return "$RAYMIX_DATA_DIR"
+    if same("~/.cache/raymix/data", root) and (configured in (None, "") or not env):
+        return "the default; RAYMIX_DATA_DIR is not set" if not env else "the default"
+    return "the data_dir setting: --data-dir, or data_dir in a YAML"
+
+
 def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None) -> None:
     """Cheap existence check (reads nothing). ValueError for an unknown name,
     FileNotFoundError naming the directory searched, the files expected and the fix."""
@@ -171,10 +185,7 @@ def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None)
         if name in _IDX_DATASETS:
             _check_idx_content(name, root)
         return
-    source = (
-        "the data_dir argument" if data_dir not in (None, "")
-        else "$RAYMIX_DATA_DIR" if os.environ.get("RAYMIX_DATA_DIR") else "the default (~/.cache/raymix/data)"
-    )
+    source = _data_dir_source(data_dir, root)
     gz_note = " (each may also be gzipped, with a .gz suffix)" if name in _IDX_DATASETS else ""
     raise FileNotFoundError(
         f"dataset {name!r} not found under data directory {root} (from {source}); "

@@ -85,7 +85,7 @@ CASES = [
     ("a directory as the YAML", lambda r: ["run", "--config", f"{r}/yaml_dir.yaml"], r"yaml_dir.yaml is a directory: give the config file itself"),
     ("f >= n/2", lambda r: ["run", "--n", "6", "--f", "3"], r"f must be < n/2"),
     ("an unknown attack", lambda r: ["run", *SYN, "--attack", "nope"], r"unknown attack 'nope'"),
-    ("a missing data directory", lambda r: ["run", "--dataset", "mnist", "--data-dir", f"{r}/nowhere"], r"dataset 'mnist' not found"),
+    ("a missing data directory", lambda r: ["run", "--dataset", "mnist", "--data-dir", f"{r}/nowhere"], r"dataset 'mnist' not found under data directory .*nowhere \(from the data_dir setting"),
     ("a truncated idx file", lambda r: ["run", "--dataset", "mnist", "--data-dir", f"{r}/torn"], r"truncated or corrupt|not a uint8 idx"),
     ("train_limit below the number of shards", lambda r: ["run", "--dataset", "synthetic", "--train-limit", "5"], r"train_limit=5 is fewer samples than the 10 workers"),
     ("label_flip with the wrong number of classes", lambda r: ["run", *SYN, "--attack", "label_flip(num_classes=5)"], r"num_classes=5, but synthetic has 10 classes"),

@@ -3,6 +3,7 @@ label file that does not match its images, images of the wrong size. Each is one
 2, before Ray starts (it used to crash the server actor with a 143-line Ray traceback)."""
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -54,3 +55,20 @@ def test_images_of_another_size_are_refused(copy, capsys):
     body = path.read_bytes()
     path.write_bytes(body[:8] + struct.pack(">II", 14, 56) + body[16:])  # same bytes, 14 x 56 images
     refused(capsys, data, "images of shape (14, 56), expected mnist's 28 x 28")
+
+
+@pytest.mark.parametrize("how", ["env", "setting", "default"])
+def test_a_missing_dataset_says_where_its_directory_came_from(how, tmp_path, monkeypatch):
+    """Callers pass the directory already resolved: the message still names its source."""
+    from raymix.data import check_data_available, resolve_data_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if how == "env":
+        monkeypatch.setenv("RAYMIX_DATA_DIR", str(tmp_path / "from_env"))
+    else:
+        monkeypatch.delenv("RAYMIX_DATA_DIR", raising=False)
+    configured = str(tmp_path / "from_setting") if how == "setting" else None
+    want = {"env": "(from $RAYMIX_DATA_DIR)", "setting": "(from the data_dir setting",
+            "default": "(from the default; RAYMIX_DATA_DIR is not set)"}[how]
+    with pytest.raises(FileNotFoundError, match=re.escape(want)):
+        check_data_available("mnist", resolve_data_dir(configured))
