@@ -184,6 +184,9 @@ def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None)
     if not missing:
         if name in _IDX_DATASETS:
             _check_idx_content(name, root)
+        elif name == "cifar10":  # before any actor starts; ~180 MB read, well under a second
+            for f in _CIFAR_TRAIN + _CIFAR_TEST:
+                read_cifar_batch(root / _CIFAR_FOLDER / f)
         return
     source = _data_dir_source(data_dir, root)
     gz_note = " (each may also be gzipped, with a .gz suffix)" if name in _IDX_DATASETS else ""
@@ -291,6 +294,42 @@ def _load_idx_dataset(name: str, root: pathlib.Path, download: bool) -> tuple[to
     return xtr, ytr, xte, yte, (mean, std)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles, and a pickle can name any callable to run. This
+    one resolves only what those batches hold (a dict of str, bytes, int lists and one uint8
+    numpy array): a data file from elsewhere never executes code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR-10 batch holds only arrays, lists and strings")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 3, 32, 32) uint8, labels (N,) int64) of one CIFAR-10 python batch, its
+    content checked: 3,072 values an image, as many labels as images, every label 0-9."""
+    try:
+        with open(path, "rb") as fh:
+            d = _CifarUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+    if not isinstance(d, dict) or "data" not in d or not ("labels" in d or "fine_labels" in d):
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected a dict with 'data' and 'labels')")
+    x = np.asarray(d["data"])
+    y = np.asarray(d.get("labels", d.get("fine_labels")))
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: images of shape {x.shape[1:]} and type {x.dtype}, expected CIFAR-10's 3 x 32 x 32 uint8 (3,072 values)")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{path}: {len(y)} labels for {len(x)} images")
+    bad = np.flatnonzero((y < 0) | (y >= 10))
+    if bad.size:
+        raise ValueError(f"{path}: {bad.size} label(s) outside CIFAR-10's classes 0-9 (label {int(y[bad[0]])} at index {int(bad[0])})")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
+
+
 def _load_cifar10(root: pathlib.Path, download: bool) -> tuple[torch.Tensor, ...]:
     if _missing_files("cifar10", root):
         if not download:
@@ -305,13 +344,9 @@ def _load_cifar10(root: pathlib.Path, download: bool) -> tuple[torch.Tensor, ...
         xtr, ytr, xte, yte = out
     else:
         def read(files):
-            xs, ys = [], []
-            for f in files:
-                with open(root / _CIFAR_FOLDER / f, "rb") as fh:
-                    d = pickle.load(fh, encoding="latin1")
-                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64))
-            return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+            batches = [read_cifar_batch(root / _CIFAR_FOLDER / f) for f in files]
+            return (torch.from_numpy(np.concatenate([x for x, _ in batches])),
+                    torch.from_numpy(np.concatenate([y for _, y in batches])))
 
         (xtr, ytr), (xte, yte) = read(_CIFAR_TRAIN), read(_CIFAR_TEST)
         # pickles are already (N, 3, 32, 32); the torchvision path gives (N, 32, 32, 3)

@@ -72,3 +72,46 @@ def test_a_missing_dataset_says_where_its_directory_came_from(how, tmp_path, mon
             "default": "(from the default; RAYMIX_DATA_DIR is not set)"}[how]
     with pytest.raises(FileNotFoundError, match=re.escape(want)):
         check_data_available("mnist", resolve_data_dir(configured))
+
+
+def _cifar(root: Path, batch=None) -> Path:
+    """CIFAR-10's python layout, small: 4 images a batch, labels 0-3."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    good = {"batch_label": "x", "labels": [0, 1, 2, 3], "data": np.zeros((4, 3072), np.uint8), "filenames": ["a"] * 4}
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / f).write_bytes(pickle.dumps(good))
+    if batch is not None:
+        (folder / "data_batch_2").write_bytes(batch)
+    return root
+
+
+def test_cifar_batches_load_without_running_code_and_are_checked(tmp_path):
+    import os
+    import pickle
+
+    import numpy as np
+
+    from raymix.data import check_data_available, load_dataset
+
+    check_data_available("cifar10", _cifar(tmp_path / "ok"))
+    data = load_dataset("cifar10", data_dir=tmp_path / "ok", raw=True)
+    assert tuple(data.x_train.shape) == (20, 3, 32, 32) and data.y_train.tolist() == [0, 1, 2, 3] * 5
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    with pytest.raises(ValueError, match=r"data_batch_2: not a CIFAR-10 python batch \(refusing posix.system"):
+        check_data_available("cifar10", _cifar(tmp_path / "evil", pickle.dumps({"data": Payload(), "labels": []})))
+    assert not (tmp_path / "pwned").exists()
+    bad = pickle.dumps({"labels": [0, 1, 2, 200], "data": np.zeros((4, 3072), np.uint8)})
+    with pytest.raises(ValueError, match=r"1 label\(s\) outside CIFAR-10's classes 0-9 \(label 200 at index 3\)"):
+        check_data_available("cifar10", _cifar(tmp_path / "labels", bad))
+    shape = pickle.dumps({"labels": [0, 1], "data": np.zeros((2, 784), np.uint8)})
+    with pytest.raises(ValueError, match=r"expected CIFAR-10's 3 x 32 x 32 uint8"):
+        check_data_available("cifar10", _cifar(tmp_path / "shape", shape))
