@@ -27,7 +27,7 @@ from raymix.seeding import stream_seed, torch_generator
 
 __all__ = [
     "ModelSpec", "Workers", "Adversary", "Server", "Inputs", "prepare", "keys_for",
-    "aggregate", "apply_update", "update_stats", "fooled_members", "knowledge_rows", "LocalSimulation", "run_local",
+    "aggregate", "apply_update", "update_stats", "fooled_members", "knowledge_rows", "step_after_gradients", "LocalSimulation", "run_local",
 ]
 
 
@@ -271,6 +271,24 @@ def fooled_members(pool, G: torch.Tensor, mu: torch.Tensor, f: int, generator: C
     }
 
 
+def step_after_gradients(t: int, H: torch.Tensor, losses: torch.Tensor, server: "Server", adversary: "Adversary | None",
+                         config, evaluate: bool, diagnose: bool) -> dict[str, Any]:
+    """The step once the honest rows are in, for both engines (LocalSimulation and the Ray
+    server actor): the adversary's rows, the server's draw, aggregation and update, and the
+    stats, with the attack's time and, for a searching attack, its recorded choice."""
+    t0 = time.perf_counter()
+    byz = None
+    if adversary is not None:
+        w = server.weights() if adversary.workers is not None else None  # data attacks train at w
+        byz = adversary.rows(t, H, w, knowledge_rows(config, t))
+    t1 = time.perf_counter()
+    stats = server.step(t, H, byz, losses, evaluate, diagnose)
+    stats["time_attack"] = t1 - t0
+    if adversary is not None and adversary.choice is not None:
+        stats["attack"] = adversary.choice
+    return stats
+
+
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu().clone()
@@ -391,17 +409,13 @@ class LocalSimulation:
             for hook in self.on_step:
                 hook(self.step + 1, self)
             t = self.step = self.step + 1
-            w = self.server.weights()
             t0 = time.perf_counter()
-            H, losses = self.workers.compute(w, t)
+            H, losses = self.workers.compute(self.server.weights(), t)
             t1 = time.perf_counter()
-            byz = None if self.adversary is None else self.adversary.rows(t, H, w, knowledge_rows(self.config, t))
-            t2 = time.perf_counter()
             is_eval = self.config.is_eval_step(t)
-            stats = self.server.step(t, H, byz, losses, is_eval, is_eval and self.config.diagnostics)
-            stats.update(time_gradients=t1 - t0, time_attack=t2 - t1)
-            if self.adversary is not None and self.adversary.choice is not None:
-                stats["attack"] = self.adversary.choice
+            stats = step_after_gradients(t, H, losses, self.server, self.adversary, self.config, is_eval,
+                                         is_eval and self.config.diagnostics)
+            stats["time_gradients"] = t1 - t0
             if "state" in stats:
                 self._last_state = {"step": t, **stats.pop("state")}
             interval.add(stats)

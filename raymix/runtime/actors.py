@@ -24,7 +24,7 @@ import torch
 
 from raymix.plugins import load_plugins
 from raymix.runtime.resources import actor_device, actor_placement, actor_sizes, actor_threads
-from raymix.step import Adversary, Server, Workers, knowledge_rows
+from raymix.step import Adversary, Server, Workers, step_after_gradients
 
 __all__ = ["WorkerActor", "ServerActor"]
 
@@ -87,18 +87,9 @@ class ServerActor:
             self.compute(step)
         own_rows, own_aux = self.rows.pop(step)
         rows, aux = (own_rows,) + blocks[:num_blocks], (own_aux,) + blocks[num_blocks:]
-        H = torch.cat(rows)
-        t0 = time.perf_counter()
-        byz = None
-        if self.adversary is not None:
-            w = self.server.weights() if self.adversary.workers is not None else None  # data attacks train at w
-            byz = self.adversary.rows(step, H, w, knowledge_rows(self.config, step))
-        t1 = time.perf_counter()
-        stats = self.server.step(step, H, byz, torch.cat([l.reshape(-1) for l, _ in aux]), evaluate, diagnose)
+        losses = torch.cat([l.reshape(-1) for l, _ in aux])
+        stats = step_after_gradients(step, torch.cat(rows), losses, self.server, self.adversary, self.config, evaluate, diagnose)
         stats["time_gradients"] = max(s for _, s in aux)
-        stats["time_attack"] = t1 - t0
-        if self.adversary is not None and self.adversary.choice is not None:
-            stats["attack"] = self.adversary.choice
         return (self.server.weights() if send_weights else None), stats
 
     def where(self) -> dict:
