@@ -297,10 +297,10 @@ def _load_idx_dataset(name: str, root: pathlib.Path, download: bool) -> tuple[to
 class _CifarUnpickler(pickle.Unpickler):
     """CIFAR-10's python batches are pickles, and a pickle can name any callable to run. This
     one resolves only what those batches hold (a dict of str, bytes, int lists and one uint8
-    numpy array): a data file from elsewhere never executes code."""
+    numpy array; numpy scalars too): a data file from elsewhere never executes code."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+    _ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")} | {
+        ("numpy", "ndarray"), ("numpy", "dtype")}  # arrays, and numpy scalars (a label list of np.int64s): data, never calls
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
