@@ -121,6 +121,9 @@ class TensorDataset:
 
 
 # ----------------------------------------------------------------------------- locating data
+DEFAULT_DATA_DIR = "~/.cache/raymix/data"  # where data lives when neither data_dir nor RAYMIX_DATA_DIR says
+
+
 def resolve_data_dir(configured: "str | os.PathLike | None" = None) -> pathlib.Path:
     """The data directory: ``configured`` > env ``RAYMIX_DATA_DIR`` > ``~/.cache/raymix/data``."""
     if configured is not None and str(configured) != "":
@@ -128,7 +131,7 @@ def resolve_data_dir(configured: "str | os.PathLike | None" = None) -> pathlib.P
     env = os.environ.get("RAYMIX_DATA_DIR")
     if env:
         return pathlib.Path(env).expanduser()
-    return pathlib.Path("~/.cache/raymix/data").expanduser()
+    return pathlib.Path(DEFAULT_DATA_DIR).expanduser()
 
 
 def _check_name(name: str) -> DatasetEntry:
@@ -159,17 +162,17 @@ def _missing_files(name: str, root: pathlib.Path) -> list[pathlib.Path]:
     return [p for p in _expected_files(name, root) if _find(p) is None]
 
 
-def _data_dir_source(configured, root: pathlib.Path) -> str:
-    """Where the data directory came from, in words: callers often pass the directory already
-    resolved, so it is matched against RAYMIX_DATA_DIR and the default, not taken as set."""
-    def same(a, b) -> bool:
-        return pathlib.Path(a).expanduser().resolve() == pathlib.Path(b).expanduser().resolve()
+def _data_dir_source(root: pathlib.Path) -> str:
+    """Where the data directory came from, in words: callers pass the directory resolved, so
+    it is matched against RAYMIX_DATA_DIR and the default."""
+    def same(a) -> bool:
+        return pathlib.Path(a).expanduser().resolve() == root.expanduser().resolve()
 
     env = os.environ.get("RAYMIX_DATA_DIR")
-    if env and same(env, root):
+    if env and same(env):
         return "$RAYMIX_DATA_DIR"
-    if same("~/.cache/raymix/data", root) and (configured in (None, "") or not env):
-        return "the default; RAYMIX_DATA_DIR is not set" if not env else "the default"
+    if not env and same(DEFAULT_DATA_DIR):
+        return "the default; RAYMIX_DATA_DIR is not set"
     return "the data_dir setting: --data-dir, or data_dir in a YAML"
 
 
@@ -188,7 +191,7 @@ def check_data_available(name: str, data_dir: "str | os.PathLike | None" = None)
             for f in _CIFAR_TRAIN + _CIFAR_TEST:
                 read_cifar_batch(root / _CIFAR_FOLDER / f)
         return
-    source = _data_dir_source(data_dir, root)
+    source = _data_dir_source(root)
     gz_note = " (each may also be gzipped, with a .gz suffix)" if name in _IDX_DATASETS else ""
     raise FileNotFoundError(
         f"dataset {name!r} not found under data directory {root} (from {source}); "

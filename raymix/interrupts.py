@@ -67,7 +67,7 @@ def tune_stops_on_sigterm():
     def handler(signum, frame):
         received.append(signum)
         tune_handler = signal.getsignal(usr1) if usr1 is not None else None
-        if callable(tune_handler) and tune_handler is not handler:
+        if callable(tune_handler):
             signal.signal(signum, signal.SIG_IGN)  # one stop: Tune's clean-up runs uninterrupted
             tune_handler(usr1, frame)
         else:
