@@ -84,7 +84,7 @@ def test_without_a_compiler_the_torch_path_answers_and_says_why_once(fresh_nativ
 
 
 @pytest.mark.skipif(not HAS_CC, reason="no C compiler: the kernel cannot be built here")
-def test_the_build_is_cached_by_source_and_never_half_written(fresh_native):
+def test_the_build_is_cached_and_a_second_load_does_not_rebuild(fresh_native):
     assert _native.available()
     built = list((fresh_native / "raymix" / "native").iterdir())
     assert len(built) == 1 and built[0].name.startswith("lp_weiszfeld-") and built[0].suffix == ".so"
