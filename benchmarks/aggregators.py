@@ -195,11 +195,11 @@ def _fused_ns_per_term(p: int, rows: int = 128, cols: int = 1024, repeats: int =
     """The same limit for the compiled loop (``_kernels._lp_block``): one block pair of the
     kernel's own shape, in L2, called ``repeats`` times; best of them. Includes the compile
     on the first call, which is not timed."""
-    from raymix.rules import _kernels as K
+    from raymix.rules._kernels import distances as KD
 
     gen = torch.Generator().manual_seed(1)
     A, B = torch.randn(rows, cols, generator=gen), torch.randn(rows, cols, generator=gen)
-    fn = K._lp_block(p)
+    fn = KD._lp_block(p)
     fn(A, B)
     best = min(time_call(lambda: fn(A, B), repeats, 5.0))
     return best * 1e6 / (rows * rows * cols)
@@ -214,6 +214,7 @@ def lp_limit(n: int = 1000, d: int = 21_840, ps=(1, 3, 16)) -> int:
     it takes a minute), all in this process. lp_pairwise is timed after one call that
     compiles its kernel (the compile is a one-off per p and process: reported apart)."""
     from raymix.rules import _kernels as K
+    from raymix.rules._kernels import distances as KD
 
     G = torch.randn(n, d, generator=torch.Generator().manual_seed(0)) * 1e-3
     terms = n * (n - 1) / 2 * d
@@ -232,8 +233,8 @@ def lp_limit(n: int = 1000, d: int = 21_840, ps=(1, 3, 16)) -> int:
         cd = min(time_call(lambda: torch.cdist(sub, sub, p=float(p)), 1, 0.0)) / 1e3 * terms / sub_terms
         print(f"| {p} | {chain:.2f} | {fused:.2f} | {ours:.2f} ({first:.2f}) | {krum:.2f} | {ours / fused:.2f}x | {ours / chain:.2f}x "
               f"| {cd:.1f} | {cd / fused:.1f}x |", flush=True)
-    if K._fused_failed:
-        print(f"the compiled kernel failed here ({K._fused_failed[0]}): lp_pairwise ran the torch chain")
+    if KD._fused_failed:
+        print(f"the compiled kernel failed here ({KD._fused_failed[0]}): lp_pairwise ran the torch chain")
     return 0
 
 

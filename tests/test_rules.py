@@ -23,6 +23,7 @@ from raymix.rules import (
     trimmed_mean,
 )
 from raymix.rules import _kernels
+from raymix.rules._kernels import networks
 from raymix.spec import SpecError
 
 # ---------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def test_bucketing_matches_reference_and_is_deterministic(n, s):
 def test_sorting_networks_sort_every_01_input():
     # 0-1 principle: a comparator network sorts everything iff it sorts all 0/1 inputs.
     for n in range(1, 14):
-        net = _kernels._batcher(n)
+        net = networks._batcher(n)
         for bits in range(1 << n):
             v = [(bits >> k) & 1 for k in range(n)]
             for i, j in net:

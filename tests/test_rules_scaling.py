@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from raymix.rules import _kernels as K
+from raymix.rules._kernels import distances as KD
 from raymix.rules import build_rule
 
 INF = float("inf")
@@ -242,12 +243,12 @@ def lp_path(request, monkeypatch):
     """Runs a test on each of lp_pairwise's two paths: the torch chain, and the compiled loop
     it takes for large matrices (here forced for any size). Where this machine cannot
     compile (no C++ compiler), the compiled case is skipped with the compiler's error."""
-    monkeypatch.setattr(K, "_fused_failed", [])
-    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0 if request.param == "compiled" else 1 << 62)
+    monkeypatch.setattr(KD, "_fused_failed", [])
+    monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 0 if request.param == "compiled" else 1 << 62)
     monkeypatch.delenv("RAYMIX_COMPILE", raising=False)
     yield request.param
-    if request.param == "compiled" and K._fused_failed:
-        pytest.skip(f"no compiled l^p kernel on this machine: {K._fused_failed[0]}")
+    if request.param == "compiled" and KD._fused_failed:
+        pytest.skip(f"no compiled l^p kernel on this machine: {KD._fused_failed[0]}")
 
 
 @pytest.mark.parametrize("scale", [1e-4, 1.0, 1e4])
@@ -259,8 +260,8 @@ def test_lp_pairwise_matches_cdist_at_any_scale_without_the_slow_path(monkeypatc
     and 2,500 columns: neither a multiple of the compiled loop's blocks (zero padding)."""
     G = torch.randn(40, 2500, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * scale
     calls = []
-    real = K._lp_dist_to_scaled
-    monkeypatch.setattr(K, "_lp_dist_to_scaled", lambda *a: calls.append(1) or real(*a))
+    real = KD._lp_dist_to_scaled
+    monkeypatch.setattr(KD, "_lp_dist_to_scaled", lambda *a: calls.append(1) or real(*a))
     out = K.lp_pairwise(G.float(), p)
     ref = torch.cdist(G.float().double(), G.float().double(), p=p)
     off = ~torch.eye(40, dtype=torch.bool)
@@ -284,23 +285,23 @@ def test_compiled_lp_terms_equal_the_chains_and_krum_picks_the_same(monkeypatch)
     same worker from either."""
     G = torch.randn(150, 3000, generator=torch.Generator().manual_seed(5)) * 1e-2
     G[:20] += 0.05  # a cluster, so the pick is not a near-tie
-    monkeypatch.setattr(K, "_fused_failed", [])
-    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 1 << 62)
+    monkeypatch.setattr(KD, "_fused_failed", [])
+    monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 1 << 62)
     chain = {p: K.lp_pairwise(G, p) for p in (3.0, 7.0)}
     picks = {p: build_rule(f"krum(p={int(p)})")(G, 10) for p in (3.0, 7.0)}
-    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 0)
     for p in (3.0, 7.0):
         fused = K.lp_pairwise(G, p)
-        if K._fused_failed:
-            pytest.skip(f"no compiled l^p kernel on this machine: {K._fused_failed[0]}")
+        if KD._fused_failed:
+            pytest.skip(f"no compiled l^p kernel on this machine: {KD._fused_failed[0]}")
         assert torch.allclose(fused, chain[p], rtol=2e-6, atol=0)
         assert torch.equal(build_rule(f"krum(p={int(p)})")(G, 10), picks[p])
 
 
 def test_a_failed_compile_falls_back_to_the_chain_once_and_says_so(monkeypatch, caplog):
     G = torch.randn(30, 400, generator=torch.Generator().manual_seed(6))
-    monkeypatch.setattr(K, "_fused_failed", [])
-    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 1 << 62)
+    monkeypatch.setattr(KD, "_fused_failed", [])
+    monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 1 << 62)
     ref = K.lp_pairwise(G, 3.0)
     attempts = []
 
@@ -308,9 +309,9 @@ def test_a_failed_compile_falls_back_to_the_chain_once_and_says_so(monkeypatch, 
         attempts.append(p)
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore lines")
 
-    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
-    monkeypatch.setattr(K, "_lp_block", broken)
-    with caplog.at_level("WARNING", logger=K.__name__):
+    monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 0)
+    monkeypatch.setattr(KD, "_lp_block", broken)
+    with caplog.at_level("WARNING", logger=KD.__name__):
         assert torch.equal(K.lp_pairwise(G, 3.0), ref)
         assert torch.equal(K.lp_pairwise(G, 3.0), ref)
     assert attempts == [3]  # not retried in this process
@@ -320,12 +321,12 @@ def test_a_failed_compile_falls_back_to_the_chain_once_and_says_so(monkeypatch, 
 
 def test_raymix_compile_0_keeps_the_chain(monkeypatch):
     G = torch.randn(30, 400, generator=torch.Generator().manual_seed(7))
-    monkeypatch.setattr(K, "_fused_failed", [])
-    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    monkeypatch.setattr(KD, "_fused_failed", [])
+    monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 0)
     monkeypatch.setenv("RAYMIX_COMPILE", "0")
-    assert not K._fused_lp_applies(G, 3.0)
+    assert not KD._fused_lp_applies(G, 3.0)
     monkeypatch.setenv("RAYMIX_COMPILE", "1")
-    assert K._fused_lp_applies(G, 3.0) and not K._fused_lp_applies(G, 2.5) and not K._fused_lp_applies(G.double(), 3.0)
+    assert KD._fused_lp_applies(G, 3.0) and not KD._fused_lp_applies(G, 2.5) and not KD._fused_lp_applies(G.double(), 3.0)
 
 
 @pytest.mark.slow  # compiles sixteen kernels: ~20 s
@@ -333,36 +334,36 @@ def test_the_pools_sixteen_p_values_compile_in_one_process(monkeypatch):
     """Each p has its own compiled kernel; once they shared one code object, and Dynamo's
     limit of 8 recompiles failed the 9th p (Krum back on the chain for every p after it).
     Two matrix sizes: the kernel's block shape does not depend on n, so no recompile."""
-    monkeypatch.setattr(K, "_fused_failed", [])
-    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    monkeypatch.setattr(KD, "_fused_failed", [])
+    monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 0)
     for n in (20, 140):
         G = torch.randn(n, 1100, generator=torch.Generator().manual_seed(n))
         for p in range(1, 17):
             K.lp_pairwise(G, float(p))
-            if K._fused_failed and (n, p) == (20, 1):
-                pytest.skip(f"no compiled l^p kernel on this machine: {K._fused_failed[0]}")
-            assert not K._fused_failed, (n, p, K._fused_failed)
+            if KD._fused_failed and (n, p) == (20, 1):
+                pytest.skip(f"no compiled l^p kernel on this machine: {KD._fused_failed[0]}")
+            assert not KD._fused_failed, (n, p, KD._fused_failed)
 
 
 @pytest.mark.parametrize("p", [3, 7, 16])
 def test_compiled_terms_equal_the_chains_bit_for_bit(monkeypatch, p):
     """One nonzero column per block: each compiled sum is then a single term, and it equals
     the chain's |x - y|^p exactly (the same threshold and multiplies in the same order)."""
-    monkeypatch.setattr(K, "_fused_failed", [])
+    monkeypatch.setattr(KD, "_fused_failed", [])
     gen = torch.Generator().manual_seed(p)
-    A, B = torch.zeros(K._FUSED_ROWS, K._FUSED_COLS), torch.zeros(K._FUSED_ROWS, K._FUSED_COLS)
-    A[:, 0], B[:, 0] = torch.rand(K._FUSED_ROWS, generator=gen), torch.rand(K._FUSED_ROWS, generator=gen) * 1e-2
+    A, B = torch.zeros(KD._FUSED_ROWS, KD._FUSED_COLS), torch.zeros(KD._FUSED_ROWS, KD._FUSED_COLS)
+    A[:, 0], B[:, 0] = torch.rand(KD._FUSED_ROWS, generator=gen), torch.rand(KD._FUSED_ROWS, generator=gen) * 1e-2
     try:
-        out = K._lp_block(p)(A, B)
+        out = KD._lp_block(p)(A, B)
     except Exception as e:  # noqa: BLE001 - no compiler here: nothing compiled to compare
         pytest.skip(f"no compiled l^p kernel on this machine: {type(e).__name__}")
-    ref = K._ipow_((A[:, None, 0] - B[None, :, 0]).abs().contiguous(), float(p))
+    ref = K.ipow_((A[:, None, 0] - B[None, :, 0]).abs().contiguous(), float(p))
     assert torch.equal(out, ref)
 
 
 def test_a_bad_raymix_compile_is_an_error_not_on(monkeypatch):
-    monkeypatch.setattr(K, "_fused_failed", [])
-    monkeypatch.setattr(K, "_FUSED_MIN_TERMS", 0)
+    monkeypatch.setattr(KD, "_fused_failed", [])
+    monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 0)
     monkeypatch.setenv("RAYMIX_COMPILE", "false")
     with pytest.raises(ValueError, match="RAYMIX_COMPILE must be 0 or 1, got 'false'"):
         K.lp_pairwise(torch.randn(10, 50), 3.0)

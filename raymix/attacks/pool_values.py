@@ -115,7 +115,7 @@ class _Lambda:
         the largest |entry| in [0.5, 1) (exact), and each row's multiplicity (b's is f)."""
         if self._distinct is None:
             X = torch.cat([self.pv.H, self.b.unsqueeze(0)])
-            s = K._pow2_scale(X)
+            s = K.pow2_scale(X)
             mult = torch.tensor([1.0] * self.pv.k + [float(self.pv.f)], dtype=torch.float64)
             self._distinct = (X.mul_(s), s, mult)
         return self._distinct
@@ -280,7 +280,7 @@ class PoolValues:
         buf, tmp = torch.empty_like(X), torch.empty_like(X)
 
         def dists(z):  # (k+1,) float64 l^p distances of the unscaled rows to z / s
-            S = K._ipow_(torch.sub(X, z, out=buf).abs_(), p, tmp).sum(1).double()
+            S = K.ipow_(torch.sub(X, z, out=buf).abs_(), p, tmp).sum(1).double()
             bad = ~torch.isfinite(S) | (S < 1e-30)
             if bool(bad.any()):
                 rows = torch.nonzero(bad).flatten()
@@ -341,7 +341,7 @@ class PoolValues:
         picks = self._select(rule.select, pt)
         if picks is None:
             return None
-        k, f, agg = self.k, self.f, rule.agg
+        f, agg = self.f, rule.agg
         t = type(agg)
         if t is Mean:
             return float(pt.vals[picks].mean())

@@ -26,7 +26,7 @@ def coordinate_median(G: torch.Tensor, f: int = 0) -> torch.Tensor:
 
 def _trimmed(G: torch.Tensor, f: int, generator=None) -> torch.Tensor:
     n = G.shape[0]
-    if f >= 1 and n > K.NETWORK_MAX_ROWS and K._counting_ok(G):
+    if f >= 1 and n > K.NETWORK_MAX_ROWS and K.counting_ok(G):
         return K.trimmed_mean_by_counting(G, f)
     keep = list(range(f, n - f))
     scale = 1.0 / len(keep)

@@ -5,8 +5,9 @@ import torch
 
 from raymix.rules import _kernels as K
 from raymix.rules.base import RULES, Rule, as_rule, need_4f_plus_3
-from raymix.rules.geomed import DEFAULTS as GEOMED_DEFAULTS
-from raymix.spec import parse_spec
+from raymix.rules.basic import CoordinateMedian, Mean
+from raymix.rules.geomed import GeometricMedian
+from raymix.rules.krum import Krum
 
 __all__ = ["Bulyan", "bulyan", "bulyan_select", "bulyan_classic_agg"]
 
@@ -15,48 +16,40 @@ __all__ = ["Bulyan", "bulyan", "bulyan_select", "bulyan_classic_agg"]
 _SHRINK_SAFE = ("krum", "multi_krum", "mean")
 
 
-def _plain_kwargs(rule: Rule, name: str) -> dict | None:
-    spec = parse_spec(rule.spec)
-    return spec.kwargs if spec.name == name else None
-
-
 def bulyan_select(G: torch.Tensor, f: int, select: Rule, generator=None) -> torch.Tensor:
     """The theta = n-2f row indices Bulyan picks, in the order picked: each round applies
     ``select`` to the remaining rows (with the same f) and removes the row it picks; a rule
     that does not return one of its rows picks the remaining row closest in l2 to its output.
     Rows at infinite distance (NaN/Inf entries, overflow) are never picked while a finite
-    row remains."""
+    row remains.
+
+    Krum, mean, l2 geomed and comed have incremental paths (the same picks as the rounds
+    below, at the cost of about one round); the path is chosen by the rule's exact type and
+    arguments, so a subclass or a wrapper (bucketing, whose family is its inner rule's) runs
+    its own ``aggregate`` each round."""
     n = G.shape[0]
     theta = n - 2 * f
-    picked: list[int] = []
-    kw_krum = _plain_kwargs(select, "krum")
-    kw_geomed = _plain_kwargs(select, "geomed")
-    if kw_krum is not None:
+    kind = type(select)
+    if kind is Krum:
         # One distance matrix; the rounds update each row's neighbour sum in O(n)
         # (the same picks as krum_scores(D2[rem][:, rem], f, shrinking=True) per round).
-        D2 = K.pairwise_sq_dists(G, float(kw_krum.get("p", 2)))
-        return torch.tensor(K.bulyan_krum_rounds(D2, f, theta))
-    if select.family == "mean" or (kw_geomed is not None and float(kw_geomed.get("p", 2)) == 2):
+        return torch.tensor(K.bulyan_krum_rounds(K.pairwise_sq_dists(G, float(select.p)), f, theta))
+    if kind is Mean or (kind is GeometricMedian and float(select.p) == 2):
         # One Gram matrix; mean: row sums updated per round; geomed: Weiszfeld warm-started
         # from the previous round (more than f bad rows: they come last, in order).
         Kf, bad = K.gram(G)
-        g = {k: kw_geomed.get(k, GEOMED_DEFAULTS[k]) for k in ("nu", "iters", "tol")} if kw_geomed is not None else None
-        wz = None if g is None else (float(g["nu"]), int(g["iters"]), float(g["tol"]))
+        wz = None if kind is Mean else (float(select.nu), int(select.iters), float(select.tol))
         return torch.tensor(K.bulyan_gram_rounds(Kf, bad, theta, wz))
-    if select.family == "comed" and parse_spec(select.spec).name == "comed":
+    if kind is CoordinateMedian:
         # Per-column sorted lists with a moving median pointer; distances screened by one
         # matrix-vector product per round, candidates measured exactly.
         return torch.tensor(K.bulyan_comed_rounds(G, theta))
+    picked: list[int] = []
     rem_t = torch.arange(n)
     for _ in range(theta):
-        if select.family == "comed" and parse_spec(select.spec).name == "comed":
-            z = K.coordinate_median_rows(G, rem_t)
-            dist = K.lp_dist_to(G, z, 2.0, rem_t)
-        else:
-            sub = G.index_select(0, rem_t.to(G.device))
-            z = select.aggregate(sub, f, generator=generator)
-            dist = K.lp_dist_to(sub, z, 2.0)
-        i = int(torch.argmin(dist))
+        sub = G.index_select(0, rem_t.to(G.device))
+        z = select.aggregate(sub, f, generator=generator)
+        i = int(torch.argmin(K.lp_dist_to(sub, z, 2.0)))
         picked.append(int(rem_t[i]))
         rem_t = torch.cat([rem_t[:i], rem_t[i + 1:]])
     return torch.tensor(picked)
@@ -96,9 +89,9 @@ def _bulyan(G, f, select: Rule, agg: Rule | None, generator=None) -> torch.Tenso
     picked = bulyan_select(G, f, select, generator)
     if agg is None:
         return bulyan_classic_agg(G, f, picked)
-    if agg.family == "mean":
+    if type(agg) is Mean:
         return K.combine_rows(G, torch.full((picked.numel(),), 1.0 / picked.numel(), dtype=torch.float64), picked)
-    if agg.family == "comed" and parse_spec(agg.spec).name == "comed":
+    if type(agg) is CoordinateMedian:
         return K.coordinate_median_rows(G, picked)
     return agg.aggregate(G.index_select(0, picked.to(G.device)), f, generator=generator)
 

@@ -97,7 +97,7 @@ def _nnm_mix(G: torch.Tensor, f: int) -> torch.Tensor:
     good = torch.nonzero(~bad).flatten()
     out = G.clone()  # bad rows stay as they are (the inner rule must cope with them)
     Mg = M[good][:, good]
-    for s, e in K._chunks(G.shape[1], max(1024, (1 << 20) // n)):
+    for s, e in K.column_chunks(G.shape[1], max(1024, (1 << 20) // n)):
         out[good, s:e] = Mg.to(G.dtype) @ G[good, s:e]
     return out
 

@@ -9,7 +9,6 @@ from raymix.rules.base import RULES, Rule, need_more_than_2f
 
 __all__ = ["GeometricMedian", "geometric_median", "weiszfeld_coefficients"]
 
-DEFAULTS = {"p": 2, "nu": 1e-6, "iters": 100, "tol": 1e-6}
 
 
 def weiszfeld_coefficients(Kg: torch.Tensor, nu: float, iters: int, tol: float) -> torch.Tensor:
