@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from raymix.rules import (
+    bulyan_select,
     RULES,
     Rule,
     bucket_means,
@@ -412,6 +413,22 @@ def test_bulyan_runs_at_its_bound_with_krum_on_the_shrinking_set():
         X = rand(4 * f + 3, 5, f)
         assert torch.isfinite(build_rule("bulyan")(X, f)).all()
 
+
+def test_bulyan_runs_a_wrapped_select_rule_itself_each_round():
+    # bucketing(mean)'s family is "mean", but with unequal buckets its output is not the
+    # mean of the rows: Bulyan must not take mean's incremental path for it (it did when the
+    # path was chosen by family).
+    X, f = rand(11, 50, 2), 2
+    select = build_rule("bucketing(rule=mean, s=2)")
+    picked = bulyan_select(X, f, select, generator=torch.Generator().manual_seed(1))
+    gen, rem, expected = torch.Generator().manual_seed(1), list(range(11)), []
+    for _ in range(11 - 2 * f):
+        z = select.aggregate(X[rem], f, generator=gen)
+        i = int(torch.argmin(torch.linalg.vector_norm(X[rem] - z, dim=1)))
+        expected.append(rem.pop(i))
+    assert picked.tolist() == expected
+    Kf, bad = _kernels.gram(X)
+    assert expected != _kernels.bulyan_gram_rounds(Kf, bad, 11 - 2 * f, None)  # the mean's picks differ here
 
 @pytest.mark.parametrize(
     "spec,message",

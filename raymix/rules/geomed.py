@@ -10,7 +10,6 @@ from raymix.rules.base import RULES, Rule, need_more_than_2f
 __all__ = ["GeometricMedian", "geometric_median", "weiszfeld_coefficients"]
 
 
-
 def weiszfeld_coefficients(Kg: torch.Tensor, nu: float, iters: int, tol: float) -> torch.Tensor:
     """Smoothed Weiszfeld for l2 run entirely on the (m, m) float64 Gram matrix of m finite
     rows: the iterate is z = sum_i alpha_i x_i, so ||x_i - z||^2 = K_ii - 2 (K alpha)_i +
