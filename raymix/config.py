@@ -33,12 +33,41 @@ DIVERGENCE = ("stop", "skip")
 SPEC_FIELDS = ("aggregator", "attack")
 
 
-def knob(default: Any, doc: str, choices: "tuple[str, ...] | str | None" = None):
+def knob(default: Any, doc: str, choices: "tuple[str, ...] | str | None" = None, detail: str = ""):
     """A config field with its one-line documentation: the single source of ``raymix run
-    --help``, ``raymix sweep --help`` and docs/runtime.md's table. ``choices`` names the
-    allowed values (a tuple), or the registry that holds them (``"rules"``, ``"attacks"``,
-    ``"models"``, ``"datasets"``), which plugins extend."""
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+    --help``, ``raymix sweep --help`` and docs/runtime.md's table (:func:`field_table`).
+    ``choices`` names the allowed values (a tuple), or the registry that holds them
+    (``"rules"``, ``"attacks"``, ``"models"``, ``"datasets"``), which plugins extend;
+    ``detail`` is said in the docs' table only (markdown)."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "detail": detail})
+
+
+# Where the docs' table sends a reader for the values a registry holds.
+_REGISTRY_DOCS = {"rules": "docs/rules.md", "attacks": "docs/attacks.md", "models": "docs/data_and_models.md",
+                  "datasets": "docs/data_and_models.md"}
+
+
+def field_table() -> str:
+    """docs/runtime.md's table of fields, from the knobs (``python -m raymix.config`` prints
+    it; tests/test_config.py fails when the docs differ)."""
+    def shown(v: Any) -> str:
+        if v is None or v == ():
+            return "none"
+        return str(v).lower() if isinstance(v, bool) else f"`{v}`" if isinstance(v, str) else str(v)
+
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+    for f in fields(ExperimentConfig):
+        meta = f.metadata
+        text = meta["doc"]
+        choices = meta["choices"]
+        if isinstance(choices, tuple):
+            text += ": " + ", ".join(f"`{c}`" for c in choices)
+        elif isinstance(choices, str):
+            text += f" (the {choices}: {_REGISTRY_DOCS[choices]})"
+        if meta["detail"]:
+            text += ". " + meta["detail"]
+        rows.append(f"| `{f.name}` | {shown(f.default)} | {text} |")
+    return "\n".join(rows) + "\n"
 
 
 @dataclass(frozen=True)
@@ -47,18 +76,22 @@ class ExperimentConfig:
     plugins: tuple = knob((), "modules to import before anything is built (your own rules, attacks, models, datasets)")
     # data
     dataset: str = knob("synthetic", "the training and test data (synthetic needs no files)", "datasets")
-    data_dir: str | None = knob(None, "data root; none = RAYMIX_DATA_DIR, else ~/.cache/raymix/data; never downloaded")
-    partition: str = knob("iid", "how the training set is split among the workers", PARTITIONS)
+    data_dir: str | None = knob(None, "data root; none = RAYMIX_DATA_DIR, else ~/.cache/raymix/data; never downloaded",
+                                detail="Must already hold the files: checked by the preflight (`data.check_data_available`), in content too")
+    partition: str = knob("iid", "how the training set is split among the workers", PARTITIONS,
+                           detail="`label_sorted` is the non-iid split: with 10 honest workers and 10 classes, one class each")
     dirichlet_alpha: float = knob(0.5, "concentration of the dirichlet partition (smaller: more skewed)")
     train_limit: int | None = knob(None, "keep a seeded subset of this many training samples (quick runs)")
     model: str = knob("auto", "the network; auto = the dataset's default (paper_cnn for the image sets)", "models")
     # workers and threat model
     n: int = knob(12, "workers in all, Byzantine ones included")
     f: int = knob(2, "Byzantine workers among the n (f < n/2)")
-    aggregator: str = knob("mixtailor", "a rule spec (krum, comed, ...), a pool (mixtailor, mixtailor(exclude=[bulyan])) or omniscient", "rules")
+    aggregator: str = knob("mixtailor", "a rule spec (krum, comed, ...), a pool (mixtailor, mixtailor(exclude=[bulyan])) or omniscient", "rules",
+                           detail="Pools: `mixtailor(include=[krum, comed])`, `mixtailor(composition=no_bulyan)`, `mixtailor(add=[your_rule])`, `mixtailor(random_p=true, p_seed=0)` (each member's p drawn from 1..16, the paper's text), `mixtailor(geomed_iters=5)`, `pool(members=[krum, comed])`; `omniscient` is the mean of the honest gradients only")
     drop_invalid: bool = knob(False, "leave out the pool members whose precondition fails for n, f (else: refused)")
     attack: str = knob("ipm(epsilon=0.1)", "the Byzantine workers' attack spec (none: honest behaviour)", "attacks")
-    attack_knowledge: "str | int" = knob("all", "honest gradients the adversary sees each step: all, or a count k")
+    attack_knowledge: "str | int" = knob("all", "honest gradients the adversary sees each step: all, or a count k",
+                                         detail="The k are chosen from the public stream `(seed, \"knowledge\", step)`")
     # training
     mode: str = knob("gradient", "workers send gradients, or model updates after local_steps of SGD", MODES)
     local_steps: int = knob(1, "local SGD steps per round in model mode")
@@ -67,8 +100,10 @@ class ExperimentConfig:
     lr: float = knob(0.001, "the server's SGD learning rate")
     momentum: float = knob(0.9, "the server's SGD momentum (0 in model mode)")
     weight_decay: float = knob(1e-4, "the server's SGD weight decay")
-    resampling: int = knob(0, "s > 1 wraps every pool member in s-replacement resampling (0, 1: off)")
-    on_divergence: str = knob("stop", "a non-finite aggregate or loss: stop the run there, or skip that step's update", DIVERGENCE)
+    resampling: int = knob(0, "s > 1 wraps every pool member in s-replacement resampling (0, 1: off)",
+                            detail="`resampling(s=S, rule=<member>)` (He, Karimireddy & Jaggi 2020, the paper's choice for non-iid; the member's family kept); its permutations come from the aggregator's stream `(seed, \"aggregator\", \"resample\", step)`")
+    on_divergence: str = knob("stop", "a non-finite aggregate or loss: stop the run there, or skip that step's update", DIVERGENCE,
+                              detail="Such an update never reaches the weights or the momentum. `stop`: the last record's `diverged` says why, `raymix run` exits 3, a Tune trial ends without retry (the failure is deterministic); `skip`: counted in `skipped_steps`")
     # evaluation and records
     eval_every: int = knob(10, "evaluate and write a record every k steps (and at the last step)")
     eval_test_limit: int | None = knob(None, "test samples per evaluation; none = the whole test set")
@@ -78,7 +113,8 @@ class ExperimentConfig:
     num_gpus_per_worker: "str | float" = knob("auto", "GPU share per worker; auto = 1/n of a GPU when the cluster has GPUs, else 0")
     num_cpus_per_worker: "str | float" = knob("auto", "CPU share per worker; auto = the cluster's CPUs shared by all actors")
     seed: int = knob(0, "every random stream (data, draws, attack) derives from it")
-    checkpoint_every: int = knob(0, "checkpoint every k steps (a multiple of eval_every); 0 = at every evaluation")
+    checkpoint_every: int = knob(0, "checkpoint every k steps (a multiple of eval_every); 0 = at every evaluation",
+                                 detail="And at the last step; with an `output_dir` or in a sweep")
     output_dir: str | None = knob(None, "where records, config.json and checkpoints go; none = records in memory only, no checkpoints")
 
     # ------------------------------------------------------------------ validation
@@ -467,3 +503,7 @@ def check_data(c: ExperimentConfig) -> None:
             check_data_available(c.dataset, resolve_data_dir(c.data_dir))
         except (FileNotFoundError, ValueError) as exc:
             raise ValueError(f"invalid experiment config: dataset {c.dataset!r}: {exc}") from None
+
+
+if __name__ == "__main__":
+    print(field_table(), end="")

@@ -35,7 +35,7 @@ __all__ = [
     "read_idx",
 ]
 
-PARTITIONS = ("iid", "label_sorted", "dirichlet")
+from raymix.config import PARTITIONS  # noqa: E402  (named once, where the config validates it)
 
 # name -> (folder under data_dir, mean per channel, std per channel)
 _IDX_DATASETS = {

@@ -9,10 +9,14 @@ import json
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-__all__ = ["RecordWriter", "Interval", "is_record_key", "make_record", "columns", "flatten", "read_records", "TIMING_KEYS", "strip_timings"]
+if TYPE_CHECKING:  # for the annotation only: records stays free of the config's imports
+    from raymix.config import ExperimentConfig
+
+__all__ = ["RecordWriter", "Interval", "is_record_key", "make_record", "columns", "flatten", "read_records", "TIMING_KEYS", "strip_timings", "RunResult"]
 
 # Keys that depend on the machine, not on the seed: excluded from determinism checks.
 TIMING_KEYS = ("time_gradients", "time_attack", "time_aggregation", "time_update", "time_eval", "time_wait", "steps_per_second", "wall_time")
@@ -233,3 +237,26 @@ class RecordWriter:
             if fh is not None:
                 fh.close()
         self._jsonl = self._csv = None
+
+
+@dataclass
+class RunResult:
+    """What a run returns, in one process (``raymix.step.run_local``) or on Ray
+    (``raymix.runtime.run_experiment``): its config, its records (one per evaluation), where
+    they were written (None when nowhere), the training loop's steps per second, the wall
+    time start-up included, and the step it resumed from (0 for a fresh run)."""
+
+    config: ExperimentConfig
+    records: list[dict]
+    output_dir: Path | None
+    steps_per_second: float
+    wall_time: float
+    resumed_from: int = 0
+
+    @property
+    def final(self) -> dict:
+        return self.records[-1] if self.records else {}
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.final.get("test_accuracy")

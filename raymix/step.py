@@ -439,13 +439,25 @@ class LocalSimulation:
         self._last_state = {k: state[k] for k in ("step", "weights", "optimizer")}
 
     def close(self) -> None:
-        pass
+        """Nothing to release (no actors, no files); here so both engines read alike."""
+
+    def __enter__(self) -> "LocalSimulation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def run_local(config, computer_method: str | None = None, device: str = "cpu") -> list[dict]:
-    """:class:`LocalSimulation` from the first step to the last: its records."""
-    sim = LocalSimulation(config, computer_method, device=device)
+def run_local(config, computer_method: str | None = None, device: str = "cpu"):
+    """:class:`LocalSimulation` from the first step to the last, nothing written: a
+    :class:`raymix.records.RunResult`, as ``raymix.runtime.run_experiment`` returns."""
+    from raymix.records import RunResult
+
+    t0 = time.perf_counter()
     records = []
-    while not sim.done:
-        records.append(sim.advance())
-    return records
+    with LocalSimulation(config, computer_method, device=device) as sim:
+        t_loop = time.perf_counter()
+        while not sim.done:
+            records.append(sim.advance())
+        loop = time.perf_counter() - t_loop
+    return RunResult(config, records, None, config.steps / loop if loop > 0 else 0.0, time.perf_counter() - t0)

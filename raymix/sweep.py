@@ -179,50 +179,13 @@ def load_sweep(path: "str | os.PathLike") -> SweepConfig:
 from raymix.runtime.resources import DRIVER_CPUS
 
 
-def resolve_trial(params: Mapping[str, Any], cluster: Mapping[str, float], cpus_per_trial: float) -> ExperimentConfig:
-    """A trial's config with its ``auto`` fields resolved for its CPU budget (the plan, as the
-    trial's Simulation makes it: the same inputs give the same plan; the files are checked
-    once per grid point, before Ray starts)."""
-    from raymix.runtime.resources import resolve
-
-    return resolve(ExperimentConfig.from_dict(params), dict(cluster), max(cpus_per_trial - DRIVER_CPUS, 0.01))
-
-
-def trial_bundles(config: ExperimentConfig) -> list[dict[str, float]]:
-    """A trial's placement-group bundles: bundle 0 for the trial itself (the Tune Trainable,
-    which drives the Simulation), then one per simulation actor, in the order the runtime
-    pins its actors to them; a trial that runs inside its own actor (one pack on CPUs) is
-    one bundle with the pack's share. ``config`` is resolved (:func:`resolve_trial`)."""
-    from raymix.runtime.resources import actor_sizes, resources_for, trial_runs_inside
-
-    cpu_w, gpu_w = float(config.num_cpus_per_worker), float(config.num_gpus_per_worker)
-    actors = [resources_for(cpu_w, gpu_w, k).bundle() for k in actor_sizes(config)]
-    if trial_runs_inside(config):
-        return [{"CPU": DRIVER_CPUS + actors[0]["CPU"]}]
-    return [{"CPU": DRIVER_CPUS}] + actors
-
-
-def trial_resources(config: ExperimentConfig):
-    """One placement group per trial (:func:`trial_bundles`). A trial starts only when all of
-    its actors fit, so concurrent trials never oversubscribe the cluster or deadlock half-started."""
+def trial_resources(plan):
+    """One placement group per trial, of the plan's bundles (``resources.Plan.bundles``). A
+    trial starts only when all of its actors fit, so concurrent trials never oversubscribe
+    the cluster or deadlock half-started."""
     from ray import tune
 
-    return tune.PlacementGroupFactory(trial_bundles(config), strategy="PACK")
-
-
-def check_trial_fits(config: ExperimentConfig, cluster: Mapping[str, float]) -> None:
-    """Refuse, before Tune starts, a trial whose placement group the cluster can never hold
-    (Tune would leave it pending forever)."""
-    from raymix.runtime.resources import Refused, shortfall
-
-    bundles = trial_bundles(config)
-    short = shortfall(bundles, dict(cluster))
-    if short is not None:
-        res, need, have = short
-        raise Refused(
-            f"a trial needs {need:.4g} {res} (its driver and {len(bundles) - 1} actors) but the cluster has {have:g}: "
-            f"lower num_cpus_per_worker/num_gpus_per_worker or raise workers_per_actor"
-        )
+    return tune.PlacementGroupFactory(plan.bundles, strategy="PACK")
 
 
 # ---------------------------------------------------------------------------- the trial
@@ -313,23 +276,22 @@ def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, addre
     run, storage = dict(sweep.run), str(path.parent)
     started = ensure_ray(address, verbose=bool(verbose))
     try:
-        from raymix.runtime.resources import default_concurrency
+        from raymix.runtime.resources import default_concurrency, plan
 
         cluster = ray.cluster_resources()
         concurrency = int(run.get("max_concurrent_trials") or 0) or None
         if concurrency is None and not run.get("trial_cpus"):
             # One trial per CPU, as many as memory holds: trials share nothing, so running
             # them side by side beats spreading one trial's actors over every core.
-            probe = resolve_trial(points[0], cluster, 1.0)
-            concurrency = default_concurrency(cluster, probe)
+            concurrency = default_concurrency(cluster, plan(points[0], cluster, 1.0, trial=True).config)
         cpus_per_trial = float(run.get("trial_cpus") or max(0.05 + DRIVER_CPUS, float(cluster.get("CPU", 1)) / (concurrency or 1)))
-        for point in points:  # the preflight of every trial, before Tune starts
-            check_trial_fits(resolve_trial(point, cluster, cpus_per_trial), cluster)
+        for point in points:  # the plan of every trial (refused if it cannot fit), before Tune starts
+            plan(point, cluster, cpus_per_trial, trial=True)
         space = sweep.param_space()
         space.update(_absolute_data_dir({k: v for k, v in space.items() if k in ("dataset", "data_dir") and not isinstance(v, dict)}))
 
         def resources(trial_config: dict):  # sized per trial from its own config
-            return trial_resources(resolve_trial(trial_config, cluster, cpus_per_trial))
+            return trial_resources(plan(trial_config, cluster, cpus_per_trial, trial=True))
 
         trainable = tune.with_resources(tune.with_parameters(SimulationTrainable, cpus=cpus_per_trial, hooks=hooks), resources)
         if resume:

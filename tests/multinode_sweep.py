@@ -59,7 +59,7 @@ def main(out: Path) -> None:
     for r in grid:
         d = Path(r.path)
         recs = read_records(d / "raymix")
-        ref = run_local(ExperimentConfig.from_dict(dict(r.config)))
+        ref = run_local(ExperimentConfig.from_dict(dict(r.config))).records
         same = [strip_timings(a)["test_accuracy"] == strip_timings(b)["test_accuracy"] and a["drawn"] == b["drawn"]
                 for a, b in zip(recs, ref)]
         result["trials"].append({

@@ -523,7 +523,6 @@ def test_alie_moves_the_aggregate_but_stays_inside_the_honest_spread(seed, recor
 @pytest.mark.parametrize("seed", SEEDS)
 def test_fang_attacks_work_against_their_targets(seed, record_property):
     H = honest(seed)
-    a = build_attack("fang_krum")
     krum, rows = attacked("fang_krum", H, "krum")
     assert is_row_of(krum, rows) and not is_row_of(krum, H)  # Krum selects the crafted row
     assert inner(krum, H) < 0

@@ -207,3 +207,15 @@ def test_demo_subcommand_delegates_to_raymix_demo(capsys):
         main(["demo", "--help"])
     assert exc.value.code == 0
     assert "raymix demo" in capsys.readouterr().out
+
+
+def test_the_docs_field_table_is_the_one_the_knobs_give():
+    """docs/runtime.md's table is generated (``python -m raymix.config``): a field added,
+    renamed or re-documented without regenerating it fails here."""
+    from raymix.config import field_table
+
+    from conftest import REPO
+
+    docs = (REPO / "docs" / "runtime.md").read_text()
+    start = docs.index("| field | default | meaning |")
+    assert docs[start:docs.index("\n\n", start) + 1] == field_table(), "regenerate: python -m raymix.config"

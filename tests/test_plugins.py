@@ -183,7 +183,7 @@ def test_a_plugin_dataset_runs_end_to_end_in_one_process(example):
     cfg = ExperimentConfig(plugins=[example], dataset="blobs", n=5, f=1, aggregator="clipped_mean", attack="jittered_ipm",
                            steps=4, eval_every=2, batch_size=8, lr=0.1, momentum=0.0)
     assert cfg.model_name == "logreg"  # the dataset's own default
-    records = run_local(cfg)
+    records = run_local(cfg).records
     assert [r["step"] for r in records] == [2, 4]
     assert records[-1]["drawn"] == {"clipped_mean": 2} and 0.0 <= records[-1]["test_accuracy"] <= 1.0
     with pytest.raises(ValueError, match=r"attack label_flip\(num_classes=10\): num_classes=10, but blobs has 3 classes"):

@@ -126,7 +126,7 @@ def test_records_carry_the_attacker_s_choice_and_it_matches_the_server_s_diagnos
 
     c = ExperimentConfig(dataset="synthetic", model="mlp", n=12, f=2, aggregator="mixtailor", attack="pool_aware(grid=[0.1, 1, 10], refine=0)",
                          steps=4, eval_every=2, seed=1, batch_size=16, diagnostics=True)
-    local = run_local(c)
+    local = run_local(c).records
     assert [set(r["attack"]) for r in local] == [set(ATTACK_KEYS)] * 2
     for r in local:
         assert r["attack"]["lambda"] in (0.1, 1.0, 10.0) and r["attack"]["lambda_geomean"] > 0
@@ -134,7 +134,7 @@ def test_records_carry_the_attacker_s_choice_and_it_matches_the_server_s_diagnos
         assert r["attack"]["fooled"] == pytest.approx(r["diag_fooled_fraction"], abs=1e-12)
     assert c.records_attack_choice and {f"attack.{k}" for k in ATTACK_KEYS} <= set(columns(c.build_pool(), True, True))
     plain = c.replace(attack="ipm(epsilon=0.1)")
-    assert not plain.records_attack_choice and "attack" not in run_local(plain)[0]
+    assert not plain.records_attack_choice and "attack" not in run_local(plain).records[0]
 
 
 def test_comed_and_trimmed_mean_fast_paths_are_the_rules_bit_for_bit():

@@ -20,7 +20,7 @@ import torch
 
 from raymix.config import ExperimentConfig
 from raymix.runtime import Hook, run_experiment
-from raymix.runtime.checkpoint import latest_checkpoint, load_checkpoint
+from raymix.runtime.checkpoint import CorruptCheckpoint, UnsafeCheckpoint, latest_checkpoint, load_checkpoint, load_latest
 from raymix.records import read_records, strip_timings
 
 # Every test here but one runs real Ray actors (the shared base run alone is ~25 s, each other
@@ -154,7 +154,7 @@ def test_the_step_module_alone_gives_the_actor_path_s_records(base_run):
     arithmetic allows and failed on a machine of our kind."""
     from raymix.step import run_local
 
-    local = run_local(base_run[0].config)
+    local = run_local(base_run[0].config).records
     same_records(base_run[0].records, local, tol=1e-6)
 
 
@@ -214,8 +214,19 @@ def test_a_crafted_checkpoint_is_refused_not_run(base_run, tmp_path):
             return (os.system, (f"touch {witness}",))
 
     torch.save({"step": 6, "format": 1, "weights": torch.zeros(3), "x": Payload()}, ck / "state.pt")
-    with pytest.raises(ValueError, match="refusing to load"):
+    with pytest.raises(UnsafeCheckpoint, match="refusing to load"):
         load_checkpoint(ck)
+    # A newer torn checkpoint is passed over (CorruptCheckpoint, a warning); the unsafe one is
+    # refused, never passed over for an older one.
+    torn = tmp_path / "checkpoints" / "step_000008"
+    torn.mkdir()
+    (torn / "state.pt").write_bytes((ck / "state.pt").read_bytes()[:100])
+    with pytest.raises(CorruptCheckpoint):
+        load_checkpoint(torn)
+    warnings = []
+    with pytest.raises(UnsafeCheckpoint):
+        load_latest(tmp_path, warn=warnings.append)
+    assert len(warnings) == 1 and "step_000008" in warnings[0]
     assert not witness.exists()
 
 
@@ -314,7 +325,7 @@ def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_
     recs = read_records(tmp_path / "stop")
     assert [r["step"] for r in recs] == [1] and "step 1" in recs[0]["diverged"]
     assert math.isfinite(recs[0]["test_loss"]) and recs[0]["skipped_steps"] == 1
-    local = run_local(c)
+    local = run_local(c).records
     assert [r["step"] for r in local] == [1] and local[0]["diverged"] == recs[0]["diverged"]
     skip = run_experiment(c.replace(on_divergence="skip", output_dir=str(tmp_path / "skip")))
     assert [r["step"] for r in skip.records] == [3, 6] and all(r["skipped_steps"] == 3 for r in skip.records)
@@ -322,14 +333,15 @@ def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_
     assert skip.records[-1]["all_steps_skipped"] is True and "all_steps_skipped" not in skip.records[0]
     args = ["run", "--dataset", "synthetic", "--model", "mlp", "--n", "7", "--f", "1", "--aggregator", "mean",
             "--attack", "nonfinite(kind='nan')", "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--quiet"]
-    proc = subprocess.run([sys.executable, "-m", "raymix"] + args, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 3
+    # The two commands side by side (suite time: one wait for Ray's start-up, not two).
+    stop, skip = (subprocess.Popen([sys.executable, "-m", "raymix"] + args + extra, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for extra in ([], ["--on-divergence", "skip"]))
+    (_, stop_err), (_, skip_err) = stop.communicate(timeout=300), skip.communicate(timeout=300)
     # The whole of stderr: Ray's start-up lines, its token warning and its C++ core's
     # bookkeeping warnings stay out of the terminal (`--verbose` lets them through).
-    assert proc.stderr.strip().splitlines() == [
+    assert stop.returncode == 3 and stop_err.strip().splitlines() == [
         "raymix run: diverged at step 1: the aggregate is not finite (drawn rule mean); the update was not applied"]
-    proc = subprocess.run([sys.executable, "-m", "raymix"] + args + ["--on-divergence", "skip"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 3 and proc.stderr.strip().splitlines() == [
+    assert skip.returncode == 3 and skip_err.strip().splitlines() == [
         "raymix run: every one of the 2 steps was skipped (a non-finite aggregate or training loss each time; "
         "on_divergence: skip): the weights never moved"]
 

@@ -161,12 +161,16 @@ def test_bad_sweeps_are_refused_before_anything_runs(change, message):
 
 
 def test_each_trial_reserves_a_bundle_per_actor_it_starts():
+    from raymix.runtime.resources import plan
     from raymix.sweep import trial_resources
 
-    def bundles(**kw):  # an explicit config, as resolve_trial leaves it
-        cfg = ExperimentConfig.from_dict({"dataset": "synthetic", "n": 12, "f": 2, "workers_per_actor": 5,
-                                          "num_cpus_per_worker": 0.05, "num_gpus_per_worker": 0.0, **kw})
-        return trial_resources(cfg).bundles
+    def bundles(**kw):  # an explicit config: the plan keeps it as it is
+        p = plan({"dataset": "synthetic", "n": 12, "f": 2, "workers_per_actor": 5,
+                  "num_cpus_per_worker": 0.05, "num_gpus_per_worker": 0.0, **kw}, {"CPU": 16.0, "GPU": 4.0}, 16.0, trial=True)
+        assert trial_resources(p).bundles == p.bundles
+        # each actor's bundle, where the runtime pins it (bundle 0: the Trainable's own process)
+        assert p.inside or [p.bundles[p.bundle_index(i)] for i in range(len(p.actors))] == [a.bundle() for a in p.actors]
+        return p.bundles
 
     # the trial itself, the server (aggregator, adversary, first pack), the second pack
     assert len(bundles(aggregator="krum")) == 3
@@ -195,17 +199,17 @@ def test_run_checkpoint_every_and_scale_overrides():
 @pytest.mark.parametrize("wpa", [1, 3, 5, 10, "auto"])
 def test_a_trial_fits_its_cpu_budget_whatever_the_packing(wpa):
     # One actor per worker and f = 2 once asked for 2.16 CPUs of a 2-CPU laptop: pending forever.
-    from raymix.sweep import check_trial_fits, resolve_trial, trial_bundles
+    from raymix.runtime.resources import Refused, plan
 
     params = {"dataset": "synthetic", "n": 12, "f": 2, "workers_per_actor": wpa, "aggregator": "krum"}
-    cfg = resolve_trial(params, {"CPU": 2.0}, 2.0)
-    total = sum(b["CPU"] for b in trial_bundles(cfg))
+    p = plan(params, {"CPU": 2.0}, 2.0, trial=True)
+    total = sum(b["CPU"] for b in p.bundles)
     assert total <= 2.0 + 1e-9, total
-    check_trial_fits(cfg, {"CPU": 2.0})
     if wpa == "auto":
-        assert cfg.workers_per_actor == 10 and resolve_trial(params, {"CPU": 4.0}, 4.0).workers_per_actor == 5
-    with pytest.raises(ValueError, match="the cluster has 1"):
-        check_trial_fits(cfg.replace(num_cpus_per_worker=0.5, num_gpus_per_worker=0.0), {"CPU": 1.0})
+        assert p.config.workers_per_actor == 10 and p.inside and p.threads(0) == 2
+        assert plan(params, {"CPU": 4.0}, 4.0, trial=True).config.workers_per_actor == 5
+    with pytest.raises(Refused, match="a trial.s driver and .* need .* the Ray cluster has 1"):
+        plan(p.config.replace(num_cpus_per_worker=0.5, num_gpus_per_worker=0.0), {"CPU": 1.0}, 1.0, trial=True)
 
 
 @pytest.mark.slow  # a Tune trial on Ray

@@ -35,7 +35,7 @@ def accuracy(mnist_dir):
     for agg in ("omniscient", "krum", "mixtailor"):
         cfg = ExperimentConfig(**SETTING, aggregator=agg, data_dir=mnist_dir)
         assert cfg.model_name == "paper_cnn"
-        records = run_local(cfg)
+        records = run_local(cfg).records
         assert [r["step"] for r in records] == [40, 80, 120, 160]
         out[agg] = [r["test_accuracy"] for r in records]
     return out

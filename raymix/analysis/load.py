@@ -26,10 +26,18 @@ _TUNE_COLUMNS = ("trial_id", "timestamp", "time_this_iter_s", "time_total_s", "t
 
 
 def trial_dirs(root: "str | os.PathLike") -> list[Path]:
+    """The trial directories under ``root`` (a sweep's, holding params.json), or ``root``
+    itself when it is the output directory of a ``raymix run`` (config.json and records.jsonl)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"no sweep directory at {root}")
+    if _is_run_dir(root):
+        return [root]
     return sorted(p.parent for p in root.rglob("params.json") if "checkpoint_" not in str(p.parent.name))
+
+
+def _is_run_dir(d: Path) -> bool:
+    return (d / "config.json").is_file() and (d / "records.jsonl").is_file() and not (d / "params.json").exists()
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -98,20 +106,24 @@ def load_results(source: "str | os.PathLike | Any", step_column: str = "step") -
     """One row per (trial, evaluation) for every trial under ``source``.
 
     ``source`` is a sweep directory (Tune's ``storage_path/name``, or any folder above trial
-    directories) or a ``ResultGrid``.
+    directories), a ``raymix run`` output directory (one trial), or a ``ResultGrid``.
     """
     dirs: Iterable[Path] = _from_result_grid(source) if hasattr(source, "get_best_result") else trial_dirs(source)
     frames = []
     for tdir in dirs:
+        run = _is_run_dir(tdir)  # a raymix run's output directory: its config.json, its records.jsonl
         try:
-            with open(tdir / "params.json") as fh:
+            with open(tdir / ("config.json" if run else "params.json")) as fh:
                 config = json.load(fh)
         except (FileNotFoundError, json.JSONDecodeError):
             continue
         # raymix's own records are complete across retries and resumes (the runtime truncates
         # them to the checkpoint it resumes from); Tune's result.json may restart after a
         # restore. Fall back to it for trials written by other tools.
-        results = _read_jsonl(tdir / "raymix" / "records.jsonl") or _read_jsonl(tdir / "result.json")
+        if run:
+            results = _read_jsonl(tdir / "records.jsonl")
+        else:
+            results = _read_jsonl(tdir / "raymix" / "records.jsonl") or _read_jsonl(tdir / "result.json")
         if not results:
             continue
         flat_cfg = _flatten(config)

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,20 @@ import torch
 
 from raymix.runtime.resources import Refused
 
-__all__ = ["write_checkpoint", "save_checkpoint", "load_checkpoint", "load_latest", "latest_checkpoint", "checkpoint_dir",
+
+class CheckpointError(Refused):
+    """A checkpoint that cannot be used (a ``Refused``: the CLI prints it as one line)."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A file holding objects other than tensors and plain values: never loaded, never passed
+    over for an older checkpoint (someone put it there)."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A torn, truncated or foreign file: ``load_latest`` passes over it, with a warning."""
+
+__all__ = ["CheckpointError", "UnsafeCheckpoint", "CorruptCheckpoint", "write_checkpoint", "save_checkpoint", "load_checkpoint", "load_latest", "latest_checkpoint", "checkpoint_dir",
            "clear_checkpoints", "remove_stale"]
 
 FORMAT = 1
@@ -67,17 +81,22 @@ def save_checkpoint(directory: "str | Path", state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(directory: "str | Path") -> dict[str, Any]:
-    """Read a checkpoint directory; a file holding anything but plain data is refused."""
+    """Read a checkpoint directory. A file holding anything but plain data raises
+    :class:`UnsafeCheckpoint`; one that does not read back (torn, truncated, foreign),
+    :class:`CorruptCheckpoint`; a file that cannot be opened, the ``OSError``."""
     path = Path(directory) / "state.pt"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch raises this one type for both cases; only its text tells them apart.
         if "weights only" in str(exc).lower():
-            raise Refused(f"refusing to load {path}: it holds objects other than tensors and plain values "
-                             f"(a raymix checkpoint never does; loading it could run code)") from None
-        raise Refused(f"{path} is corrupt: {str(exc).splitlines()[0]}") from None
+            raise UnsafeCheckpoint(f"refusing to load {path}: it holds objects other than tensors and plain values "
+                                   f"(a raymix checkpoint never does; loading it could run code)") from None
+        raise CorruptCheckpoint(f"{path} is corrupt: {_first_line(exc)}") from None
+    except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as exc:
+        raise CorruptCheckpoint(f"{path} is corrupt: {type(exc).__name__}: {_first_line(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise Refused(f"{path} is not a raymix checkpoint (format {FORMAT})")
+        raise CorruptCheckpoint(f"{path} is not a raymix checkpoint (format {FORMAT})")
     return state
 
 
@@ -106,13 +125,15 @@ def load_latest(output_dir: "str | Path", warn=print) -> tuple[Path, dict[str, A
     for path in _checkpoints(output_dir):
         try:
             return path, load_checkpoint(path)
-        except ValueError as exc:
-            if "refusing to load" in str(exc):
-                raise
+        except CorruptCheckpoint as exc:
             warn(f"raymix: skipping the unreadable checkpoint {path}: {exc}")
-        except (EOFError, RuntimeError, OSError) as exc:
-            warn(f"raymix: skipping the unreadable checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        except OSError as exc:
+            warn(f"raymix: skipping the unreadable checkpoint {path}: {type(exc).__name__}: {_first_line(exc)}")
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 def remove_stale(output_dir: "str | Path") -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Refused", "ActorResources", "plan_resources", "preflight", "resolve", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "trial_runs_inside", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
+__all__ = ["Refused", "Plan", "plan", "ActorResources", "plan_resources", "preflight", "resolve", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
 
 
 class Refused(ValueError):
@@ -56,14 +57,6 @@ DRIVER_CPUS = 0.05  # a Tune trial's own process (bundle 0): it only submits tas
 PROCESS_MEMORY = 600 * 2**20
 
 
-def trial_runs_inside(config) -> bool:
-    """A sweep trial whose whole simulation is one process on CPUs (one honest pack, no GPU)
-    runs inside the trial's own actor, the Tune Trainable, instead of a server actor beside
-    it: no second process importing torch, no Ray hop per step, and with Tune's actor reuse
-    not even a new process per trial. ``config`` is resolved (``preflight``)."""
-    return len(actor_sizes(config)) == 1 and not float(config.num_gpus_per_worker)
-
-
 def default_concurrency(cluster: dict[str, float], config) -> int:
     """Concurrent trials when the sweep does not say: one per CPU, and no more than Ray's
     memory resource holds at ``PROCESS_MEMORY`` per process of a trial (its actors and itself)."""
@@ -109,16 +102,16 @@ def preflight(config, cluster: dict[str, float], cpus: float | None = None):
     :func:`check_files`, then :func:`resolve`. A :class:`Simulation` runs the two halves on
     either side of Ray's start (the files first: they need no Ray)."""
     check_files(config)
-    return resolve(config, cluster, cpus)
+    return plan(config, cluster, cpus).config
 
 
 def resolve(config, cluster: dict[str, float], cpus: float | None = None):
     """The preflight's second half, which reads nothing from disk: the config's plan on the
     cluster. ``cluster``: ``ray.cluster_resources()``; ``cpus``: the CPU budget of this
     simulation (a trial's share; default all of the cluster's). Resolves
-    ``workers_per_actor: auto`` and the per-worker CPU/GPU shares, and refuses a plan whose
-    actors cannot all be placed at once. Returns the config with every ``auto`` replaced by
-    its value, which is what travels to the actors; a resolved config resolves to itself."""
+    ``workers_per_actor: auto`` and the per-worker CPU/GPU shares: the config with every
+    ``auto`` replaced by its value, which is what travels to the actors; a resolved config
+    resolves to itself. :func:`plan` adds the actors and refuses what cannot fit."""
     total_cpus = float(cluster.get("CPU", 1) or 1)
     budget = total_cpus if cpus is None else float(cpus)
     gpus = float(cluster.get("GPU", 0) or 0)
@@ -127,16 +120,78 @@ def resolve(config, cluster: dict[str, float], cpus: float | None = None):
         gpu_share = gpus if cfg.num_gpus_per_worker == "auto" else float(cfg.num_gpus_per_worker) * cfg.n
         cfg = cfg.replace(workers_per_actor=auto_workers_per_actor(cfg.num_honest, budget, min(gpus, gpu_share)))
     cpu_w, gpu_w = plan_resources(cfg, {**cluster, "CPU": budget}, actor_sizes(cfg))
-    cfg = cfg.replace(num_cpus_per_worker=cpu_w, num_gpus_per_worker=gpu_w)
-    plan = [resources_for(cpu_w, gpu_w, k) for k in actor_sizes(cfg)]
-    short = shortfall([r.bundle() for r in plan], cluster)
-    if short is not None:
-        key, need, have = short
-        raise Refused(
-            f"the simulation's {len(plan)} actors need {need:g} {key}s in all but the Ray cluster has {have:g}: "
-            f"lower num_{key.lower()}s_per_worker (now {getattr(config, f'num_{key.lower()}s_per_worker')!r}, per logical "
-            f"worker; an actor of w workers asks for w times it) or set it to 'auto'")
-    return cfg
+    return cfg.replace(num_cpus_per_worker=cpu_w, num_gpus_per_worker=gpu_w)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where one simulation runs, decided once (:func:`plan`); the sweep, the Tune Trainable
+    and :class:`~raymix.runtime.Simulation` all read this one object.
+
+    ``config``: resolved (every ``auto`` replaced): what the actors receive. ``groups``: the
+    honest workers of each actor and ``actors``: each actor's request, both in creation
+    order (the server first: its pack, plus the Byzantine workers when they train on data
+    of their own; then each other pack). ``trial``: planned as a Tune trial, whose placement
+    group holds a bundle for the Trainable's own process first. ``inside``: a trial whose
+    whole simulation runs in the Trainable's process (one pack on CPUs; ``actors`` then
+    describes that process's share)."""
+
+    config: Any
+    groups: tuple[tuple[int, ...], ...]
+    actors: tuple[ActorResources, ...]
+    trial: bool = False
+
+    @property
+    def inside(self) -> bool:
+        return self.trial and len(self.actors) == 1 and not self.actors[0].num_gpus
+
+    @property
+    def bundles(self) -> list[dict[str, float]]:
+        """A trial's placement-group bundles: the Trainable's, then one per actor in creation
+        order (:meth:`bundle_index`); a trial run inside is one bundle of both shares."""
+        actors = [a.bundle() for a in self.actors]
+        if self.inside:
+            return [{"CPU": DRIVER_CPUS + actors[0]["CPU"]}]
+        return ([{"CPU": DRIVER_CPUS}] if self.trial else []) + actors
+
+    def bundle_index(self, actor: int) -> int:
+        """The bundle actor ``actor`` (creation order) is pinned to in the trial's placement group."""
+        return actor + 1 if self.trial else actor
+
+    def threads(self, actor: int) -> int:
+        """Torch threads of actor ``actor``: its planned CPU share, rounded."""
+        return actor_threads(self.config.num_cpus_per_worker, actor_sizes(self.config)[actor])
+
+    def check_fits(self, cluster: dict[str, float]) -> None:
+        """Refuse, before anything starts, a plan the cluster can never hold (a trial would
+        stay pending forever)."""
+        short = shortfall(self.bundles, dict(cluster))
+        if short is None:
+            return
+        res, need, have = short
+        who = f"a trial's driver and {len(self.actors)} actors" if self.trial else f"the simulation's {len(self.actors)} actors"
+        per = f"num_{res.lower()}s_per_worker"
+        raise Refused(f"{who} need {need:.4g} {res}s in all but the Ray cluster has {have:g}: lower {per} (now "
+                      f"{getattr(self.config, per)!r} per logical worker; an actor of w workers asks for w times it) "
+                      f"or raise workers_per_actor")
+
+
+def plan(config, cluster: dict[str, float], cpus: float | None = None, trial: bool = False) -> Plan:
+    """The plan of ``config`` (an :class:`ExperimentConfig`, or a Tune trial's parameters) on
+    ``cluster`` (``ray.cluster_resources()``). ``cpus``: the CPU budget (a trial's share, of
+    which ``DRIVER_CPUS`` stay with the Trainable; default all of the cluster's). Reads no
+    file; refuses a plan whose actors can never all be placed at once."""
+    from raymix.config import ExperimentConfig
+
+    if not isinstance(config, ExperimentConfig):
+        config = ExperimentConfig.from_dict(config)
+    budget = None if cpus is None else (max(float(cpus) - DRIVER_CPUS, 0.01) if trial else float(cpus))
+    cfg = resolve(config, dict(cluster), budget)
+    cpu_w, gpu_w = float(cfg.num_cpus_per_worker), float(cfg.num_gpus_per_worker)
+    groups = [tuple(g) for g in actor_groups(cfg.num_honest, cfg.workers_per_actor)]
+    result = Plan(cfg, tuple(groups), tuple(resources_for(cpu_w, gpu_w, k) for k in actor_sizes(cfg)), trial)
+    result.check_fits(cluster)
+    return result
 
 
 def _round_down(x: float) -> float:

@@ -33,15 +33,16 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from raymix.config import ExperimentConfig
-from raymix.records import Interval, RecordWriter, columns, make_record, read_records
+from raymix.records import Interval, RecordWriter, RunResult, columns, make_record, read_records
 from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, load_latest, remove_stale, save_checkpoint
 from raymix.runtime.lock import OutputLock
-from raymix.runtime.resources import Refused, actor_groups, actor_sizes, check_files, resolve, resources_for
+from raymix.runtime.resources import Plan, Refused, check_files
+from raymix.runtime.resources import plan as make_plan
 
 __all__ = ["Simulation", "Diverged", "run_experiment", "RunResult", "StepContext", "Hook", "MAX_RESTARTS", "RESUME_MAY_CHANGE"]
 
@@ -191,26 +192,21 @@ class _NativeFilter:
         os.close(saved)
 
 
-def _bundle_assigner() -> Callable[[], dict]:
-    """Inside a placement group (a Tune trial), each actor gets its own bundle, in the order
-    the Tune layer laid them out (bundle 0 is the trial itself; then the server, then the other
-    honest packs): left to pick any bundle, small actors can fill the one sized for a larger
-    actor, which then never starts. Outside a placement group: no constraint."""
+def _placement(plan: Plan, actor: int) -> dict:
+    """In a Tune trial's placement group, actor ``actor`` (creation order) is pinned to the
+    bundle its plan laid out for it (``Plan.bundle_index``): left to pick any bundle, small
+    actors can fill the one sized for a larger actor, which then never starts. Outside a
+    trial: no constraint."""
     from ray.util import get_current_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     pg = get_current_placement_group()
-    counter = iter(range(1, 1 << 30))
-
-    def next_bundle() -> dict:
-        if pg is None:
-            return {}
-        index = next(counter)
-        if index >= pg.bundle_count:
-            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg)}
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)}
-
-    return next_bundle
+    if pg is None or not plan.trial:
+        return {}
+    index = plan.bundle_index(actor)
+    if index >= pg.bundle_count:  # a placement group laid out by someone else
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg)}
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)}
 
 
 class Simulation:
@@ -218,13 +214,14 @@ class Simulation:
 
     ``config``: a validated :class:`ExperimentConfig`; its ``auto`` fields are resolved by
     the preflight against the cluster (``cpus``: this simulation's CPU budget, default the
-    whole cluster's; a Tune trial passes its share). ``hooks``: ``on_step(step, context)``
+    whole cluster's), or taken as they are from ``plan`` (``resources.plan``: a Tune trial's,
+    made once for its placement group and its actors alike). ``hooks``: ``on_step(step, context)``
     callables or objects (fault injection, inspection). ``address``: a Ray cluster to join
     when Ray is not initialised, ``verbose`` with Ray's own messages (:func:`ensure_ray`); a
     Ray this object did not start is never shut down."""
 
     def __init__(self, config: ExperimentConfig, *, address: str | None = None, hooks: Sequence | None = None,
-                 cpus: float | None = None, verbose: bool = False):
+                 cpus: float | None = None, verbose: bool = False, plan: Plan | None = None):
         import ray
 
         from raymix.runtime.actors import ServerActor, WorkerActor
@@ -236,30 +233,29 @@ class Simulation:
         self._started_ray = ensure_ray(address, verbose)
         self._actors: list = []
         try:
-            self.config = cfg = resolve(config, ray.cluster_resources(), cpus)
+            p = plan if plan is not None else make_plan(config, ray.cluster_resources(), cpus)
+            self.config = cfg = p.config
             self.pool = cfg.build_pool()
             self._on_step = _on_step_hooks(hooks)
             inputs = prepare(cfg)
-            bundle = _bundle_assigner()
-            cpu_w, gpu_w = float(cfg.num_cpus_per_worker), float(cfg.num_gpus_per_worker)
             self._refs = []  # held for the run: a restarted actor re-reads its arguments
             self.honest = []  # the packs after the first (the server hosts the first)
-            first, *others = actor_groups(cfg.num_honest, cfg.workers_per_actor)
-            res = resources_for(cpu_w, gpu_w, actor_sizes(cfg)[0])  # the server: its pack (and data-training Byzantines)
+            first, *others = (list(g) for g in p.groups)
+            res = p.actors[0]  # the server: its pack (and data-training Byzantines)
             refs = [ray.put(x) for x in ([inputs.honest_shards[i] for i in first], inputs.test, inputs.byzantine_shards)]
             self._refs += refs
             # The server restarts, but never retries a step by itself: the driver reloads the
             # last evaluation's state into it and replays the steps since (see _recover).
             self.server = ray.remote(ServerActor).options(
                 num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0,
-                **bundle()).remote(cfg, inputs.init_weights, inputs.model, refs[1], first, refs[0], refs[2], inputs.norm)
-            for ids in others:
-                res = resources_for(cpu_w, gpu_w, len(ids))
+                **_placement(p, 0)).remote(cfg, inputs.init_weights, inputs.model, refs[1], first, refs[0], refs[2], inputs.norm)
+            for i, ids in enumerate(others, start=1):
+                res = p.actors[i]
                 shards = ray.put([inputs.honest_shards[i] for i in ids])
                 self._refs.append(shards)
                 self.honest.append(ray.remote(WorkerActor).options(
                     num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS,
-                    max_task_retries=MAX_RESTARTS, **bundle()).remote(cfg, ids, shards, inputs.model, inputs.norm))
+                    max_task_retries=MAX_RESTARTS, **_placement(p, i)).remote(cfg, ids, shards, inputs.model, inputs.norm))
             self._actors += self.honest
             self._actors.append(self.server)
             del inputs  # the object store holds the shards; the driver keeps nothing it does not need
@@ -403,24 +399,6 @@ class Simulation:
 
 
 # ---------------------------------------------------------------------------- raymix run
-@dataclass
-class RunResult:
-    config: ExperimentConfig
-    records: list[dict]
-    output_dir: Path | None
-    steps_per_second: float
-    wall_time: float
-    resumed_from: int = 0
-
-    @property
-    def final(self) -> dict:
-        return self.records[-1] if self.records else {}
-
-    @property
-    def final_accuracy(self) -> float | None:
-        return self.final.get("test_accuracy")
-
-
 def check_resumable(state: dict[str, Any], config: ExperimentConfig) -> None:
     """Refuse to continue ``state`` under a config that computes something else: only the
     fields in ``RESUME_MAY_CHANGE`` (where and how it runs, and how long) may differ."""

@@ -17,7 +17,7 @@ from raymix.config import ExperimentConfig
 from raymix.progress import time_left
 from raymix.records import RecordWriter, columns, is_record_key, read_records
 from raymix.runtime.checkpoint import load_checkpoint, write_checkpoint
-from raymix.runtime.resources import DRIVER_CPUS, actor_placement, actor_sizes, actor_threads, check_files, resolve, trial_runs_inside
+from raymix.runtime.resources import actor_placement, check_files, plan
 from raymix.runtime.simulation import Simulation, check_resumable, checkpoint_due
 from raymix.step import LocalSimulation
 
@@ -31,10 +31,10 @@ class SimulationTrainable(tune.Trainable):
     state; reset_config: the next trial in the same process (Tune's actor reuse).
 
     The engine is a :class:`Simulation` (a server actor and packs beside this one), or, for a
-    trial that is one pack on CPUs (``resources.trial_runs_inside``), the same step module
+    trial that is one pack on CPUs (``resources.Plan.inside``), the same step module
     in this actor's own process (:class:`~raymix.step.LocalSimulation`): the same records,
-    with no Ray hop per step and no second process. ``cpus``: the trial's CPU budget (its
-    engine gets it less ``DRIVER_CPUS``); ``hooks``: ``on_step`` hooks (fault injection)."""
+    with no Ray hop per step and no second process. ``cpus``: the trial's CPU budget (the
+    plan keeps ``DRIVER_CPUS`` of it for this process); ``hooks``: ``on_step`` hooks (fault injection)."""
 
     def setup(self, config: dict, cpus: float = 1.0, hooks: "list | None" = None) -> None:
         self.cpus, self.hooks = cpus, hooks
@@ -43,16 +43,16 @@ class SimulationTrainable(tune.Trainable):
     def _start(self, config: dict) -> None:
         import ray
 
-        budget = max(self.cpus - DRIVER_CPUS, 0.01)
-        given = ExperimentConfig.from_dict(config)  # imports the config's plugins first (a fresh process)
-        resolved = resolve(given, ray.cluster_resources(), budget)  # the plan decides where the trial runs
-        if trial_runs_inside(resolved):
-            check_files(resolved)  # the preflight's other half (a Simulation runs both itself)
-            torch.set_num_threads(actor_threads(resolved.num_cpus_per_worker, actor_sizes(resolved)[0]))
-            self.sim = LocalSimulation(resolved, on_step=[h.on_step for h in self.hooks or () if hasattr(h, "on_step")])
+        # The same plan the sweep sized this trial's placement group with (the same inputs);
+        # from_dict imports the config's plugins first (a fresh process).
+        p = plan(config, ray.cluster_resources(), self.cpus, trial=True)
+        if p.inside:
+            check_files(p.config)  # the preflight's other half (a Simulation runs both itself)
+            torch.set_num_threads(p.threads(0))
+            self.sim = LocalSimulation(p.config, on_step=[h.on_step for h in self.hooks or () if hasattr(h, "on_step")])
             self.where = _where_inside()
         else:
-            self.sim = Simulation(resolved, hooks=self.hooks, cpus=budget)
+            self.sim = Simulation(p.config, hooks=self.hooks, plan=p)
             self.where = self.sim.placement()  # reported with every result: the tests check it
 
     def reset_config(self, new_config: dict) -> bool:
