@@ -42,6 +42,14 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """The shared Ray's address, for a `raymix` command run in a subprocess to join
+    (``--address``) instead of starting a Ray of its own (~10 s on 2 cores). Used where
+    starting Ray is not what the test is about."""
+    return ray_session.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
 def mnist_dir() -> str:
     """The data directory holding MNIST/raw ($RAYMIX_DATA_DIR, else ../shared/data), or skip."""
     raw = MNIST_DIR / "MNIST" / "raw"

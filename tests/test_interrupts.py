@@ -20,9 +20,9 @@ def _records(path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_an_interrupted_run_says_what_it_kept_and_how_to_continue(tmp_path):
+def test_an_interrupted_run_says_what_it_kept_and_how_to_continue(tmp_path, ray_address):
     """Both signals on two runs side by side (one Ray start's wait for both: suite time); the
-    SIGINT one is then continued with the command it printed."""
+    SIGINT one is then continued with the command it printed (joining the tests' Ray: suite time)."""
     procs = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         out = tmp_path / signal.Signals(sig).name
@@ -53,7 +53,8 @@ def test_an_interrupted_run_says_what_it_kept_and_how_to_continue(tmp_path):
             continue
         # The command continues the run (here shortened: how long a run is may change on resume).
         command = [a if a != "5000" else str(step + 20) for a in command[1:]]
-        done = subprocess.run([sys.executable, "-m", "raymix", *command], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-m", "raymix", *command, "--address", ray_address], capture_output=True,
+                              text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         steps = [r["step"] for r in _records(out / "records.jsonl")]
         assert steps == [20 * (i + 1) for i in range(len(steps))] and steps[-1] == step + 20
@@ -66,11 +67,12 @@ run: {max_concurrent_trials: 1}
 """
 
 
-def test_an_interrupted_sweep_says_it_is_unfinished_and_how_to_continue(tmp_path):
+def test_an_interrupted_sweep_says_it_is_unfinished_and_how_to_continue(tmp_path, ray_address):
     """Issue 22: Ctrl-C on a sweep exited 0 and listed step-75 results as if final, without the
     trial that had not started (here the second, waiting behind the first). Now: every trial
     is listed, the unfinished ones marked, one line on stderr with the command that continues
-    it, and 130 / 143. Both signals on two sweeps side by side; the SIGINT one is continued."""
+    it, and 130 / 143. Both signals on two sweeps side by side; the SIGINT one is continued
+    (joining the tests' Ray: suite time)."""
     procs = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         root = tmp_path / signal.Signals(sig).name
@@ -98,6 +100,7 @@ def test_an_interrupted_sweep_says_it_is_unfinished_and_how_to_continue(tmp_path
         assert command[0] == "raymix" and command[-1] == "--resume" and command[1:3] == ["sweep", str(root / "s.yaml")]
         if sig != signal.SIGINT:  # the resumed sweep is the same for either signal: run once (suite time)
             continue
-        done = subprocess.run([sys.executable, "-m", "raymix", *command[1:]], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([sys.executable, "-m", "raymix", *command[1:], "--address", ray_address], capture_output=True,
+                              text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         assert "2 trials (0 errored)" in done.stdout and "(unfinished)" not in done.stdout, done.stdout

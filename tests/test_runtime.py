@@ -311,7 +311,7 @@ def test_auto_packing_gives_about_one_pack_per_two_cpus(ray_session, tmp_path):
         assert rec["step"] == 2 and sim.done
 
 
-def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_session, tmp_path):
+def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_address, tmp_path):
     """on_divergence: stop (the default): the run ends at the first non-finite aggregate with
     a message naming the step and the drawn rule, the last record says so, the weights are
     the ones before the step; `raymix run` exits 3 with one line. `skip` drops the update."""
@@ -333,12 +333,14 @@ def test_a_non_finite_aggregate_stops_the_run_and_never_reaches_the_weights(ray_
     assert skip.records[-1]["all_steps_skipped"] is True and "all_steps_skipped" not in skip.records[0]
     args = ["run", "--dataset", "synthetic", "--model", "mlp", "--n", "7", "--f", "1", "--aggregator", "mean",
             "--attack", "nonfinite(kind='nan')", "--steps", "2", "--eval-every", "1", "--batch-size", "8", "--quiet"]
-    # The two commands side by side (suite time: one wait for Ray's start-up, not two).
+    # The first command starts a Ray of its own, as a user's would; the second joins the
+    # tests' Ray (suite time). The whole of stderr: Ray's start-up or joining lines, its token
+    # warning and its C++ core's bookkeeping warnings stay out of the terminal (`--verbose`
+    # lets them through).
     stop, skip = (subprocess.Popen([sys.executable, "-m", "raymix"] + args + extra, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True) for extra in ([], ["--on-divergence", "skip"]))
+                                   stderr=subprocess.PIPE, text=True)
+                  for extra in ([], ["--on-divergence", "skip", "--address", ray_address]))
     (_, stop_err), (_, skip_err) = stop.communicate(timeout=300), skip.communicate(timeout=300)
-    # The whole of stderr: Ray's start-up lines, its token warning and its C++ core's
-    # bookkeeping warnings stay out of the terminal (`--verbose` lets them through).
     assert stop.returncode == 3 and stop_err.strip().splitlines() == [
         "raymix run: diverged at step 1: the aggregate is not finite (drawn rule mean); the update was not applied"]
     assert skip.returncode == 3 and skip_err.strip().splitlines() == [
