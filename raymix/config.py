@@ -29,6 +29,7 @@ __all__ = ["ExperimentConfig", "check_data", "PARTITIONS", "MODES", "SPEC_FIELDS
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
 MODES = ("gradient", "model")
 DIVERGENCE = ("stop", "skip")
+DEVICES = ("auto", "cuda", "cpu")
 # Fields whose value is a spec string; from_dict also accepts {"name": ..., **args} for them.
 SPEC_FIELDS = ("aggregator", "attack")
 
@@ -112,6 +113,10 @@ class ExperimentConfig:
     workers_per_actor: "str | int" = knob("auto", "honest workers per actor (one vectorised pass); auto = one pack per GPU, else per 2 CPUs")
     num_gpus_per_worker: "str | float" = knob("auto", "GPU share per worker; auto = 1/n of a GPU when the cluster has GPUs, else 0")
     num_cpus_per_worker: "str | float" = knob("auto", "CPU share per worker; auto = the cluster's CPUs shared by all actors")
+    device: str = knob("auto", "where the actors compute: auto = CUDA in an actor that holds a GPU share, else the CPU", DEVICES,
+                       detail="An actor given a GPU share where torch cannot use CUDA is refused in one line before the first step, unless `cpu` was asked for (then the share is only a reservation, as in tests with Ray's logical GPUs)")
+    deterministic: bool = knob(True, "on CUDA: deterministic algorithms, deterministic cuDNN, no TF32 (off: faster, records may vary run to run)",
+                               detail="Sets `torch.use_deterministic_algorithms(True)`, cuDNN's deterministic mode without benchmarking, TF32 off and `CUBLAS_WORKSPACE_CONFIG=:4096:8` in every actor on CUDA; CPU runs are deterministic either way (docs/runtime.md, Determinism)")
     seed: int = knob(0, "every random stream (data, draws, attack) derives from it")
     checkpoint_every: int = knob(0, "checkpoint every k steps (a multiple of eval_every); 0 = at every evaluation",
                                  detail="And at the last step; with an `output_dir` or in a sweep")
@@ -406,6 +411,7 @@ def _validate(c: ExperimentConfig) -> None:
         raise err(f"f={c.f} Byzantine workers out of n={c.n}: f must be < n/2")
     need_bool("drop_invalid")
     need_choice("mode", MODES)
+    need_choice("device", DEVICES)
     need_int("local_steps", 1)
     need_int("steps", 1)
     need_int("batch_size", 1)
@@ -417,6 +423,7 @@ def _validate(c: ExperimentConfig) -> None:
     need_int("eval_every", 1)
     need_int("eval_test_limit", 1, optional=True)
     need_bool("diagnostics")
+    need_bool("deterministic")
     if c.workers_per_actor != "auto":
         try:
             need_int("workers_per_actor", 1)

@@ -386,7 +386,7 @@ class LocalSimulation:
         inputs = prepare(config)
         self.on_step = list(on_step)
         self._last_state: dict[str, Any] = {"step": 0, "weights": None, "optimizer": None}
-        self.config = config
+        self.config, self.device = config, str(torch.device(device).type)
         self.workers = Workers.honest(config, range(config.num_honest), inputs.honest_shards, inputs.model, device, inputs.norm)
         if computer_method is not None:
             self.workers.computer.method = computer_method
@@ -430,7 +430,7 @@ class LocalSimulation:
         """The state after the last evaluation: step, weights, optimizer state, the config."""
         if self._last_state["weights"] is None:
             raise RuntimeError("no evaluation yet: nothing to save")
-        return {**self._last_state, "config": self.config.to_dict()}
+        return {**self._last_state, "config": self.config.to_dict(), "device": self.device}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (a checkpoint; the caller checks it fits this config)."""

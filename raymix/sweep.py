@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from raymix import checks
 from raymix.config import ExperimentConfig, read_yaml_mapping, yaml_line
 
 __all__ = ["SweepConfig", "load_sweep", "run_sweep", "trial_resources", "expand_grid"]
@@ -52,6 +53,10 @@ _RUN_KEYS = {
     "num_samples",
     "checkpoint_every",
     "trial_cpus",
+    "trial_gpus",
+    "trials_per_gpu",
+    "gpu_memory_gib",
+    "gpu_memory_per_trial_gib",
 }
 
 
@@ -70,6 +75,12 @@ class SweepConfig:
         unknown_run = set(self.run) - _RUN_KEYS
         if unknown_run:
             raise ValueError(f"{where}: unknown run setting(s) {sorted(unknown_run)}; known: {sorted(_RUN_KEYS)}")
+        for key in ("trial_cpus", "trial_gpus", "gpu_memory_gib", "gpu_memory_per_trial_gib"):
+            if self.run.get(key) is not None:
+                checks.number(f"{where}: run", key, self.run[key], lo=0.0, strict=True)
+        for key in ("trials_per_gpu", "max_concurrent_trials", "num_samples"):
+            if self.run.get(key) is not None:
+                checks.integer(f"{where}: run", key, self.run[key], lo=1)
         if "checkpoint_every" in self.run:
             # A run setting for convenience; the trials read it from their experiment config.
             run = dict(self.run)
@@ -176,7 +187,6 @@ def load_sweep(path: "str | os.PathLike") -> SweepConfig:
 
 
 # ---------------------------------------------------------------------------- resources
-from raymix.runtime.resources import DRIVER_CPUS
 
 
 def trial_resources(plan):
@@ -276,24 +286,24 @@ def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, addre
     run, storage = dict(sweep.run), str(path.parent)
     started = ensure_ray(address, verbose=bool(verbose))
     try:
-        from raymix.runtime.resources import default_concurrency, plan
+        from raymix.runtime.resources import plan, sweep_shape
 
         cluster = ray.cluster_resources()
-        concurrency = int(run.get("max_concurrent_trials") or 0) or None
-        if concurrency is None and not run.get("trial_cpus"):
-            # One trial per CPU, as many as memory holds: trials share nothing, so running
-            # them side by side beats spreading one trial's actors over every core.
-            concurrency = default_concurrency(cluster, plan(points[0], cluster, 1.0, trial=True).config)
-        cpus_per_trial = float(run.get("trial_cpus") or max(0.05 + DRIVER_CPUS, float(cluster.get("CPU", 1)) / (concurrency or 1)))
+        # Trials share nothing, so running them side by side (one per CPU, or K per GPU) beats
+        # spreading one trial's actors over every core or GPU.
+        probe = plan(points[0], cluster, 1.0, trial=True, gpus=min(1.0, float(cluster.get("GPU", 0) or 0)) or None).config
+        shape = sweep_shape(dict(cluster), run, probe)
+        concurrency, cpus_per_trial, gpus_per_trial = shape.concurrency, shape.trial_cpus, shape.trial_gpus or None
         for point in points:  # the plan of every trial (refused if it cannot fit), before Tune starts
-            plan(point, cluster, cpus_per_trial, trial=True)
+            plan(point, cluster, cpus_per_trial, trial=True, gpus=gpus_per_trial)
         space = sweep.param_space()
         space.update(_absolute_data_dir({k: v for k, v in space.items() if k in ("dataset", "data_dir") and not isinstance(v, dict)}))
 
         def resources(trial_config: dict):  # sized per trial from its own config
-            return trial_resources(plan(trial_config, cluster, cpus_per_trial, trial=True))
+            return trial_resources(plan(trial_config, cluster, cpus_per_trial, trial=True, gpus=gpus_per_trial))
 
-        trainable = tune.with_resources(tune.with_parameters(SimulationTrainable, cpus=cpus_per_trial, hooks=hooks), resources)
+        trainable = tune.with_resources(tune.with_parameters(SimulationTrainable, cpus=cpus_per_trial, gpus=gpus_per_trial,
+                                                             hooks=hooks), resources)
         if resume:
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True, param_space=space)
         else:

@@ -156,7 +156,7 @@ def test_resources_gpu_fractions_and_packing():
     assert sizes == [5, 5]  # the server (aggregator, adversary, first pack), the second pack
     assert actor_sizes(c.replace(attack="label_flip")) == [7, 5]  # the server trains the f Byzantine workers too
     cpu, gpu = plan_resources(c, {"CPU": 16, "GPU": 1}, sizes)
-    assert gpu == pytest.approx(1 / 12) and cpu == pytest.approx(1.6)
+    assert gpu == pytest.approx(1 / 10) and cpu == pytest.approx(1.6)  # the GPU split over the 2 actors, then their workers
     assert resources_for(cpu, 0, 5).num_cpus == 8.0  # above one CPU: whole CPUs, rounded down
     assert plan_resources(c, {"CPU": 2}, sizes)[1] == 0.0
     assert plan_resources(c.replace(num_gpus_per_worker=0.5, num_cpus_per_worker=0.1), {"CPU": 2, "GPU": 1}, sizes) == (0.1, 0.5)
@@ -219,3 +219,20 @@ def test_the_docs_field_table_is_the_one_the_knobs_give():
     docs = (REPO / "docs" / "runtime.md").read_text()
     start = docs.index("| field | default | meaning |")
     assert docs[start:docs.index("\n\n", start) + 1] == field_table(), "regenerate: python -m raymix.config"
+
+
+def test_device_and_determinism_fields_and_a_resume_on_another_device_type():
+    from raymix.runtime.resources import Refused
+    from raymix.runtime.simulation import check_resumable
+
+    with pytest.raises(ValueError, match="device must be one of auto, cuda, cpu, got 'tpu'"):
+        ExperimentConfig(device="tpu")
+    with pytest.raises(ValueError, match="deterministic must be"):
+        ExperimentConfig(deterministic="yes")
+    c = ExperimentConfig()
+    state = {"config": c.to_dict(), "device": "cpu"}
+    check_resumable(state, c, "cpu")
+    check_resumable({"config": c.to_dict()}, c, "cpu")  # a checkpoint from before the field: the CPU
+    with pytest.raises(Refused, match="computed on cpu and this run computes on cuda .* set device: cuda"):
+        check_resumable(state, c, "cuda")  # auto would land on the GPU: asked for by nobody
+    check_resumable(state, c.replace(device="cuda"), "cuda")  # asked for

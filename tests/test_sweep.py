@@ -370,3 +370,51 @@ def test_callbacks_come_back_fresh_from_the_pickle_a_resume_loads():
     rc = rt.RecordsCallback()
     rc.steps["t"] = [2]
     assert pickle.loads(pickle.dumps(rc)).steps == {}
+
+
+FIG1 = {"dataset": "mnist", "n": 12, "f": 2, "aggregator": "mixtailor", "attack": "ipm(epsilon=0.1)"}
+BIG = {"dataset": "synthetic", "n": 1000, "f": 100, "aggregator": "comed", "attack": "ipm(epsilon=0.1)"}
+
+
+@pytest.mark.parametrize("cpus, gpus", [(16, 1), (16, 4), (64, 8)])
+@pytest.mark.parametrize("exp", [FIG1, BIG], ids=["fig1", "n1000"])
+def test_a_gpu_sweep_packs_trials_onto_each_gpu_and_keeps_every_core_busy(cpus, gpus, exp):
+    """Issue 25: on 16 CPUs and 1 GPU a sweep once ran one trial at a time (each asked for
+    0.83 of the GPU) on one CPU. Now K trials share each GPU, each with threads."""
+    from raymix.runtime.resources import plan, sweep_shape
+
+    cluster = {"CPU": float(cpus), "GPU": float(gpus), "memory": 512.0 * 2**30}
+    probe = plan(exp, cluster, 1.0, trial=True, gpus=1.0).config
+    shape = sweep_shape(cluster, {"gpu_memory_gib": 16}, probe)
+    # 16 GiB over ~1 GiB per trial would allow 16 a GPU; a CPU per trial caps it at C/G
+    assert shape.trials_per_gpu == min(16, cpus // gpus) and shape.concurrency == cpus
+    assert shape.trial_cpus == pytest.approx(1.0) and shape.trial_gpus == pytest.approx(gpus / cpus)
+    p = plan(exp, cluster, shape.trial_cpus, trial=True, gpus=shape.trial_gpus)
+    gpu_total = sum(b.get("GPU", 0) for b in p.bundles)
+    assert 0 < gpu_total <= shape.trial_gpus + 1e-4 and sum(b["CPU"] for b in p.bundles) <= shape.trial_cpus + 1e-9
+    assert p.threads(0) >= 1 and not p.inside  # a GPU share: the pack is an actor beside the Trainable
+    # all the trials at once fit the cluster, GPU by GPU
+    assert shape.concurrency * gpu_total <= gpus + 1e-3 and shape.concurrency * shape.trial_cpus <= cpus + 1e-9
+    # a GPU's memory that holds fewer trials packs fewer
+    assert sweep_shape(cluster, {"gpu_memory_gib": 4}, probe).trials_per_gpu == 4
+    assert sweep_shape(cluster, {"trials_per_gpu": 2}, probe).concurrency == 2 * gpus
+
+
+def test_a_run_on_several_gpus_puts_one_pack_on_each():
+    from raymix.runtime.resources import plan
+
+    p = plan(FIG1, {"CPU": 16.0, "GPU": 4.0})
+    assert len(p.actors) == 4 and [a.num_gpus for a in p.actors] == [1.0, 1.0, 1.0, pytest.approx(1 / 3, abs=1e-4)]
+    trial = plan(FIG1, {"CPU": 16.0, "GPU": 4.0}, 8.0, trial=True, gpus=2.0)  # trial_gpus: 2
+    assert [a.num_gpus for a in trial.actors] == [1.0, 1.0] and trial.bundles[0] == {"CPU": 0.05}
+    one = plan(FIG1, {"CPU": 16.0, "GPU": 1.0})  # one GPU: the whole of it, to one pack (was 10/12 of it)
+    assert [a.num_gpus for a in one.actors] == [1.0]
+
+
+def test_gpu_run_settings_are_checked():
+    base = {"name": "g", "experiment": {"dataset": "synthetic", "n": 7, "f": 1}}
+    for run, message in [({"trials_per_gpu": 0}, "trials_per_gpu must be an integer >= 1"),
+                         ({"trial_gpus": -1}, "trial_gpus must be a finite number > 0"),
+                         ({"gpu_memory_gib": "lots"}, "gpu_memory_gib must be a finite number > 0")]:
+        with pytest.raises(ValueError, match=message):
+            SweepConfig(**base, run=run)

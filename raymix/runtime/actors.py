@@ -23,10 +23,25 @@ import time
 import torch
 
 from raymix.plugins import load_plugins
-from raymix.runtime.resources import actor_device, actor_placement, actor_sizes, actor_threads
+from raymix.runtime.resources import actor_device, actor_placement, actor_sizes, actor_threads, deterministic_cuda
 from raymix.step import Adversary, Server, Workers, step_after_gradients
 
 __all__ = ["WorkerActor", "ServerActor"]
+
+
+def _device(config, workers: int) -> tuple[str, "str | None"]:
+    """This actor's device and the reason it cannot run as planned (``actor_device``). On
+    CUDA: the deterministic settings (with ``deterministic``), before any CUDA call, and the
+    actor's memory held to its planned share of the GPU (an actor that outgrows it fails
+    with CUDA's out-of-memory error instead of starving the trials beside it)."""
+    device, problem = actor_device(config.device)
+    if device == "cuda":
+        if config.deterministic:
+            deterministic_cuda()
+        share = float(config.num_gpus_per_worker) * workers
+        if 0 < share < 1:
+            torch.cuda.set_per_process_memory_fraction(share)
+    return device, problem
 
 
 def _timed(workers: Workers, weights: torch.Tensor, step: int):
@@ -40,7 +55,12 @@ class WorkerActor:
     def __init__(self, config, worker_ids, shards, model, norm=None):
         load_plugins(config.plugins)  # before anything is built: this is a fresh process
         torch.set_num_threads(actor_threads(config.num_cpus_per_worker, len(worker_ids)))
-        self.workers = Workers.honest(config, worker_ids, shards, model, actor_device(), norm)
+        self.device, self.problem = _device(config, len(worker_ids))
+        self.workers = Workers.honest(config, worker_ids, shards, model, self.device, norm)
+
+    def device_check(self) -> tuple[str, "str | None"]:
+        """(device, the reason it cannot run as planned or None): read by the driver before the first step."""
+        return self.device, self.problem
 
     def compute(self, weights: torch.Tensor, step: int):
         return _timed(self.workers, weights, step)
@@ -56,12 +76,17 @@ class ServerActor:
     def __init__(self, config, init_weights, model, test, pack_ids, pack_shards, byzantine_shards=None, norm=None):
         load_plugins(config.plugins)  # before anything is built: this is a fresh process
         torch.set_num_threads(actor_threads(config.num_cpus_per_worker, actor_sizes(config)[0]))
-        device = actor_device()
+        self.device, self.problem = _device(config, actor_sizes(config)[0])
+        device = self.device
         self.config = config
         self.server = Server(config, init_weights, model, test, device)
         self.adversary = Adversary.for_config(config, model, byzantine_shards, device, norm)
         self.pack = Workers.honest(config, pack_ids, pack_shards, model, device, norm)
         self.rows: dict[int, tuple] = {}
+
+    def device_check(self) -> tuple[str, "str | None"]:
+        """(device, the reason it cannot run as planned or None): read by the driver before the first step."""
+        return self.device, self.problem
 
     def compute(self, step: int) -> None:
         """The server's own pack at the current weights (those after step-1: actor calls run in

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Refused", "Plan", "plan", "ActorResources", "plan_resources", "preflight", "resolve", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "actor_placement"]
+__all__ = ["Refused", "Plan", "plan", "SweepShape", "sweep_shape", "ActorResources", "plan_resources", "preflight", "resolve", "check_files", "default_concurrency", "auto_workers_per_actor", "actor_threads", "actor_groups", "actor_sizes", "even_cpu_share", "shortfall", "actor_device", "deterministic_cuda", "actor_placement"]
 
 
 class Refused(ValueError):
@@ -65,6 +65,76 @@ def default_concurrency(cluster: dict[str, float], config) -> int:
     return max(1, min(int(float(cluster.get("CPU", 1) or 1)), by_memory))
 
 
+# A trial's GPU memory when neither measured nor configured: a CUDA context (~0.5 GiB) plus a
+# small model's weights, optimizer state and batches, per process that computes on the GPU.
+GPU_MEMORY_PER_PROCESS_GIB = 1.0
+# A GPU's memory when the sweep does not say and the driver cannot read it (no CUDA here).
+GPU_MEMORY_GIB = 16.0
+
+
+@dataclass(frozen=True)
+class SweepShape:
+    """How a sweep fills the cluster (:func:`sweep_shape`): trials at once, each trial's CPU
+    and GPU budgets, and trials per GPU (0 on a cluster without GPUs)."""
+
+    concurrency: "int | None"  # None: Tune's own limit (the placement groups that fit)
+    trial_cpus: float
+    trial_gpus: float
+    trials_per_gpu: int
+
+
+def sweep_shape(cluster: dict[str, float], run: dict, probe=None) -> SweepShape:
+    """The sweep's shape on ``cluster`` from its ``run`` settings; ``probe``: one trial's
+    config (its process count sizes the memory bounds).
+
+    Without GPUs: one trial per CPU, as many as Ray's memory resource holds
+    (:func:`default_concurrency`). With G GPUs: K trials share each GPU, each with 1/K of a
+    GPU and the CPUs split evenly over the G*K trials (every trial has threads): K is
+    ``trials_per_gpu``, else the GPU's memory (``gpu_memory_gib``, else read here with
+    torch, else ``GPU_MEMORY_GIB``) over a trial's (``gpu_memory_per_trial_gib``, else
+    ``GPU_MEMORY_PER_PROCESS_GIB`` per GPU process), at most C/G so each trial keeps a CPU.
+    ``trial_gpus`` (above 1: a trial on several GPUs) sets the share instead.
+    ``max_concurrent_trials`` and ``trial_cpus`` override what they name."""
+    cpus = float(cluster.get("CPU", 1) or 1)
+    gpus = float(cluster.get("GPU", 0) or 0)
+    concurrency = int(run.get("max_concurrent_trials") or 0) or None
+    if gpus <= 0:
+        if concurrency is None and not run.get("trial_cpus") and probe is not None:
+            concurrency = default_concurrency(cluster, probe)
+        trial_cpus = float(run.get("trial_cpus") or max(0.05 + DRIVER_CPUS, cpus / (concurrency or 1)))
+        return SweepShape(concurrency, trial_cpus, 0.0, 0)
+    if run.get("trial_gpus"):
+        trial_gpus = float(run["trial_gpus"])
+        per_gpu = max(1, int(1 / trial_gpus + 1e-9)) if trial_gpus <= 1 else 0
+    else:
+        per_gpu = int(run.get("trials_per_gpu") or 0)
+        if not per_gpu:
+            processes = len(actor_sizes(probe)) if probe is not None and probe.workers_per_actor != "auto" else 1
+            per_trial = float(run.get("gpu_memory_per_trial_gib") or processes * GPU_MEMORY_PER_PROCESS_GIB)
+            per_gpu = int(_gpu_memory_gib(run) // per_trial)
+            per_gpu = max(1, min(per_gpu, int(cpus // gpus) or 1))
+        trial_gpus = 1.0 / per_gpu
+    if concurrency is None:
+        concurrency = max(1, int(gpus / trial_gpus + 1e-9))
+        if probe is not None:
+            concurrency = min(concurrency, default_concurrency(cluster, probe))
+    trial_cpus = float(run.get("trial_cpus") or max(0.05 + DRIVER_CPUS, cpus / concurrency))
+    return SweepShape(concurrency, trial_cpus, trial_gpus, per_gpu)
+
+
+def _gpu_memory_gib(run: dict) -> float:
+    if run.get("gpu_memory_gib"):
+        return float(run["gpu_memory_gib"])
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory / 2**30
+    except Exception:  # no usable CUDA here (a CPU head node): the documented default
+        pass
+    return GPU_MEMORY_GIB
+
+
 def auto_workers_per_actor(num_honest: int, cpus: float, gpus: float) -> int:
     """About one honest pack per GPU, else per two CPUs, of the run's (or trial's) resources.
     Measured on 2 cores (docs/runtime.md): one pack of 10 workers on two threads ran 7%
@@ -105,7 +175,7 @@ def preflight(config, cluster: dict[str, float], cpus: float | None = None):
     return plan(config, cluster, cpus).config
 
 
-def resolve(config, cluster: dict[str, float], cpus: float | None = None):
+def resolve(config, cluster: dict[str, float], cpus: float | None = None, gpus: float | None = None):
     """The preflight's second half, which reads nothing from disk: the config's plan on the
     cluster. ``cluster``: ``ray.cluster_resources()``; ``cpus``: the CPU budget of this
     simulation (a trial's share; default all of the cluster's). Resolves
@@ -114,12 +184,13 @@ def resolve(config, cluster: dict[str, float], cpus: float | None = None):
     resolves to itself. :func:`plan` adds the actors and refuses what cannot fit."""
     total_cpus = float(cluster.get("CPU", 1) or 1)
     budget = total_cpus if cpus is None else float(cpus)
-    gpus = float(cluster.get("GPU", 0) or 0)
+    total_gpus = float(cluster.get("GPU", 0) or 0)
+    gpu_budget = total_gpus if gpus is None else min(float(gpus), total_gpus)
     cfg = config
     if cfg.workers_per_actor == "auto":
-        gpu_share = gpus if cfg.num_gpus_per_worker == "auto" else float(cfg.num_gpus_per_worker) * cfg.n
-        cfg = cfg.replace(workers_per_actor=auto_workers_per_actor(cfg.num_honest, budget, min(gpus, gpu_share)))
-    cpu_w, gpu_w = plan_resources(cfg, {**cluster, "CPU": budget}, actor_sizes(cfg))
+        gpu_share = gpu_budget if cfg.num_gpus_per_worker == "auto" else float(cfg.num_gpus_per_worker) * cfg.n
+        cfg = cfg.replace(workers_per_actor=auto_workers_per_actor(cfg.num_honest, budget, min(gpu_budget, gpu_share)))
+    cpu_w, gpu_w = plan_resources(cfg, {**cluster, "CPU": budget, "GPU": gpu_budget}, actor_sizes(cfg))
     return cfg.replace(num_cpus_per_worker=cpu_w, num_gpus_per_worker=gpu_w)
 
 
@@ -176,17 +247,18 @@ class Plan:
                       f"or raise workers_per_actor")
 
 
-def plan(config, cluster: dict[str, float], cpus: float | None = None, trial: bool = False) -> Plan:
+def plan(config, cluster: dict[str, float], cpus: float | None = None, trial: bool = False, gpus: float | None = None) -> Plan:
     """The plan of ``config`` (an :class:`ExperimentConfig`, or a Tune trial's parameters) on
     ``cluster`` (``ray.cluster_resources()``). ``cpus``: the CPU budget (a trial's share, of
-    which ``DRIVER_CPUS`` stay with the Trainable; default all of the cluster's). Reads no
-    file; refuses a plan whose actors can never all be placed at once."""
+    which ``DRIVER_CPUS`` stay with the Trainable; default all of the cluster's); ``gpus``:
+    the GPU budget (a trial's share, :func:`sweep_shape`; default all of the cluster's).
+    Reads no file; refuses a plan whose actors can never all be placed at once."""
     from raymix.config import ExperimentConfig
 
     if not isinstance(config, ExperimentConfig):
         config = ExperimentConfig.from_dict(config)
     budget = None if cpus is None else (max(float(cpus) - DRIVER_CPUS, 0.01) if trial else float(cpus))
-    cfg = resolve(config, dict(cluster), budget)
+    cfg = resolve(config, dict(cluster), budget, gpus)
     cpu_w, gpu_w = float(cfg.num_cpus_per_worker), float(cfg.num_gpus_per_worker)
     groups = [tuple(g) for g in actor_groups(cfg.num_honest, cfg.workers_per_actor)]
     result = Plan(cfg, tuple(groups), tuple(resources_for(cpu_w, gpu_w, k) for k in actor_sizes(cfg)), trial)
@@ -225,13 +297,16 @@ def plan_resources(config, cluster: dict[str, float], sizes: list[int]) -> tuple
     resources (``ray.cluster_resources()``) and actors of ``sizes`` logical workers
     (:func:`actor_sizes`).
 
-    - GPUs, ``"auto"``: 1/n of a GPU per worker when the cluster has GPUs, else 0.
+    - GPUs, ``"auto"``: the GPU budget (``cluster["GPU"]``: a run's GPUs, or a trial's
+      share) split evenly over the actors, at most one whole GPU each (so Ray never puts two
+      packs on one GPU when there are GPUs enough), each actor's share split over its
+      workers; 0 without GPUs.
     - CPUs, ``"auto"``: :func:`even_cpu_share` of the cluster's CPUs, so a whole simulation
       fits on a laptop whatever n, f and the packing are.
     """
     gpus = float(cluster.get("GPU", 0) or 0)
     if config.num_gpus_per_worker == "auto":
-        gpu_per_worker = (1.0 / config.n) if gpus > 0 else 0.0
+        gpu_per_worker = min(gpus / len(sizes), 1.0) / max(sizes) if gpus > 0 else 0.0
     else:
         gpu_per_worker = float(config.num_gpus_per_worker)
     if config.num_cpus_per_worker == "auto":
@@ -246,8 +321,12 @@ def resources_for(cpu_per_worker: float, gpu_per_worker: float, workers: int) ->
     return ActorResources(num_cpus=_frac(cpu_per_worker, max(workers, 1), math.floor), num_gpus=_frac(gpu_per_worker, max(workers, 1)))
 
 
-def actor_device() -> str:
-    """The torch device an actor should use: a GPU when Ray assigned it one."""
+def actor_device(requested: str = "auto") -> tuple[str, "str | None"]:
+    """The torch device an actor computes on, for the config's ``device`` (``auto``: CUDA
+    when Ray assigned the actor a GPU, else the CPU), and the reason it cannot run as
+    planned (else None): a GPU share where torch cannot use CUDA (a CPU-only torch build,
+    or a CUDA build newer than the driver), or ``cuda`` asked for without CUDA. The actor
+    then builds on the CPU and the driver refuses the run before its first step."""
     import ray
     import torch
 
@@ -255,9 +334,33 @@ def actor_device() -> str:
         gpus = ray.get_gpu_ids() if ray.is_initialized() else []
     except Exception:  # outside a Ray worker
         gpus = []
-    if gpus and torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    if requested == "cpu":
+        return "cpu", None
+    if gpus or requested == "cuda":
+        if torch.cuda.is_available():
+            return "cuda", None
+        built = f"torch {torch.__version__}" + (f" built for CUDA {torch.version.cuda}" if torch.version.cuda else " without CUDA")
+        why = "it holds a GPU share" if gpus else "device: cuda was asked for"
+        return "cpu", (f"an actor on node {ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else '?'} cannot use "
+                       f"CUDA although {why} ({built}; the driver may be older than that build): install a torch build "
+                       f"for this driver (README, Install), or set device: cpu to compute on the CPU")
+    return "cpu", None
+
+
+def deterministic_cuda() -> None:
+    """What ``deterministic: true`` sets in an actor that computes on CUDA, before its first
+    CUDA call: deterministic algorithms (an op without one raises), deterministic cuDNN
+    without benchmarking, no TF32 in matmuls or convolutions, and cuBLAS's fixed workspace."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def actor_placement() -> dict:
@@ -273,6 +376,6 @@ def actor_placement() -> dict:
         "placement_group": pg.id.hex() if pg is not None else None,
         "node": ray.get_runtime_context().get_node_id(),
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-        "device": actor_device(),
+        "device": actor_device()[0],
         "torch_threads": torch.get_num_threads(),
     }

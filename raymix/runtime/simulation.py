@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 4  # per actor; a worker pack's tasks are retried as often
 # Fields a resumed run may change: where and how it runs, and how long; not what it computes.
 RESUME_MAY_CHANGE = {"plugins", "output_dir", "data_dir", "steps", "checkpoint_every", "workers_per_actor", "num_gpus_per_worker",
-                     "num_cpus_per_worker", "diagnostics"}
+                     "num_cpus_per_worker", "diagnostics", "device", "deterministic"}
 
 
 class Diverged(RuntimeError):
@@ -259,6 +259,14 @@ class Simulation:
             self._actors += self.honest
             self._actors.append(self.server)
             del inputs  # the object store holds the shards; the driver keeps nothing it does not need
+            self.device = "cpu"
+            if float(cfg.num_gpus_per_worker) > 0 or cfg.device == "cuda":
+                # A GPU share torch cannot use is refused here, in one line, before the first step.
+                found = ray.get([a.device_check.remote() for a in self._actors])
+                problems = [why for _, why in found if why]
+                if problems:
+                    raise Refused(problems[0])
+                self.device = found[-1][0]  # the server's
             self._w_ref = self.server.weights.remote()
             self._pending: deque = deque()
             self._submitted = self.step = 0
@@ -357,12 +365,12 @@ class Simulation:
         """The state after the last evaluation: step, weights, optimizer state, the config."""
         if self._last_state["weights"] is None:
             raise RuntimeError("no evaluation yet: nothing to save")
-        return {**self._last_state, "config": self.config.to_dict()}
+        return {**self._last_state, "config": self.config.to_dict(), "device": self.device}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (a checkpoint). Only fields in ``RESUME_MAY_CHANGE`` may
-        differ from the config it was saved with."""
-        check_resumable(state, self.config)
+        differ from the config it was saved with, and the device type only when asked."""
+        check_resumable(state, self.config, self.device)
         self._last_state = {k: state[k] for k in ("step", "weights", "optimizer")}
         self._load(self._last_state)
 
@@ -399,13 +407,19 @@ class Simulation:
 
 
 # ---------------------------------------------------------------------------- raymix run
-def check_resumable(state: dict[str, Any], config: ExperimentConfig) -> None:
+def check_resumable(state: dict[str, Any], config: ExperimentConfig, device: str = "cpu") -> None:
     """Refuse to continue ``state`` under a config that computes something else: only the
-    fields in ``RESUME_MAY_CHANGE`` (where and how it runs, and how long) may differ."""
+    fields in ``RESUME_MAY_CHANGE`` (where and how it runs, and how long) may differ; a
+    checkpoint computed on another device type (``device``: this run's) continues only when
+    the config names that device (its records then differ from an uninterrupted run's)."""
     saved, mine = state.get("config") or {}, config.to_dict()
     diff = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and saved.get(k, mine[k]) != mine[k])
     if diff:
         raise Refused(f"cannot resume: the config differs from the checkpoint's in {diff}")
+    was = state.get("device", "cpu")
+    if was != device and config.device != device:
+        raise Refused(f"cannot resume: the checkpoint was computed on {was} and this run computes on {device} (the records "
+                      f"would differ from an uninterrupted run's): set device: {device} to continue there anyway")
 
 
 def checkpoint_due(config: ExperimentConfig, step: int) -> bool:

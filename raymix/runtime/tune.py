@@ -34,10 +34,11 @@ class SimulationTrainable(tune.Trainable):
     trial that is one pack on CPUs (``resources.Plan.inside``), the same step module
     in this actor's own process (:class:`~raymix.step.LocalSimulation`): the same records,
     with no Ray hop per step and no second process. ``cpus``: the trial's CPU budget (the
-    plan keeps ``DRIVER_CPUS`` of it for this process); ``hooks``: ``on_step`` hooks (fault injection)."""
+    plan keeps ``DRIVER_CPUS`` of it for this process); ``gpus``: its GPU budget (the
+    sweep's ``trial_gpus``, none on a CPU cluster); ``hooks``: ``on_step`` hooks (fault injection)."""
 
-    def setup(self, config: dict, cpus: float = 1.0, hooks: "list | None" = None) -> None:
-        self.cpus, self.hooks = cpus, hooks
+    def setup(self, config: dict, cpus: float = 1.0, gpus: "float | None" = None, hooks: "list | None" = None) -> None:
+        self.cpus, self.gpus, self.hooks = cpus, gpus, hooks
         self._start(config)
 
     def _start(self, config: dict) -> None:
@@ -45,7 +46,7 @@ class SimulationTrainable(tune.Trainable):
 
         # The same plan the sweep sized this trial's placement group with (the same inputs);
         # from_dict imports the config's plugins first (a fresh process).
-        p = plan(config, ray.cluster_resources(), self.cpus, trial=True)
+        p = plan(config, ray.cluster_resources(), self.cpus, trial=True, gpus=self.gpus)
         if p.inside:
             check_files(p.config)  # the preflight's other half (a Simulation runs both itself)
             torch.set_num_threads(p.threads(0))
@@ -75,7 +76,7 @@ class SimulationTrainable(tune.Trainable):
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         state = load_checkpoint(checkpoint_dir)
-        check_resumable(state, self.sim.config)
+        check_resumable(state, self.sim.config, self.sim.device)
         self.sim.restore(state)
 
     def cleanup(self) -> None:
