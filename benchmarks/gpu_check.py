@@ -8,19 +8,17 @@ Phases (the setting is Figure 1's: MNIST iid, the paper CNN, batch 50, n = 12, f
 - ``env``: versions (python, torch, CUDA, GPU, Ray), the data used, and a smoke test on the
   device: one real step of ``raymix.step`` and every distinct pool member on a (n, d) matrix
   there, each failure named (a device bug then costs seconds, not the session).
-- ``actors``: a real ``Simulation`` at n = 12 with ``workers_per_actor: 1`` and 1/n of a GPU
-  per worker: for each actor the device it sees (``CUDA_VISIBLE_DEVICES``, Ray's GPU ids,
-  ``torch.cuda.current_device()``, where its shards, model and weights live), then steps/s.
+- ``actors``: a real ``Simulation`` at n = 12 with ``workers_per_actor: 1`` (the plan gives
+  each actor its share of the GPU): each actor's device as it reports it
+  (``Simulation.placement``), then steps/s.
 - ``one_trial``: one trial's steady-state steps/s through raymix (``workers_per_actor: auto``)
   against the single process on the same device (``raymix.step``'s ``LocalSimulation``,
   vmap and loop), in interleaved windows: ``benchmarks/step_throughput.py``'s ``interleaved``.
 - ``packed``: K trials sharing the device, total trial-steps/s: K single-process trials as K
-  processes, and K ``Simulation`` s in this driver whose actors ask 1/K of the GPU (fractional
-  GPUs), each set started together after a warm-up and timed over the same window.
-- ``vmap_trials``: K trials in one process, vectorised with ``torch.func.vmap`` over the trial
-  dimension of the per-worker gradient pass (each trial its own weights, batches and dropout
-  masks; one SGD over the stacked weights), aggregated by ``mean`` (the kernel) and by each
-  trial's own MixTailor draw with the real adversary (``mixtailor``).
+  processes (the competitor's best: parallel single processes), started together after a
+  warm-up and timed over the same window, against ``raymix sweep`` itself with
+  ``trials_per_gpu: K`` (K trials at once on the GPU, as the product plans them), end to end:
+  the sweep's trial-steps over its wall time, start-up included.
 - ``n1000``: one trial at n = 1,000 (f = 2 and f = 200) in one process on the device:
   steps/s, the per-step times, and each distinct pool member timed on one step's inputs (the
   expected cost of a draw).
@@ -29,7 +27,10 @@ Phases (the setting is Figure 1's: MNIST iid, the paper CNN, batch 50, n = 12, f
 
 Every phase runs with ``--device cpu --quick`` (small n, few steps, K = 2) so the CPU test
 suite covers every code path (``tests/test_gpu_check.py``). Phases that use Ray join a Ray that
-is already initialised (the test suite's), else start one and shut it down.
+is already initialised (the test suite's), else start one and shut it down. Only raymix's
+public API is used (``LocalSimulation``, ``Simulation``, ``run_sweep``): what is measured is
+what the product runs. Besides the JSON lines, ``--markdown`` writes the rows as a table for
+docs/runtime.md.
 
     python benchmarks/gpu_check.py env --device cuda
     python benchmarks/gpu_check.py packed --device cuda --budget 150 --ks 4,16,32
@@ -38,7 +39,6 @@ is already initialised (the test suite's), else start one and shut it down.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -48,7 +48,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -58,7 +57,7 @@ for _p in (str(HERE), str(REPO)):  # step_throughput.py beside this file; raymix
     if _p not in sys.path:
         sys.path.append(_p)
 
-PHASES = ("env", "actors", "one_trial", "packed", "vmap_trials", "n1000")
+PHASES = ("env", "actors", "one_trial", "packed", "n1000")
 FIGURE1_TRIAL_STEPS = 24 * 50_000  # Figure 1: 3 seeds x 2 attacks x 4 aggregators, 50,000 steps each
 GOAL_SECONDS = 3600.0
 GOAL = FIGURE1_TRIAL_STEPS / GOAL_SECONDS  # 333.3 trial-steps per second
@@ -166,52 +165,19 @@ def trial_config(args, **overrides):
     return ExperimentConfig(**fields)
 
 
-def gpu_fraction(x: float) -> float:
-    """Rounded down to Ray's 4 decimals (a share rounded up could overbook the GPU)."""
-    return math.floor(x * 10_000) / 10_000
-
-
 def ensure_ray(args) -> bool:
-    """Join the Ray this process already has (the test suite's), else start a local one sized to
-    this machine (all CPUs; the GPUs when the device is cuda). True when this call started it."""
-    import ray
-    import torch
+    """Join the Ray this process already has (the test suite's), else start a local one with
+    raymix's own start (``ensure_ray``): all CPUs and GPUs. True when this call started it."""
+    from raymix.runtime.simulation import ensure_ray as start
 
-    if ray.is_initialized():
-        return False
-    gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
-    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return True
+    return start(None)
 
 
-# ---------------------------------------------------------------------------- single process on a device
-from raymix.step import LocalSimulation as _LocalSimulation  # noqa: E402
+def release_ray(started: bool) -> None:
+    if started:
+        from raymix.runtime.simulation import release_ray as stop
 
-
-class DeviceLocalSimulation(_LocalSimulation):
-    """``raymix.step.LocalSimulation`` on ``device``: the objects the actors build on the device
-    Ray gives them, in one process."""
-
-    def __init__(self, config, computer_method: "str | None" = None, device: str = "cpu", **kwargs):
-        super().__init__(config, computer_method, device=device, **kwargs)
-        self.device = device
-
-
-@contextlib.contextmanager
-def local_on(device: str):
-    """``raymix.step.LocalSimulation`` bound to ``device`` while inside (step_throughput's
-    ``interleaved`` builds its single-process baselines through that name)."""
-    import raymix.step as step
-
-    class Bound(DeviceLocalSimulation):
-        def __init__(self, config, computer_method=None):
-            super().__init__(config, computer_method, device=device)
-
-    saved, step.LocalSimulation = step.LocalSimulation, Bound
-    try:
-        yield Bound
-    finally:
-        step.LocalSimulation = saved
+        stop()
 
 
 def _sync(device: str) -> None:
@@ -245,6 +211,7 @@ def phase_env(args, emit: Emit, budget: Budget) -> None:
         emit("env", "note", note=args.data_note)
 
     # Smoke test on the device: one real step of the step module, then every distinct pool member.
+    from raymix import LocalSimulation
     from raymix.seeding import torch_generator
 
     checks: dict[str, str] = {}
@@ -252,7 +219,7 @@ def phase_env(args, emit: Emit, budget: Budget) -> None:
     d = None
     try:
         t0 = time.perf_counter()
-        sim = DeviceLocalSimulation(cfg, device=args.device)
+        sim = LocalSimulation(cfg, device=args.device)
         rec = sim.advance()
         d = sim.workers.computer.d
         checks["local_step"] = "ok" if math.isfinite(rec["train_loss"]) else f"non-finite loss {rec['train_loss']}"
@@ -284,64 +251,32 @@ def phase_env(args, emit: Emit, budget: Budget) -> None:
 
 # ---------------------------------------------------------------------------- actors
 def phase_actors(args, emit: Emit, budget: Budget) -> None:
-    import ray
-
-    from raymix.runtime import Simulation
+    """A Simulation with one actor per worker: where the plan put them, the device each
+    computes on (its own report), then steps/s."""
+    from raymix import Simulation
 
     n, f = (4, 1) if args.quick else (12, 2)
-    share = gpu_fraction(1.0 / n) if args.device.startswith("cuda") else 0.0
-    cfg = trial_config(args, n=n, f=f, workers_per_actor=1, num_gpus_per_worker=share, eval_every=2 if args.quick else 10,
+    cfg = trial_config(args, n=n, f=f, workers_per_actor=1, eval_every=2 if args.quick else 10,
                        drop_invalid=args.quick)  # quick: n = 4 leaves Krum and Bulyan out of the pool
-
-    def probe(actor):
-        """Runs inside each actor (``__ray_call__``): what it sees and where its tensors are."""
-        import os as _os
-
-        import torch as _torch
-
-        from raymix.runtime.resources import actor_placement
-
-        out = actor_placement()
-        out["pid"] = _os.getpid()
-        out["cuda_visible_devices"] = _os.environ.get("CUDA_VISIBLE_DEVICES")
-        out["cuda_available"] = _torch.cuda.is_available()
-        if _torch.cuda.is_available():
-            out["current_device"] = _torch.cuda.current_device()
-            out["gpu"] = _torch.cuda.get_device_name(_torch.cuda.current_device())
-            out["gpu_memory_allocated_mib"] = round(_torch.cuda.memory_allocated() / 2**20, 1)
-        pack = getattr(actor, "pack", None) or getattr(actor, "workers", None)
-        out["role"] = "server" if hasattr(actor, "server") else "worker"
-        out["worker_ids"] = list(pack.ids)
-        out["shards_device"] = str(pack.x.device)
-        out["model_device"] = str(next(pack.computer.model.parameters()).device)
-        if hasattr(actor, "server"):
-            out["weights_device"] = str(actor.server.w.device)
-        return out
-
     started = ensure_ray(args)
     try:
         t0 = time.perf_counter()
         with Simulation(cfg) as sim:
-            actors = [sim.server] + list(sim.honest)
-            where = ray.get([a.__ray_call__.remote(probe) for a in actors])  # as soon as each actor is built
+            placement = sim.placement()  # once every actor is built
             started_s = time.perf_counter() - t0
-            expect = "cuda" if args.device.startswith("cuda") else "cpu"
-            for w in where:
-                w["sees_expected_device"] = w["device"] == expect and w["shards_device"].startswith(expect) and w["model_device"].startswith(expect)
-                emit("actors", "actor", **w)
             sim.advance()  # the first interval (untimed)
             first = time.perf_counter() - t0
             rates = []
             while budget.left() > 3 and len(rates) < (2 if args.quick else 10):
                 rates.append(sim.advance()["steps_per_second"])
             rate = statistics.median(rates) if rates else None
-            emit("actors", "steps_per_second", config=f"n={n} f={f} workers_per_actor=1 num_gpus_per_worker={share}",
-                 actors=len(where), pids=len({w["pid"] for w in where}), all_on_expected_device=all(w["sees_expected_device"] for w in where),
-                 gpu_ids=sorted({g for w in where for g in w["gpu_ids"]}), placement=sim.placement(), steps_per_s=rate,
-                 trial_steps_per_s=rate, full_step=True, windows=rates, actors_started_s=started_s, first_record_s=first)
+            expect = "cuda" if args.device.startswith("cuda") else "cpu"
+            emit("actors", "steps_per_second", config=f"n={n} f={f} workers_per_actor=1 num_gpus_per_worker={sim.config.num_gpus_per_worker}",
+                 actors=placement["actors"], all_on_expected_device=placement["devices"] == expect, placement=placement,
+                 steps_per_s=rate, trial_steps_per_s=rate, full_step=True, windows=rates, actors_started_s=started_s,
+                 first_record_s=first)
     finally:
-        if started:
-            ray.shutdown()
+        release_ray(started)
 
 
 # ---------------------------------------------------------------------------- one trial
@@ -357,13 +292,9 @@ def phase_one_trial(args, emit: Emit, budget: Budget) -> None:
     cfg = trial_config(args, steps=warmup + window * repeats, eval_every=window)
     started = ensure_ray(args)
     try:
-        with local_on(args.device):
-            out = step_throughput.interleaved(cfg, warmup, repeats, ["auto"])
+        out = step_throughput.interleaved(cfg, warmup, repeats, ["auto"], device=args.device)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        release_ray(started)
     rates = {name: r["rates"] for name, r in out.items()}
     for name, r in out.items():
         rate = statistics.median(r["rates"])
@@ -384,9 +315,11 @@ def child_trial(args) -> int:
     ``--window`` seconds, print {"steps", "seconds"} as one JSON line."""
     import torch
 
+    from raymix import LocalSimulation
+
     torch.set_num_threads(max(1, args.threads))
     cfg = trial_config(args, seed=args.seed, eval_every=2 if args.quick else 10)
-    sim = DeviceLocalSimulation(cfg, device=args.device)
+    sim = LocalSimulation(cfg, device=args.device)
     while sim.step < args.warmup:
         sim.advance()
     Path(args.ready).touch()
@@ -467,73 +400,39 @@ def packed_processes(args, emit: Emit, K: int, window: float, deadline: float) -
     return row
 
 
-def packed_ray(args, emit: Emit, K: int, window: float, deadline: float) -> "dict | None":
-    """K ``Simulation`` s in this driver (one thread each), their actors asking 1/K of the GPU."""
-    from concurrent.futures import ThreadPoolExecutor
+def packed_sweep(args, emit: Emit, K: int, window: float, deadline: float) -> "dict | None":
+    """``raymix sweep`` of K trials (seeds 0..K-1) with ``trials_per_gpu: K``, as a user runs
+    it: trial-steps over the sweep's wall time, start-up included, and the trials' own
+    steady rate (their records' steps/s, first interval left out)."""
+    from raymix import SweepConfig, read_records, run_sweep
 
-    import ray
-
-    from raymix.runtime import Simulation
-
-    cluster = ray.cluster_resources()
-    cpus = float(cluster.get("CPU", 1))
-    cuda = args.device.startswith("cuda") and float(cluster.get("GPU", 0)) > 0
-    # one actor per trial (the server with all 10 honest workers: one Ray call a step), 1/K of
-    # the GPU and of the CPUs each
-    cfg = trial_config(args, eval_every=2 if args.quick else 10)
-    cfg = cfg.replace(workers_per_actor=cfg.num_honest)
-    share = gpu_fraction(1.0 / (cfg.n * K)) if cuda else 0.0
-    warmup = 2 if args.quick else 10
-    t_launch = time.monotonic()
-    sims: list = []
+    per = trial_config(args, eval_every=2 if args.quick else 10)
+    rough = 5.0 if args.quick else 20.0  # steps/s of one trial, for a length that fits the deadline
+    steps = max(2 * per.eval_every, int(rough * max(window, 0.5 * (deadline - time.monotonic())) / K) // per.eval_every * per.eval_every)
+    exp = {k: v for k, v in per.to_dict().items() if v is not None and k not in ("seed", "num_gpus_per_worker")}
+    exp.update(steps=steps, device="cpu" if args.device == "cpu" else "auto")
+    run = {"trials_per_gpu": K} if args.device.startswith("cuda") else {"max_concurrent_trials": K}
+    store = Path(tempfile.mkdtemp(prefix="gpu_check_sweep_"))
     try:
-        with ThreadPoolExecutor(min(K, 8)) as ex:  # the driver loads and partitions the data once per trial
-            sims = list(ex.map(lambda i: Simulation(cfg.replace(seed=i, num_gpus_per_worker=share), cpus=cpus / K), range(K)))
-        barrier = threading.Barrier(K + 1)
-        results: dict[int, tuple] = {}
-        errors: dict[int, str] = {}
-
-        def run(i: int, sim) -> None:
-            try:
-                while sim.step < warmup:
-                    sim.advance()
-                barrier.wait(timeout=max(1.0, deadline - window - time.monotonic()))
-                start, t0 = sim.step, time.perf_counter()
-                while time.perf_counter() - t0 < window and time.monotonic() < deadline:
-                    sim.advance()
-                results[i] = (sim.step - start, time.perf_counter() - t0)
-            except threading.BrokenBarrierError:
-                errors[i] = "not warmed up before the deadline"
-            except Exception as exc:  # noqa: BLE001
-                errors[i] = _err(exc)
-                barrier.abort()
-
-        threads = [threading.Thread(target=run, args=(i, s), daemon=True) for i, s in enumerate(sims)]
-        for t in threads:
-            t.start()
-        try:
-            barrier.wait(timeout=max(1.0, deadline - window - time.monotonic()))
-        except threading.BrokenBarrierError:
-            pass
-        startup = time.monotonic() - t_launch
-        for t in threads:
-            t.join(timeout=max(1.0, deadline - time.monotonic() + 10))
-        placement = sims[0].placement() if sims else {}
-        workers_per_actor = sims[0].config.workers_per_actor if sims else None
+        t0 = time.perf_counter()
+        grid = run_sweep(SweepConfig("packed", exp, {"seed": {"grid_search": list(range(K))}}, run), storage_path=str(store), verbose=0)
+        wall = time.perf_counter() - t0
+        done = [r for r in grid if r.error is None]
+        steady = [statistics.median(x["steps_per_second"] for x in read_records(Path(r.path) / "raymix")[1:] or
+                                    read_records(Path(r.path) / "raymix")) for r in done]
+        return emit("packed", "trial_steps_per_second", variant="raymix sweep", K=K, trials_timed=len(done), steps=steps,
+                    trial_steps_per_s=sum(steady) if steady else None, end_to_end_trial_steps_per_s=len(done) * steps / wall,
+                    wall_s=wall, complete=len(done) == K, full_step=True, run=run,
+                    devices=sorted({str((r.metrics or {}).get("devices")) for r in done}),
+                    errors=[str(r.error)[:300] for r in grid if r.error is not None][:3])
     finally:
-        for s in sims:
-            s.close()
-    rates = [s / t for s, t in results.values() if t > 0]
-    return emit("packed", "trial_steps_per_second", variant="raymix", K=K, trials_timed=len(rates), gpu_per_worker=share,
-                cpus_per_trial=cpus / K, workers_per_actor=workers_per_actor, trial_steps_per_s=sum(rates) if rates else None,
-                complete=len(rates) == K, full_step=True, per_trial_steps_per_s=statistics.mean(rates) if rates else None, window_s=window,
-                startup_s=startup, placement=placement, errors=list(errors.values())[:3])
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def phase_packed(args, emit: Emit, budget: Budget) -> None:
     ks = [int(k) for k in args.ks.split(",")] if args.ks else ([2] if args.quick else [4, 16, 32])
     window = 2.0 if args.quick else 5.0
-    runs = [(K, v) for K in ks for v in ("processes", "raymix")]
+    runs = [(K, v) for K in ks for v in ("processes", "raymix sweep")]
     weight = {K: 1 + K / 8 for K in ks}  # start-up grows with K: K = 4, 16, 32 get 1.5 : 3 : 5 of the time
     started = False
     try:
@@ -549,145 +448,11 @@ def phase_packed(args, emit: Emit, budget: Budget) -> None:
                     packed_processes(args, emit, K, window, deadline)
                 else:
                     started = ensure_ray(args) or started
-                    packed_ray(args, emit, K, window, deadline)
+                    packed_sweep(args, emit, K, window, deadline)
             except Exception as exc:  # noqa: BLE001 - the next run may still measure
                 emit("packed", "error", variant=variant, K=K, error=_err(exc))
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-
-
-# ---------------------------------------------------------------------------- K trials in one vmap
-class VmapTrials:
-    """K trials of Figure 1's setting stepped together: the (K, W) honest gradients in one
-    ``vmap`` (over trials) of ``vmap`` (over workers) of ``grad_and_value`` of the model's
-    functional loss, each trial with its own weights, batches and dropout masks (drawn on the
-    device: a throughput kernel, not raymix's per-worker streams), one SGD over the stacked
-    (K, d) weights (SGD with momentum is elementwise: K independent SGDs). Aggregation ``mean``:
-    the IPM rows and the mean of the n rows, vectorised; ``mixtailor``: each trial's own draw
-    from the pool on its (n, d) rows with the real adversary, one trial after another."""
-
-    def __init__(self, cfg, inputs, K: int, device: str):
-        import torch
-        from torch.func import grad_and_value, vmap
-
-        from raymix.attacks import build_attack
-        from raymix.step import Adversary, keys_for
-
-        self.cfg, self.K, self.device = cfg, K, device
-        self.computer = inputs.model.computer(device)
-        xs = [x for x, _ in inputs.honest_shards]
-        self.X = torch.cat(xs).to(device)
-        self.Y = torch.cat([y for _, y in inputs.honest_shards]).to(device)
-        self.lens = torch.tensor([len(x) for x in xs], device=device)
-        self.offs = torch.cumsum(torch.tensor([0] + [len(x) for x in xs[:-1]]), 0).to(device)
-        self.norm = None
-        if inputs.norm is not None:
-            mean, std = inputs.norm
-            self.norm = (torch.tensor(mean, device=device).view(1, 1, 1, -1, 1, 1), torch.tensor(std, device=device).view(1, 1, 1, -1, 1, 1))
-        self.W, self.B, self.f = cfg.num_honest, cfg.batch_size, cfg.f
-        self.eps = float(getattr(build_attack(cfg.attack), "epsilon", 0.1))
-        self.w = torch.nn.Parameter(inputs.init_weights.to(device).repeat(K, 1))
-        self.opt = torch.optim.SGD([self.w], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.gen = torch.Generator(device=device).manual_seed(K)
-        self.specs = self.computer.model.mask_specs(self.B)
-        self.vgrad = vmap(vmap(grad_and_value(self.computer._loss), in_dims=(None, 0, 0, 0)), in_dims=(0, 0, 0, 0))
-        self.pool = cfg.build_pool()
-        self.adversaries = [Adversary.for_config(cfg.replace(seed=k), inputs.model) for k in range(K)]
-        self.keys = [keys_for(k)["aggregator"] for k in range(K)]
-
-    def batch(self):
-        import torch
-
-        K, W, B, dev = self.K, self.W, self.B, self.device
-        idx = (torch.rand((K, W, B), generator=self.gen, device=dev) * self.lens.view(1, W, 1)).long() + self.offs.view(1, W, 1)
-        x = self.X[idx]
-        if self.norm is not None:
-            x = (x.float() / 255.0 - self.norm[0]) / self.norm[1]
-        masks = tuple((torch.rand((K, W) + tuple(shape), generator=self.gen, device=dev) >= p).float() / (1.0 - p)
-                      for shape, p in self.specs)
-        return x, self.Y[idx], masks
-
-    def step(self, t: int, aggregation: str = "mean"):
-        import torch
-
-        from raymix.step import aggregate
-
-        x, y, masks = self.batch()
-        self.computer.model.train()
-        g, loss = self.vgrad(self.w.detach(), x, y, masks)  # (K, W, d), (K, W)
-        if aggregation == "mean":
-            byz = (-self.eps * g.mean(1, keepdim=True)).expand(self.K, self.f, g.shape[2])
-            agg = torch.cat([g, byz], 1).mean(1)
-        else:
-            rows = []
-            for k in range(self.K):
-                H = g[k]
-                byz = self.adversaries[k].rows(t, H)
-                rows.append(aggregate(self.pool, torch.cat([H, byz.to(H.device, H.dtype)]), self.f, self.keys[k], t)[0])
-            agg = torch.stack(rows)
-        self.w.grad = agg.detach()
-        self.opt.step()
-        self.w.grad = None
-        return g, loss, (x, y, masks)
-
-    def check(self) -> float:
-        """Max |difference| between trial 0's rows from the trial vmap and from the step module's
-        own one-trial vmap (``GradientComputer``) on the same inputs: the trial dimension changes nothing."""
-        x, y, masks = self.batch()
-        self.computer.model.train()
-        g, _ = self.vgrad(self.w.detach(), x, y, masks)
-        one, _ = self.computer._vgrad(self.w.detach()[0], x[0], y[0], tuple(m[0] for m in masks))
-        return float((g[0] - one).abs().max())
-
-
-def phase_vmap_trials(args, emit: Emit, budget: Budget) -> None:
-    from raymix.step import prepare
-
-    ks = [int(k) for k in args.vmap_ks.split(",")] if args.vmap_ks else ([1, 2] if args.quick else [1, 8, 32, 64])
-    cfg = trial_config(args)
-    inputs = prepare(cfg)
-    runs = [(K, a) for K in ks for a in ("mean", "mixtailor")]
-    max_steps = 3 if args.quick else 200
-    for j, (K, aggregation) in enumerate(runs):
-        share = budget.left() / (len(runs) - j)
-        if budget.left() < (1 if args.quick else 5):
-            emit("vmap_trials", "skipped", K=K, aggregation=aggregation, note=f"out of time ({budget.left():.0f} s left)")
-            continue
-        try:
-            t_build = time.perf_counter()
-            vt = VmapTrials(cfg, inputs, K, args.device)
-            diff = vt.check() if aggregation == "mean" else None
-            for t in (1, 2):  # warm-up (kernels, allocator)
-                vt.step(t, aggregation)
-            _sync(args.device)
-            build = time.perf_counter() - t_build
-            steps, t0 = 0, time.perf_counter()
-            stop = t0 + max(0.5, 0.8 * share - build)
-            while steps < max_steps and (steps < 2 or time.perf_counter() < stop):
-                g, loss, _ = vt.step(3 + steps, aggregation)
-                steps += 1
-            _sync(args.device)
-            seconds = time.perf_counter() - t0
-            rate = K * steps / seconds
-            emit("vmap_trials", "trial_steps_per_second", K=K, aggregation=aggregation, steps=steps, seconds=seconds,
-                 steps_per_s=steps / seconds, trial_steps_per_s=rate, full_step=aggregation == "mixtailor",
-                 loss=float(loss.mean()), rows_max_abs_diff_vs_one_trial=diff, d=int(g.shape[2]),
-                 gpu_memory_peak_gib=_peak_gib(args.device))
-            del vt
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a large K: the others still count
-            emit("vmap_trials", "error", K=K, aggregation=aggregation, error=_err(exc))
-        _free(args.device)
-
-
-def _peak_gib(device: str):
-    if not str(device).startswith("cuda"):
-        return None
-    import torch
-
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        release_ray(started)
 
 
 def _free(device: str) -> None:
@@ -712,6 +477,8 @@ def _by_family_round_robin(members):
 def phase_n1000(args, emit: Emit, budget: Budget) -> None:
     import torch
 
+    from raymix import LocalSimulation
+
     from raymix.seeding import torch_generator
 
     n = args.n_big or (11 if args.quick else 1000)
@@ -725,7 +492,7 @@ def phase_n1000(args, emit: Emit, budget: Budget) -> None:
         try:
             cfg = trial_config(args, n=n, f=f, eval_every=1)
             t0 = time.perf_counter()
-            sim = DeviceLocalSimulation(cfg, device=args.device)
+            sim = LocalSimulation(cfg, device=args.device)
             sim.advance()  # first step: untimed (allocations, kernels)
             setup = time.perf_counter() - t0
             recs = []
@@ -803,6 +570,21 @@ def projection(rows: list[dict], emit: Emit) -> dict:
     return out
 
 
+def markdown(rows: list[dict]) -> str:
+    """The throughput rows as a markdown table for docs/runtime.md (written by ``--markdown``)."""
+    out = ["| phase | what | device | trial-steps/s | end to end | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if not isinstance(r.get("trial_steps_per_s"), (int, float)):
+            continue
+        what = " ".join(str(x) for x in (r.get("variant") or r.get("name") or r.get("config") or "",
+                                         f"K={r['K']}" if "K" in r else "", f"n={r['n']} f={r['f']}" if "n" in r else "") if x)
+        e2e = r.get("end_to_end_trial_steps_per_s")
+        note = "start-up included" if e2e else ""
+        out.append(f"| {r['phase']} | {what} | {r.get('device', '')} | {r['trial_steps_per_s']:.1f} | "
+                   f"{'' if e2e is None else f'{e2e:.1f}'} | {note} |")
+    return "\n".join(out) + "\n"
+
+
 def read_jsonl(path: "str | Path") -> list[dict]:
     rows = []
     for line in Path(path).read_text().splitlines():
@@ -815,7 +597,7 @@ def read_jsonl(path: "str | Path") -> list[dict]:
 
 # ---------------------------------------------------------------------------- command line
 RUNNERS = {"env": phase_env, "actors": phase_actors, "one_trial": phase_one_trial, "packed": phase_packed,
-           "vmap_trials": phase_vmap_trials, "n1000": phase_n1000}
+           "n1000": phase_n1000}
 
 
 def parse(argv=None):
@@ -827,8 +609,8 @@ def parse(argv=None):
     ap.add_argument("--data-dir", default=None, help="the MNIST root (default RAYMIX_DATA_DIR); synthetic data when absent")
     ap.add_argument("--dataset", default="auto", choices=("auto", "mnist", "synthetic"), help="auto: MNIST when found, else synthetic")
     ap.add_argument("--jsonl", default=None, help="append every row here (default $OUT/gpu_check.jsonl when OUT is set)")
+    ap.add_argument("--markdown", default=None, help="projection: write the rows of --jsonl as a markdown table here")
     ap.add_argument("--ks", default=None, help="packed: trials sharing the device, e.g. 4,16,32")
-    ap.add_argument("--vmap-ks", default=None, help="vmap_trials: trials per vmap, e.g. 1,8,32,64")
     ap.add_argument("--n-big", type=int, default=None, help="n1000: n (default 1000; quick 11)")
     ap.add_argument("--f-big", default=None, help="n1000: f values (default 2,200; quick 1,2)")
     # _trial (one single-process trial of `packed`)
@@ -852,6 +634,8 @@ def main(argv=None, emit: "Emit | None" = None) -> int:
         rows = read_jsonl(args.jsonl) if args.jsonl and Path(args.jsonl).exists() else []
         emit = emit or Emit(args.jsonl)
         out = projection(rows, emit)
+        if args.markdown:
+            Path(args.markdown).write_text(markdown(rows))
         for kind in ("full", "any"):
             if out[kind]:
                 b = out[kind]

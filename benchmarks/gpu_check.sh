@@ -9,7 +9,7 @@
 #
 #   bash benchmarks/gpu_check.sh                          # on the GPU machine: every phase, cuda
 #   bash benchmarks/gpu_check.sh --device cpu --quick     # every code path on a CPU machine
-#   bash benchmarks/gpu_check.sh --phases env,vmap_trials --budget 120 --dataset synthetic
+#   bash benchmarks/gpu_check.sh --phases env,packed --budget 120 --dataset synthetic
 #   bash benchmarks/gpu_check.sh --prepare                # on a machine with PyPI: fill .whl/ (below)
 #
 # The GPU machine has python3 with CUDA torch but no Ray and no network, and takes at most
@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.." || exit 2
 REPO=$(pwd)
 T0=$SECONDS
 
-DEVICE=auto QUICK="" BUDGET=450 PREPARE="" DATASET=auto PHASES="env,actors,one_trial,packed,vmap_trials,n1000"
+DEVICE=auto QUICK="" BUDGET=450 PREPARE="" DATASET=auto PHASES="env,actors,one_trial,packed,n1000"
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) DEVICE=$2; shift 2 ;;
@@ -158,9 +158,9 @@ fi
 note "cpus $(nproc), memory $(free -g 2>/dev/null | awk '/Mem:/ {print $2 " GiB"}'), RAYMIX_DATA_DIR ${RAYMIX_DATA_DIR:-unset}"
 
 # ---------------------------------------------------------------- the phases, each its share of what is left
-declare -A SHARE=([env]=5 [actors]=10 [one_trial]=14 [packed]=38 [vmap_trials]=15 [n1000]=18)
+declare -A SHARE=([env]=5 [actors]=10 [one_trial]=17 [packed]=48 [n1000]=20)
 # and at least this much while it is at most half of what is left (Ray and the actors' start-up)
-declare -A FLOOR=([env]=20 [actors]=60 [one_trial]=60 [packed]=90 [vmap_trials]=30 [n1000]=40)
+declare -A FLOOR=([env]=20 [actors]=60 [one_trial]=60 [packed]=90 [n1000]=40)
 IFS=, read -r -a LIST <<< "$PHASES"
 RESERVE=10  # for the projection and the last lines
 for i in "${!LIST[@]}"; do
@@ -180,5 +180,7 @@ for i in "${!LIST[@]}"; do
     rc=$?
     [ $rc -eq 0 ] || note "phase $phase exited with status $rc$([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo ' (timed out)') after $((SECONDS - t)) s of its ${b} s"
 done
-"$PY" benchmarks/gpu_check.py projection --jsonl "$JSONL"
+MD="${OUT:-$(dirname "$JSONL")}/gpu_check.md"
+"$PY" benchmarks/gpu_check.py projection --jsonl "$JSONL" --markdown "$MD"
+note "the table for docs/runtime.md: $MD"
 note "gpu_check.sh: $((SECONDS - T0)) s in all (budget ${BUDGET} s)"

@@ -102,15 +102,16 @@ def timings(records: list[dict]) -> dict[str, float]:
     return {k: statistics.mean(r[k] for r in records) for k in keys}
 
 
-def interleaved(cfg, warmup: int, repeats: int, packings: list) -> dict:
+def interleaved(cfg, warmup: int, repeats: int, packings: list, device: str = "cpu") -> dict:
     """Steady-state steps/s of the two single processes and raymix, window by window in turn
     (vmap, loop, raymix, vmap, ...), so that each ratio compares neighbours in time on a
-    machine whose load drifts. raymix's window is timed from a settled start (no step in
+    machine whose load drifts; the single processes on ``device`` (raymix's actors compute
+    where Ray places them). raymix's window is timed from a settled start (no step in
     flight) to a settled end: exactly one window of steps either way."""
     from raymix.runtime import Simulation
     from raymix.step import LocalSimulation
 
-    sims = {"single (vmap)": LocalSimulation(cfg, "vmap"), "single (loop)": LocalSimulation(cfg, "loop")}
+    sims = {"single (vmap)": LocalSimulation(cfg, "vmap", device=device), "single (loop)": LocalSimulation(cfg, "loop", device=device)}
     cpus = os.cpu_count()
     for p in packings:
         sim = Simulation(cfg.replace(workers_per_actor=p, num_cpus_per_worker=cpus / cfg.num_honest) if p != "auto" else cfg, cpus=cpus)
