@@ -35,7 +35,9 @@ __all__ = [
     "read_idx",
 ]
 
-from raymix.config import PARTITIONS  # noqa: E402  (named once, where the config validates it)
+# The kinds implemented below; config.PARTITIONS (what a config may name) is the same tuple
+# (tests/test_data.py checks it): data.py stays below config.py, which must not import torch.
+PARTITIONS = ("iid", "label_sorted", "dirichlet")
 
 # name -> (folder under data_dir, mean per channel, std per channel)
 _IDX_DATASETS = {

@@ -249,3 +249,9 @@ def test_sample_batches():
 
 def test_all_datasets_listed():
     assert tuple(DATASETS)[:4] == ("mnist", "fashion_mnist", "cifar10", "synthetic")  # built-ins first, then plugins
+
+
+def test_the_partitions_a_config_may_name_are_the_ones_data_implements():
+    from raymix import config, data
+
+    assert config.PARTITIONS == data.PARTITIONS
