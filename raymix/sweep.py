@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -294,13 +295,21 @@ def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, addre
         probe = plan(points[0], cluster, 1.0, trial=True, gpus=min(1.0, float(cluster.get("GPU", 0) or 0)) or None).config
         shape = sweep_shape(dict(cluster), run, probe)
         concurrency, cpus_per_trial, gpus_per_trial = shape.concurrency, shape.trial_cpus, shape.trial_gpus or None
+        plans: dict[str, Any] = {}  # one validated config and plan per grid point in this driver
+
+        def plan_of(params: Mapping[str, Any]):
+            key = json.dumps(dict(params), sort_keys=True, default=str)
+            if key not in plans:
+                plans[key] = plan(params, cluster, cpus_per_trial, trial=True, gpus=gpus_per_trial)
+            return plans[key]
+
         for point in points:  # the plan of every trial (refused if it cannot fit), before Tune starts
-            plan(point, cluster, cpus_per_trial, trial=True, gpus=gpus_per_trial)
+            plan_of(point)
         space = sweep.param_space()
         space.update(_absolute_data_dir({k: v for k, v in space.items() if k in ("dataset", "data_dir") and not isinstance(v, dict)}))
 
         def resources(trial_config: dict):  # sized per trial from its own config
-            return trial_resources(plan(trial_config, cluster, cpus_per_trial, trial=True, gpus=gpus_per_trial))
+            return trial_resources(plan_of(trial_config))
 
         trainable = tune.with_resources(tune.with_parameters(SimulationTrainable, cpus=cpus_per_trial, gpus=gpus_per_trial,
                                                              hooks=hooks), resources)
