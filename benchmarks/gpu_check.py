@@ -30,7 +30,7 @@ suite covers every code path (``tests/test_gpu_check.py``). Phases that use Ray 
 is already initialised (the test suite's), else start one and shut it down. Only raymix's
 public API is used (``LocalSimulation``, ``Simulation``, ``run_sweep``): what is measured is
 what the product runs. Besides the JSON lines, ``--markdown`` writes the rows as a table for
-docs/runtime.md.
+docs/measurements.md.
 
     python benchmarks/gpu_check.py env --device cuda
     python benchmarks/gpu_check.py packed --device cuda --budget 150 --ks 4,16,32
@@ -571,7 +571,7 @@ def projection(rows: list[dict], emit: Emit) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The throughput rows as a markdown table for docs/runtime.md (written by ``--markdown``)."""
+    """The throughput rows as a markdown table for docs/measurements.md (written by ``--markdown``)."""
     out = ["| phase | what | device | trial-steps/s | end to end | note |", "|---|---|---|---|---|---|"]
     for r in rows:
         if not isinstance(r.get("trial_steps_per_s"), (int, float)):

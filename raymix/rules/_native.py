@@ -2,7 +2,7 @@
 built on first use with the system's C compiler and loaded with ctypes.
 
 Why C: the pool-aware attack runs this iteration for each of the pool's 15 ``geomed(p != 2)``
-members, tens of maps each, at every lambda it tries (docs/attacks.md, "Cost of the searching
+members, tens of maps each, at every lambda it tries (docs/measurements.md, "Cost of the searching
 attacks"); with torch ops a map is five to ten passes over the rows (~1 ms at d = 21,840),
 in C two passes with the terms in registers (~0.15 ms).
 

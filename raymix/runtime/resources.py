@@ -53,7 +53,7 @@ def actor_sizes(config) -> list[int]:
 DRIVER_CPUS = 0.05  # a Tune trial's own process (bundle 0): it only submits tasks and waits
 
 # One simulation process's resident memory (a worker pack, the server, the trial's own
-# process): torch, the model, a pack's shards. Measured in docs/runtime.md ("Memory").
+# process): torch, the model, a pack's shards. Measured in docs/measurements.md ("Memory").
 PROCESS_MEMORY = 600 * 2**20
 
 
@@ -137,7 +137,7 @@ def _gpu_memory_gib(run: dict) -> float:
 
 def auto_workers_per_actor(num_honest: int, cpus: float, gpus: float) -> int:
     """About one honest pack per GPU, else per two CPUs, of the run's (or trial's) resources.
-    Measured on 2 cores (docs/runtime.md): one pack of 10 workers on two threads ran 7%
+    Measured on 2 cores (docs/measurements.md): one pack of 10 workers on two threads ran 7%
     faster than two packs of 5 on one thread each (one hand-off fewer), in one process fewer;
     more packs than that only time-share the cores and pay more hand-offs."""
     actors = int(gpus) if gpus >= 1 else round(cpus / 2)

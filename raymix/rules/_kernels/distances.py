@@ -220,7 +220,7 @@ def _lp_sums_chain(G: torch.Tensor, p: float) -> torch.Tensor:
     csize = max(256, _DIST_BUDGET // max(n, 1))
     # Within a chunk (<= ~500 columns at n = 1,000) the terms are summed in G's precision,
     # across chunks in float64: the per-term chain is then sub, abs, threshold, the powers'
-    # multiplies and a sum, with no copy and no conversion (docs/rules.md, "Scaling in n").
+    # multiplies and a sum, with no copy and no conversion (docs/measurements.md, "Scaling in n").
     inner = G.dtype if G.dtype in (torch.float32, torch.float64) else torch.float64
     buf = tmp = None
     for a, b in column_chunks(d, csize):
@@ -245,7 +245,7 @@ def _lp_sums_chain(G: torch.Tensor, p: float) -> torch.Tensor:
 # ---- the same sums as one compiled loop (torch.compile, Inductor's C++ backend) ----------
 # The chain above makes four to seven passes over each block (sub, abs, threshold, the
 # powers' multiplies, sum), each a torch op; one generated loop that keeps the term in
-# registers is 2-3.4x faster at n = 1,000 (docs/rules.md, "Scaling in n"). The terms are the
+# registers is 2-3.4x faster at n = 1,000 (docs/measurements.md, "Scaling in n"). The terms are the
 # chain's, bit for bit (the same ops in the same order); only the order of the float32 sum
 # within a column chunk differs. Compiling costs seconds (once per p and process, cached on
 # disk by Inductor), so it is used only for matrices of at least _FUSED_MIN_TERMS terms, on
