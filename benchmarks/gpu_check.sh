@@ -182,5 +182,5 @@ for i in "${!LIST[@]}"; do
 done
 MD="${OUT:-$(dirname "$JSONL")}/gpu_check.md"
 "$PY" benchmarks/gpu_check.py projection --jsonl "$JSONL" --markdown "$MD"
-note "the table for docs/runtime.md: $MD"
+note "the table for docs/measurements.md: $MD"
 note "gpu_check.sh: $((SECONDS - T0)) s in all (budget ${BUDGET} s)"
