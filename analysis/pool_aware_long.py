@@ -100,7 +100,35 @@ def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[
         lines.append(f"| {label(cfg)} | {shares(with_choice[:half])} | {shares(with_choice[half:])} "
                      f"| {fmt(mean(r['attack']['expected'] for r in tail), 3, 1)} | {fmt(mean(r['attack']['fooled'] for r in tail), 2, 1)} "
                      f"| {fmt(mean(r.get('diag_expected_inner_product') for r in rtail), 3, 1)} | {fmt(mean(r.get('diag_fooled_fraction') for r in rtail), 2, 1)} |")
+    gaps = gap_rows(trials, reference)
+    if gaps:
+        lines += ["", "The gap to omniscient (omniscient's accuracy minus the trial's, in points, at the same seed and "
+                  "evaluation step; the paper's headline claim is a gap within 2 points). \"Below 2 from S on\": the first "
+                  "evaluation step S from which every later evaluation has a gap below 2 points (\"never\" if the last "
+                  "has not).", "",
+                  "| trial | steps compared | gap at 1,000 / 5,000 / 10,000 | mean gap, last 10 evals | below 2 from S on |",
+                  "|---|---|---|---|---|"] + gaps
     return "\n".join(lines)
+
+
+def gap_rows(trials, reference) -> list[str]:
+    """One row per trial whose seed has an omniscient reference at its evaluation steps."""
+    rows = []
+    for name, cfg, recs, _ in trials:
+        ref = {r["step"]: r["test_accuracy"] for r in reference.get(cfg.get("seed"), [])}
+        paired = [(r["step"], ref[r["step"]] - r["test_accuracy"]) for r in recs if r["step"] in ref]
+        if not paired:
+            continue
+        at = dict(paired)
+        since = None
+        for step, gap in reversed(paired):
+            if gap >= 0.02:
+                break
+            since = step
+        points = " / ".join(fmt(at.get(s)) if s in at else "n/a" for s in (1000, 5000, 10000))
+        rows.append(f"| {label(cfg)} | {len(paired)} evals, to step {paired[-1][0]:,} | {points} "
+                    f"| {fmt(mean(g for _, g in paired[-LAST:]))} | {'never' if since is None else f'{since:,}'} |")
+    return rows
 
 
 def figure(trials, reference, out: Path) -> None:

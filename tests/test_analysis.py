@@ -271,4 +271,7 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     assert "| 95.0 | 72.5 | 97.0 | 20.0 (100) | 200 |" in row  # final, mean of all 4 (< 10 evals), omniscient, lowest, first >= 80%
     row2 = [x for x in text.splitlines() if x.startswith("| mixtailor(composition=full) / expected / seed 0 |")][1]
     assert "| 0.50 / 0.50 / 0.00 | 0.00 / 0.50 / 0.50 | -0.500 | 0.50 | 0.250 | 0.25 |" in row2
+    # gaps 77, 12, 7, 2 points: never below 2 (the last is not); at 1,000 / 5,000 / 10,000 not evaluated
+    row3 = [x for x in text.splitlines() if x.startswith("| mixtailor(composition=full) / expected / seed 0 |")][2]
+    assert row3 == "| mixtailor(composition=full) / expected / seed 0 | 4 evals, to step 400 | n/a / n/a / n/a | 24.5 | never |"
     assert "result.json" in text.strip().splitlines()[-1]
