@@ -27,6 +27,13 @@ with np.load(DATA / "pool_aware_honest.npz", allow_pickle=False) as z:
 HAS_CC = shutil.which(os.environ.get("CC", "cc")) is not None
 
 
+@pytest.fixture(autouse=True)
+def compiling_on(monkeypatch):
+    """These tests are about the kernel: on, whatever RAYMIX_COMPILE the suite runs under (a
+    test that wants it off says so)."""
+    monkeypatch.delenv("RAYMIX_COMPILE", raising=False)
+
+
 @pytest.fixture
 def fresh_native(monkeypatch, tmp_path):
     """A kernel state of its own, built into a temporary cache."""
