@@ -409,6 +409,8 @@ def packed_sweep(args, emit: Emit, K: int, window: float, deadline: float) -> "d
     per = trial_config(args, eval_every=2 if args.quick else 10)
     rough = 5.0 if args.quick else 20.0  # steps/s of one trial, for a length that fits the deadline
     steps = max(2 * per.eval_every, int(rough * max(window, 0.5 * (deadline - time.monotonic())) / K) // per.eval_every * per.eval_every)
+    if args.quick:  # code paths, not figures
+        steps = 2 * per.eval_every
     exp = {k: v for k, v in per.to_dict().items() if v is not None and k not in ("seed", "num_gpus_per_worker")}
     exp.update(steps=steps, device="cpu" if args.device == "cpu" else "auto")
     run = {"trials_per_gpu": K} if args.device.startswith("cuda") else {"max_concurrent_trials": K}

@@ -32,7 +32,7 @@ def main(out: Path) -> None:
     except Refused as exc:
         result["refused"] = str(exc)
     # device cpu: the logical GPU is a reservation; two trials share it (trials_per_gpu: 2)
-    sweep = SweepConfig("gpu", {**exp, "steps": 40, "device": "cpu"}, {"seed": {"grid_search": [0, 1, 2]}}, {"trials_per_gpu": 2})
+    sweep = SweepConfig("gpu", {**exp, "steps": 12, "device": "cpu"}, {"seed": {"grid_search": [0, 1, 2]}}, {"trials_per_gpu": 2})
     # Trials running at once, as Ray sees them: each running trial holds one placement group.
     most, done = [0], threading.Event()
 

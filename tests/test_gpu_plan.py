@@ -28,7 +28,7 @@ def test_trials_share_a_logical_gpu_and_a_gpu_share_without_cuda_is_refused(tmp_
     else:  # device auto, a GPU share, no usable CUDA: one line, before the first step
         assert "cannot use CUDA although it holds a GPU share" in result["refused"] and "\n" not in result["refused"]
     trials = result["trials"]
-    assert [t["error"] for t in trials] == [None] * 3 and all(t["steps"] == 40 and t["devices"] == "cpu" for t in trials)
+    assert [t["error"] for t in trials] == [None] * 3 and all(t["steps"] == 12 and t["devices"] == "cpu" for t in trials)
     assert all(t["in_group"] == t["actors"] == 1 for t in trials)  # its server actor, in its placement group
     # trials_per_gpu: 2 on one GPU: two trials at once (each 0.5 of it), never three
     assert result["most_at_once"] == 2
