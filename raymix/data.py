@@ -493,6 +493,8 @@ def partition(
       shuffled class indices. Every worker is made non-empty by a deterministic repair: while a
       worker is empty it takes one sample (the last) from the currently largest shard.
       Requires N >= num_workers.
+
+    Long on purpose: one case per partition kind, each a few lines, read top to bottom.
     """
     if kind not in PARTITIONS:
         raise ValueError(f"unknown partition kind {kind!r}; known kinds: {', '.join(PARTITIONS)}")

@@ -58,7 +58,10 @@ def _gap_search(X: torch.Tensor, r: int, lo: torch.Tensor, hi: torch.Tensor, M: 
     float between lo and hi (then A_r = lo). Returns (lo, hi, c(hi), ok).
 
     The loop keeps the bracket as integer keys and updates it by exact integer arithmetic
-    (``a * (1 - s) + b * s``): ``torch.where`` is several times slower here."""
+    (``a * (1 - s) + b * s``): ``torch.where`` is several times slower here.
+
+    Long on purpose: one algorithm whose state (the live rows, bounds, pointers) lives across
+    its loop; split into helpers it would pass that state back and forth."""
     n = X.shape[0]
     clo, chi = _count_below(X, lo, M), _count_below(X, hi, M)
     bad_lo, bad_hi = clo > r, chi <= r

@@ -102,7 +102,10 @@ def bulyan_krum_rounds(D2: torch.Tensor, f: int, theta: int) -> list[int]:
     the lowest index). Each row's distances are sorted once; a linked list over the sorted
     positions skips removed rows and a tail pointer marks its k-th nearest remaining row, so
     a round costs O(n), not O(n^2). Sums are kept as (finite part, number of infinite
-    terms), so an infinite distance gives an infinite score and never a NaN."""
+    terms), so an infinite distance gives an infinite score and never a NaN.
+
+    Long on purpose: one algorithm whose state (the live rows, bounds, pointers) lives across
+    its loop; split into helpers it would pass that state back and forth."""
     n = D2.shape[0]
     dev = D2.device
     if theta <= 0:
@@ -180,7 +183,10 @@ def bulyan_gram_rounds(Kf: torch.Tensor, bad: torch.Tensor, theta: int, geomed: 
     mean: the row sums of K over the remaining rows are updated in O(n) per round (and
     recomputed exactly every 32 rounds). geomed: Weiszfeld warm-starts from the previous
     round's weights (the removed row's weight dropped), one matrix-vector product per
-    iteration, on K restricted to a working set that is compacted as rows leave."""
+    iteration, on K restricted to a working set that is compacted as rows leave.
+
+    Long on purpose: one algorithm whose state (the live rows, bounds, pointers) lives across
+    its loop; split into helpers it would pass that state back and forth."""
     dev = Kf.device
     if Kf.shape[0] <= SMALL_ROWS and dev.type == "cpu" and not bool(bad.any()):
         return _small_gram_rounds(Kf.numpy(), theta, geomed)
@@ -261,7 +267,10 @@ def bulyan_comed_rounds(G: torch.Tensor, theta: int) -> list[int]:
     inequality: with exact distances D to an earlier median z0, a row whose lower bound
     D - ||z - z0|| exceeds the smallest upper bound D + ||z - z0|| cannot be the closest;
     only the others are measured exactly, and all rows are measured again (z0 = z) once
-    more than an eighth of them remain candidates."""
+    more than an eighth of them remain candidates.
+
+    Long on purpose: one algorithm whose state (the live rows, bounds, pointers) lives across
+    its loop; split into helpers it would pass that state back and forth."""
     n, d = G.shape
     dev = G.device
     if theta <= 0:
