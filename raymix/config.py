@@ -363,140 +363,158 @@ def _set(cfg: ExperimentConfig, name: str, value: Any) -> None:
     object.__setattr__(cfg, name, value)
 
 
+# Every message is "invalid experiment config: <field> must be <expectation>, got <value>"
+# (raymix.checks), or names the impossible combination. Each check stores the value in its
+# plain type (numpy scalars from Tune become int/float).
+_OWNER = "invalid experiment config"
+
+
+def _err(msg: str) -> ValueError:
+    return checks.ArgumentError(f"{_OWNER}: {msg}")
+
+
+def _need_int(c, name: str, lo: int, optional: bool = False) -> None:
+    _set(c, name, checks.integer(_OWNER, name, getattr(c, name), lo, optional=optional))
+
+
+def _need_num(c, name: str, lo: float, strict: bool) -> None:
+    _set(c, name, checks.number(_OWNER, name, getattr(c, name), lo, strict=strict))
+
+
+def _need_choice(c, name: str, options) -> None:
+    checks.choice(_OWNER, name, getattr(c, name), options)
+
+
+def _need_bool(c, name: str) -> None:
+    checks.boolean(_OWNER, name, getattr(c, name))
+
+
+def _need_known(c, name: str, kind: str, extra: tuple = ()) -> None:
+    from raymix.plugins import registry
+
+    v, reg = getattr(c, name), registry(kind)
+    if not isinstance(v, str) or (v not in extra and v not in reg):
+        raise _err(f"unknown {name} {v!r}; known: {', '.join(extra + tuple(reg.names()))}")
+
+
 def _validate(c: ExperimentConfig) -> None:
-    # Every message is "invalid experiment config: <field> must be <expectation>, got <value>"
-    # (raymix.checks), or names the impossible combination.
-    owner = "invalid experiment config"
-
-    def err(msg: str) -> ValueError:
-        return checks.ArgumentError(f"{owner}: {msg}")
-
-    # Each check stores the value in its plain type (numpy scalars from Tune become int/float).
-    def need_int(name: str, lo: int, optional: bool = False) -> None:
-        _set(c, name, checks.integer(owner, name, getattr(c, name), lo, optional=optional))
-
-    def need_num(name: str, lo: float, strict: bool) -> None:
-        _set(c, name, checks.number(owner, name, getattr(c, name), lo, strict=strict))
-
-    def need_choice(name: str, options) -> None:
-        checks.choice(owner, name, getattr(c, name), options)
-
-    def need_bool(name: str) -> None:
-        checks.boolean(owner, name, getattr(c, name))
-
+    """Every field, then the combinations, then the specs (built, so their constructors check
+    their arguments): the first problem is raised, naming it."""
     # plugins first: the rules, attacks, models and datasets they register are known below
     from raymix.plugins import PluginError, load_plugins
 
     try:
         _set(c, "plugins", load_plugins(c.plugins))
     except PluginError as exc:
-        raise err(str(exc)) from exc.__cause__
+        raise _err(str(exc)) from exc.__cause__
+    _check_scalars(c)
+    _check_knowledge(c)
+    _check_specs(c)
 
-    def need_known(name: str, kind: str, extra: tuple = ()) -> None:
-        from raymix.plugins import registry
 
-        v, reg = getattr(c, name), registry(kind)
-        if not isinstance(v, str) or (v not in extra and v not in reg):
-            raise err(f"unknown {name} {v!r}; known: {', '.join(extra + tuple(reg.names()))}")
-
-    # scalars first: cheap, and later checks rely on them
-    need_known("dataset", "datasets")
-    need_choice("partition", PARTITIONS)
-    need_num("dirichlet_alpha", 0.0, True)
-    need_int("train_limit", 1, optional=True)
-    need_known("model", "models", ("auto",))
-    need_int("n", 1)
-    need_int("f", 0)
+def _check_scalars(c: ExperimentConfig) -> None:
+    """Each scalar field's type and range, and the combinations of scalars."""
+    _need_known(c, "dataset", "datasets")
+    _need_choice(c, "partition", PARTITIONS)
+    _need_num(c, "dirichlet_alpha", 0.0, True)
+    _need_int(c, "train_limit", 1, optional=True)
+    _need_known(c, "model", "models", ("auto",))
+    _need_int(c, "n", 1)
+    _need_int(c, "f", 0)
     if 2 * c.f >= c.n:
-        raise err(f"f={c.f} Byzantine workers out of n={c.n}: f must be < n/2")
-    need_bool("drop_invalid")
-    need_choice("mode", MODES)
-    need_choice("device", DEVICES)
-    need_int("local_steps", 1)
-    need_int("steps", 1)
-    need_int("batch_size", 1)
-    need_num("lr", 0.0, True)
-    need_num("momentum", 0.0, False)
-    need_num("weight_decay", 0.0, False)
-    need_int("resampling", 0)
-    need_choice("on_divergence", DIVERGENCE)
-    need_int("eval_every", 1)
-    need_int("eval_test_limit", 1, optional=True)
-    need_bool("diagnostics")
-    need_bool("deterministic")
+        raise _err(f"f={c.f} Byzantine workers out of n={c.n}: f must be < n/2")
+    _need_bool(c, "drop_invalid")
+    _need_choice(c, "mode", MODES)
+    _need_choice(c, "device", DEVICES)
+    _need_int(c, "local_steps", 1)
+    _need_int(c, "steps", 1)
+    _need_int(c, "batch_size", 1)
+    _need_num(c, "lr", 0.0, True)
+    _need_num(c, "momentum", 0.0, False)
+    _need_num(c, "weight_decay", 0.0, False)
+    _need_int(c, "resampling", 0)
+    _need_choice(c, "on_divergence", DIVERGENCE)
+    _need_int(c, "eval_every", 1)
+    _need_int(c, "eval_test_limit", 1, optional=True)
+    _need_bool(c, "diagnostics")
+    _need_bool(c, "deterministic")
     if c.workers_per_actor != "auto":
         try:
-            need_int("workers_per_actor", 1)
+            _need_int(c, "workers_per_actor", 1)
         except checks.ArgumentError:
-            raise checks.fail(owner, "workers_per_actor", "'auto' or an integer >= 1", c.workers_per_actor) from None
+            raise checks.fail(_OWNER, "workers_per_actor", "'auto' or an integer >= 1", c.workers_per_actor) from None
     for name in ("num_gpus_per_worker", "num_cpus_per_worker"):
         if getattr(c, name) == "auto":
             continue
         strict = name == "num_cpus_per_worker"
         try:
-            need_num(name, 0.0, strict)
+            _need_num(c, name, 0.0, strict)
         except checks.ArgumentError:
-            raise checks.fail(owner, name, f"'auto' or a finite number {'>' if strict else '>='} 0", getattr(c, name)) from None
-    need_int("seed", 0)
-    need_int("checkpoint_every", 0)
+            raise checks.fail(_OWNER, name, f"'auto' or a finite number {'>' if strict else '>='} 0", getattr(c, name)) from None
+    _need_int(c, "seed", 0)
+    _need_int(c, "checkpoint_every", 0)
     if c.data_dir is not None and not isinstance(c.data_dir, str):
         _set(c, "data_dir", str(c.data_dir))
     if c.output_dir is not None and not isinstance(c.output_dir, str):
         _set(c, "output_dir", str(c.output_dir))
     if c.checkpoint_every % c.eval_every and c.checkpoint_every < c.steps:
         # A checkpoint is the state after an evaluation: nothing between two records is saved.
-        raise err(f"checkpoint_every={c.checkpoint_every} must be a multiple of eval_every={c.eval_every}")
+        raise _err(f"checkpoint_every={c.checkpoint_every} must be a multiple of eval_every={c.eval_every}")
     if c.mode == "model" and c.momentum != 0.0:
-        raise err(
+        raise _err(
             "mode=model applies w += aggregated update with no server optimizer: set momentum to 0 "
             f"(got {c.momentum}); the local steps are plain SGD with lr"
         )
     if c.mode == "gradient" and c.local_steps != 1:
-        raise err(f"local_steps={c.local_steps} only applies with mode=model")
+        raise _err(f"local_steps={c.local_steps} only applies with mode=model")
 
-    # attack knowledge
+
+def _check_knowledge(c: ExperimentConfig) -> None:
+    """``attack_knowledge``: 'all' or a count of honest rows the adversary sees."""
     k = c.attack_knowledge
     if isinstance(k, str) and k.strip().isdigit():
         k = int(k)
     if k != "all":
         if not _is_int(k) or not (0 <= k <= c.n - c.f):
-            raise checks.fail(owner, "attack_knowledge", f"'all' or an integer in 0..n-f={c.n - c.f}", c.attack_knowledge)
+            raise checks.fail(_OWNER, "attack_knowledge", f"'all' or an integer in 0..n-f={c.n - c.f}", c.attack_knowledge)
         k = int(k)
     _set(c, "attack_knowledge", k)
 
-    # specs: the aggregator / pool, then the attack (their constructors validate their arguments)
+
+def _check_specs(c: ExperimentConfig) -> None:
+    """The aggregator (or pool) and the attack, parsed and built, and what they need of n, f and the data."""
     from raymix.spec import SpecError, parse_spec
 
     for name in SPEC_FIELDS:
         v = getattr(c, name)
         if not isinstance(v, str):
-            raise checks.fail(owner, name, "a spec string", v)
+            raise checks.fail(_OWNER, name, "a spec string", v)
         try:
             _set(c, name, str(parse_spec(v)))
         except SpecError as exc:
-            raise err(f"{name}: {exc}") from None
+            raise _err(f"{name}: {exc}") from None
     try:
         c.build_pool()
     except (SpecError, ValueError, TypeError) as exc:
-        raise err(f"aggregator {c.aggregator!r}: {exc}") from None
+        raise _err(f"aggregator {c.aggregator!r}: {exc}") from None
     try:
         attack = c.build_attack()
         if hasattr(attack, "check"):
             attack.check(c.n, c.f)
     except (SpecError, ValueError, TypeError) as exc:
-        raise err(f"attack {c.attack!r}: {exc}") from None
+        raise _err(f"attack {c.attack!r}: {exc}") from None
     from raymix.data import num_classes_of
 
     classes, dataset_classes = getattr(attack, "num_classes", None), num_classes_of(c.dataset)
     if classes is not None and dataset_classes is not None and classes != dataset_classes:
-        raise err(f"attack {c.attack}: num_classes={classes}, but {c.dataset} has {dataset_classes} classes")
+        raise _err(f"attack {c.attack}: num_classes={classes}, but {c.dataset} has {dataset_classes} classes")
     shards = c.n if (c.f > 0 and not c.is_omniscient and not getattr(attack, "crafts_gradients", True)) else c.num_honest
     if c.train_limit is not None and c.train_limit < shards:
-        raise err(f"train_limit={c.train_limit} is fewer samples than the {shards} workers that need a shard each")
+        raise _err(f"train_limit={c.train_limit} is fewer samples than the {shards} workers that need a shard each")
     if c.f > 0 and getattr(attack, "crafts_gradients", True) and not c.is_omniscient:
         need = getattr(attack, "min_visible", 0)
         if c.knowledge < need:
-            raise err(f"attack {c.attack} needs at least {need} visible honest gradient(s); attack_knowledge={c.attack_knowledge}")
+            raise _err(f"attack {c.attack} needs at least {need} visible honest gradient(s); attack_knowledge={c.attack_knowledge}")
 
 
 def check_data(c: ExperimentConfig) -> None:

@@ -277,7 +277,8 @@ def run_sweep(
 
 
 def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, address, hooks, verbose: int, status: bool):
-    """run_sweep's Ray and Tune part, with the sweep directory held."""
+    """run_sweep's Ray and Tune part, with the sweep directory held. Long on purpose: the
+    Tuner's construction read top to bottom, its settings one per line."""
     import ray
     from ray import tune
 
@@ -359,6 +360,8 @@ def _finished(result) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``raymix sweep``. Long on purpose: one flag per line, then the run and its one-line
+    refusals and interrupt messages."""
     import argparse
     import signal
     import sys
