@@ -51,16 +51,23 @@ def _timed(workers: Workers, weights: torch.Tensor, step: int):
     return rows, (losses, time.perf_counter() - t0)
 
 
-class WorkerActor:
+class _OnDevice:
+    """What both actors report of their device (set by ``_device`` in their constructors)."""
+
+    device: str
+    problem: "str | None"
+
+    def device_check(self) -> tuple[str, "str | None"]:
+        """(device, the reason it cannot run as planned or None): read by the driver before the first step."""
+        return self.device, self.problem
+
+
+class WorkerActor(_OnDevice):
     def __init__(self, config, worker_ids, shards, model, norm=None):
         load_plugins(config.plugins)  # before anything is built: this is a fresh process
         torch.set_num_threads(actor_threads(config.num_cpus_per_worker, len(worker_ids)))
         self.device, self.problem = _device(config, len(worker_ids))
         self.workers = Workers.honest(config, worker_ids, shards, model, self.device, norm)
-
-    def device_check(self) -> tuple[str, "str | None"]:
-        """(device, the reason it cannot run as planned or None): read by the driver before the first step."""
-        return self.device, self.problem
 
     def compute(self, weights: torch.Tensor, step: int):
         return _timed(self.workers, weights, step)
@@ -72,7 +79,7 @@ class WorkerActor:
         return actor_placement()
 
 
-class ServerActor:
+class ServerActor(_OnDevice):
     def __init__(self, config, init_weights, model, test, pack_ids, pack_shards, byzantine_shards=None, norm=None):
         load_plugins(config.plugins)  # before anything is built: this is a fresh process
         torch.set_num_threads(actor_threads(config.num_cpus_per_worker, actor_sizes(config)[0]))
@@ -83,10 +90,6 @@ class ServerActor:
         self.adversary = Adversary.for_config(config, model, byzantine_shards, device, norm)
         self.pack = Workers.honest(config, pack_ids, pack_shards, model, device, norm)
         self.rows: dict[int, tuple] = {}
-
-    def device_check(self) -> tuple[str, "str | None"]:
-        """(device, the reason it cannot run as planned or None): read by the driver before the first step."""
-        return self.device, self.problem
 
     def compute(self, step: int) -> None:
         """The server's own pack at the current weights (those after step-1: actor calls run in
