@@ -10,6 +10,10 @@ data files exist, the run fits the cluster) are the preflight's (:func:`check_da
 ``raymix.runtime.resources.preflight``), so a validated config travels whole to actors on
 other hosts.
 
+Validation builds the pool and the attack to check them; the config keeps both, and
+everything in the process that runs it reuses them (:meth:`ExperimentConfig.build_pool`):
+one validation and one build per run or trial, not one per reader.
+
 See docs/runtime.md for the meaning of every field.
 """
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Mapping
 
 from raymix import checks
 
-__all__ = ["ExperimentConfig", "check_data", "PARTITIONS", "MODES", "SPEC_FIELDS"]
+__all__ = ["ExperimentConfig", "check_data", "PARTITIONS", "MODES", "SPEC_FIELDS", "PLACEMENT_FIELDS"]
 
 # Datasets and models are registries (raymix.data.DATASETS, raymix.models.MODELS) that plugins extend.
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
@@ -32,6 +36,14 @@ DIVERGENCE = ("stop", "skip")
 DEVICES = ("auto", "cuda", "cpu")
 # Fields whose value is a spec string; from_dict also accepts {"name": ..., **args} for them.
 SPEC_FIELDS = ("aggregator", "attack")
+# Fields that say where a run computes and where its data lie, never what it computes: the
+# preflight fills in the first three for every run and trial (runtime/resources.py: resolve),
+# a sweep pins data_dir to an absolute path. No check of the specs reads them, so replace()
+# changes them without validating the specs again or rebuilding the pool and the attack.
+PLACEMENT_FIELDS = ("workers_per_actor", "num_cpus_per_worker", "num_gpus_per_worker", "data_dir")
+# Where a config keeps the pool and attack it built (in its __dict__, outside the fields:
+# not compared, not printed, not pickled).
+_BUILT = "_built"
 
 
 def knob(default: Any, doc: str, choices: "tuple[str, ...] | str | None" = None, detail: str = ""):
@@ -177,7 +189,22 @@ class ExperimentConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
+        """This config with ``changes``, validated. A change of ``PLACEMENT_FIELDS`` only
+        checks the plugins and the scalar fields again and shares this config's pool and
+        attack: the specs did not change, and the preflight makes such a copy of every
+        run's and trial's config (each used to rebuild the 64-rule pool and the attack)."""
+        if changes.keys() <= set(PLACEMENT_FIELDS):
+            new = object.__new__(type(self))
+            self.__dict__.setdefault(_BUILT, {})  # one dict for both: whichever builds first, builds for both
+            new.__dict__.update(self.__dict__, **changes)
+            _check_fields(new)
+            return new
         return dataclasses.replace(self, **changes)
+
+    def __getstate__(self) -> dict:
+        # Sent to an actor (or pickled) without the pool and the attack: the receiving process
+        # builds them once on first use, after importing the plugins they may come from.
+        return {k: v for k, v in self.__dict__.items() if k != _BUILT}
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -218,13 +245,24 @@ class ExperimentConfig:
 
     def build_pool(self):
         """The aggregator's pool for this n and f (None for ``omniscient``); resampling wraps
-        every member as ``resampling(s=resampling, rule=<member>)``."""
-        return make_pool(self.aggregator, self.n, self.f, self.resampling, self.drop_invalid)
+        every member as ``resampling(s=resampling, rule=<member>)``. Built once per config
+        (validation builds it) and the same object on every call: the server, the adversary's
+        public view and the records' columns share it, as rules are plain data that keep
+        nothing between calls."""
+        return self._once("pool", lambda: make_pool(self.aggregator, self.n, self.f, self.resampling, self.drop_invalid))
 
     def build_attack(self):
+        """The attack, built once per config and shared as :meth:`build_pool` (attacks are plain
+        data too: what one call chooses, ``last_choice``, is set anew by the next)."""
         from raymix.attacks import build_attack
 
-        return build_attack(self.attack)
+        return self._once("attack", lambda: build_attack(self.attack))
+
+    def _once(self, what: str, build):
+        built = self.__dict__.setdefault(_BUILT, {})
+        if what not in built:
+            built[what] = build()
+        return built[what]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -400,6 +438,13 @@ def _need_known(c, name: str, kind: str, extra: tuple = ()) -> None:
 def _validate(c: ExperimentConfig) -> None:
     """Every field, then the combinations, then the specs (built, so their constructors check
     their arguments): the first problem is raised, naming it."""
+    _check_fields(c)
+    _check_knowledge(c)
+    _check_specs(c)
+
+
+def _check_fields(c: ExperimentConfig) -> None:
+    """The plugins, then every scalar field: all a change of ``PLACEMENT_FIELDS`` needs checked."""
     # plugins first: the rules, attacks, models and datasets they register are known below
     from raymix.plugins import PluginError, load_plugins
 
@@ -408,8 +453,6 @@ def _validate(c: ExperimentConfig) -> None:
     except PluginError as exc:
         raise _err(str(exc)) from exc.__cause__
     _check_scalars(c)
-    _check_knowledge(c)
-    _check_specs(c)
 
 
 def _check_scalars(c: ExperimentConfig) -> None:

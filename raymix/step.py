@@ -165,18 +165,17 @@ def knowledge_rows(config, step: int) -> list[int] | None:
 
 # ---------------------------------------------------------------------------- the adversary
 class Adversary:
-    """The f Byzantine workers. Receives the attack, n, f, the pool's PUBLIC description and
-    its own key; never the seed, the server's key or the draw.
+    """The f Byzantine workers. Receives the attack (built: the config's own object,
+    ``build_attack``), n, f, the pool's PUBLIC description and its own key; never the seed,
+    the server's key or the draw.
 
     Gradient-crafting attacks: ``rows(t, honest)`` builds the ``AdversaryView`` (the visible
     honest rows, n, f, t, the public pool, the generator ``(key, t)``) and calls the attack.
     Data attacks and ``none``: the Byzantine workers train on their own shards (poisoned by
     ``attack.poison_batch`` for a data attack) at the broadcast weights."""
 
-    def __init__(self, attack_spec: str, n: int, f: int, pool_public, key: int, workers: Workers | None = None):
-        from raymix.attacks import build_attack
-
-        self.attack = build_attack(attack_spec)
+    def __init__(self, attack, n: int, f: int, pool_public, key: int, workers: Workers | None = None):
+        self.attack = attack
         self.n, self.f, self.pool, self.key = int(n), int(f), pool_public, int(key)
         self.choice: dict | None = None  # what the attack chose at the last step, if it says
         self.workers = workers
@@ -195,7 +194,7 @@ class Adversary:
             workers = Workers(range(config.num_honest, config.n), shards, model, {"batches": keys["batches"], "dropout": keys["dropout"]},
                               config.batch_size, config.mode, config.local_steps, config.lr, device=device, norm=norm)
         pool = config.build_pool()
-        return cls(config.attack, config.n, config.f, pool.public() if pool is not None else None, keys["adversary"], workers)
+        return cls(config.build_attack(), config.n, config.f, pool.public() if pool is not None else None, keys["adversary"], workers)
 
     def rows(self, step: int, honest: torch.Tensor, weights: torch.Tensor | None = None, visible: list[int] | None = None) -> torch.Tensor:
         from raymix.attacks import AdversaryView

@@ -19,7 +19,9 @@ A sweep YAML holds three sections::
       num_samples: 1
 
 Every trial's config is validated (``ExperimentConfig.from_dict``) before Tune starts, so
-a bad axis value fails the whole sweep at once rather than one trial an hour in.
+a bad axis value fails the whole sweep at once rather than one trial an hour in; once per
+distinct config in the driver (:meth:`SweepConfig.trial_config`), and once more in the
+trial's own process.
 """
 from __future__ import annotations
 
@@ -68,6 +70,9 @@ class SweepConfig:
     search: Mapping[str, Any] = field(default_factory=dict)
     run: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
+    # The validated trial configs (trial_config), shared with the copies that scaled() and
+    # dataclasses.replace make of this sweep (replace passes every field on).
+    _validated: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"sweep {self.name!r}" + (f" ({self.source})" if self.source else "")
@@ -82,6 +87,9 @@ class SweepConfig:
         for key in ("trials_per_gpu", "max_concurrent_trials", "num_samples"):
             if self.run.get(key) is not None:
                 checks.integer(f"{where}: run", key, self.run[key], lo=1)
+        if self.run.get("trial_gpus") is not None and self.run.get("trials_per_gpu") is not None:
+            raise ValueError(f"{where}: run settings trial_gpus and trials_per_gpu contradict each other: give one "
+                             f"(trial_gpus: each trial's GPU share; trials_per_gpu: the trials that share a GPU)")
         if "checkpoint_every" in self.run:
             # A run setting for convenience; the trials read it from their experiment config.
             run = dict(self.run)
@@ -94,9 +102,20 @@ class SweepConfig:
         # Validate every grid point now: one ExperimentConfig per combination (sampled axes at their bounds).
         for point in expand_grid(self.experiment, self.search):
             try:
-                ExperimentConfig.from_dict(point)
+                self.trial_config(point)
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 raise ValueError(f"{where}: trial config {_short(point, self.search)} is invalid: {exc}") from exc
+
+    def trial_config(self, params: Mapping[str, Any]) -> ExperimentConfig:
+        """The validated config of a trial's ``params`` (a grid point, a Tune trial's config)
+        with its data directory pinned (:func:`_absolute_data_dir`), as the trial runs it.
+        Validated once per distinct params in this process (validation builds the pool and the
+        attack): the file's check, the preflight, every plan and Tune's callbacks read it."""
+        params = _absolute_data_dir(params)
+        key = _key(params)  # None: keys of mixed types (a YAML typo), which from_dict names
+        if key is None or key not in self._validated:
+            self._validated[key] = ExperimentConfig.from_dict(params)
+        return self._validated[key]
 
     # -- overrides ---------------------------------------------------------------------
     def scaled(self, steps: int | None = None, seeds: int | None = None, set_values: Mapping[str, Any] | None = None) -> "SweepConfig":
@@ -140,6 +159,16 @@ class SweepConfig:
             else:
                 space[key] = axis
         return space
+
+
+def _key(params: Mapping[str, Any]) -> "str | None":
+    """A trial config's canonical JSON, the driver's key for its validated config and its plan
+    (None when its keys cannot be sorted). Values JSON has no type for (numpy scalars from
+    Tune's samplers) are written with their type, so that 3 and "3" stay two keys."""
+    try:
+        return json.dumps(dict(params), sort_keys=True, default=lambda v: f"{type(v).__name__}({v})")
+    except TypeError:
+        return None
 
 
 def _short(point: Mapping[str, Any], search: Mapping[str, Any]) -> str:
@@ -262,7 +291,7 @@ def run_sweep(
     storage = str(Path(storage_path or sweep.run.get("storage_path") or "~/ray_results").expanduser().resolve())
     points = [_absolute_data_dir(p) for p in expand_grid(sweep.experiment, sweep.search)]
     for point in points:  # before Ray starts: a missing data directory costs nothing
-        check_files(ExperimentConfig.from_dict(point))
+        check_files(sweep.trial_config(point))
     path = Path(storage) / sweep.name
     if resume and not path.exists():
         raise FileNotFoundError(f"no sweep to resume at {path}")
@@ -293,15 +322,15 @@ def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, addre
         cluster = ray.cluster_resources()
         # Trials share nothing, so running them side by side (one per CPU, or K per GPU) beats
         # spreading one trial's actors over every core or GPU.
-        probe = plan(points[0], cluster, 1.0, trial=True, gpus=min(1.0, float(cluster.get("GPU", 0) or 0)) or None).config
+        probe = plan(sweep.trial_config(points[0]), cluster, 1.0, trial=True, gpus=min(1.0, float(cluster.get("GPU", 0) or 0)) or None).config
         shape = sweep_shape(dict(cluster), run, probe)
         concurrency, cpus_per_trial, gpus_per_trial = shape.concurrency, shape.trial_cpus, shape.trial_gpus or None
-        plans: dict[str, Any] = {}  # one validated config and plan per grid point in this driver
+        plans: dict[str, Any] = {}  # one plan per trial config in this driver (its config: sweep.trial_config)
 
         def plan_of(params: Mapping[str, Any]):
-            key = json.dumps(dict(params), sort_keys=True, default=str)
+            key = _key(params)
             if key not in plans:
-                plans[key] = plan(params, cluster, cpus_per_trial, trial=True, gpus=gpus_per_trial)
+                plans[key] = plan(sweep.trial_config(params), cluster, cpus_per_trial, trial=True, gpus=gpus_per_trial)
             return plans[key]
 
         for point in points:  # the plan of every trial (refused if it cannot fit), before Tune starts
@@ -326,7 +355,7 @@ def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, addre
                                             reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=sweep.name,
-                    callbacks=[RecordsCallback()] + ([StatusCallback(len(points) * int(run.get("num_samples", 1)))] if status else []),
+                    callbacks=[RecordsCallback(sweep.trial_config)] + ([StatusCallback(len(points) * int(run.get("num_samples", 1)))] if status else []),
                     storage_path=storage,
                     failure_config=tune.FailureConfig(max_failures=int(run.get("max_failures", 0))),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -392,10 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             sets["plugins"] = list(dict.fromkeys([*sweep.experiment.get("plugins", ()), *args.plugin]))
         if args.steps is not None or args.seeds is not None or sets:
             sweep = sweep.scaled(steps=args.steps, seeds=args.seeds, set_values=sets)
-        if args.max_concurrent:
+        if args.max_concurrent:  # validated as every SweepConfig is, at construction (replace constructs)
             sweep = replace(sweep, run={**sweep.run, "max_concurrent_trials": args.max_concurrent})
-        # Re-validate after the overrides (SweepConfig validates at construction).
-        sweep = SweepConfig(sweep.name, sweep.experiment, sweep.search, sweep.run, sweep.source)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"raymix sweep: {exc}", file=sys.stderr)
         return 2

@@ -116,3 +116,30 @@ def small_sweep(ray_session, tmp_path_factory):
         "before_resume": before,
         "resumed_grid": resumed,
     }
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Counts, in this process, of full config validations (``config._validate``), pool builds
+    (``config.make_pool``) and attack builds (``attacks.build_attack``): issue 26.4, one each per
+    run or trial. Reset it with ``builds.clear()``."""
+    from collections import Counter
+
+    import raymix.attacks
+    import raymix.config
+
+    counts: Counter = Counter()
+
+    def counted(module, name: str, key: str) -> None:
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(raymix.config, "_validate", "validations")
+    counted(raymix.config, "make_pool", "pools")
+    counted(raymix.attacks, "build_attack", "attacks")
+    return counts

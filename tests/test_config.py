@@ -236,3 +236,48 @@ def test_device_and_determinism_fields_and_a_resume_on_another_device_type():
     with pytest.raises(Refused, match="computed on cpu and this run computes on cuda .* set device: cuda"):
         check_resumable(state, c, "cuda")  # auto would land on the GPU: asked for by nobody
     check_resumable(state, c.replace(device="cuda"), "cuda")  # asked for
+
+
+ONCE = {"validations": 1, "pools": 1, "attacks": 1}
+
+
+def test_a_run_validates_its_config_once_and_builds_its_pool_and_attack_once(builds, monkeypatch):
+    """Issue 26.4: validation builds the 64-rule pool and the attack to check them; the
+    preflight's resolved copy and everything that runs the config (server, adversary, the
+    records' columns) reuse those objects. An actor receives the config pickled without
+    them and builds each once."""
+    import pickle
+
+    import torch
+
+    from raymix.runtime.actors import ServerActor
+    from raymix.runtime.resources import plan
+    from raymix.step import prepare, run_local
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the actor's threads: not this test process's
+    cfg = ExperimentConfig(n=7, f=1, model="mlp", aggregator="mixtailor", attack="ipm(epsilon=0.1)", steps=2, eval_every=1,
+                           batch_size=8)
+    p = plan(cfg, {"CPU": 2.0})  # the preflight resolves workers_per_actor and the CPU share: a copy of cfg
+    assert p.config.workers_per_actor == 6 and p.config.build_pool() is cfg.build_pool()
+    assert len(run_local(p.config).records) == 2 and dict(builds) == ONCE
+    builds.clear()
+    shipped = pickle.loads(pickle.dumps(p.config))
+    assert shipped == p.config and "_built" not in vars(shipped)
+    inputs = prepare(shipped)
+    ServerActor(shipped, inputs.init_weights, inputs.model, inputs.test, list(p.groups[0]), inputs.honest_shards, None, inputs.norm)
+    assert dict(builds) == {"pools": 1, "attacks": 1}
+
+
+def test_replace_rebuilds_nothing_for_placement_fields_and_still_checks_them(builds):
+    c = ExperimentConfig(n=7, f=1)
+    moved = c.replace(workers_per_actor=2, num_cpus_per_worker=0.5, num_gpus_per_worker=0.0, data_dir="/data")
+    assert moved.build_pool() is c.build_pool() and moved.build_attack() is c.build_attack() and dict(builds) == ONCE
+    assert moved == ExperimentConfig(n=7, f=1, workers_per_actor=2, num_cpus_per_worker=0.5, num_gpus_per_worker=0.0, data_dir="/data")
+    builds.clear()
+    with pytest.raises(ValueError, match="num_cpus_per_worker must be 'auto' or a finite number > 0, got 0"):
+        c.replace(num_cpus_per_worker=0)
+    with pytest.raises(TypeError, match="bogus"):
+        c.replace(bogus=1)
+    assert not builds  # the refused copies
+    other = c.replace(n=9)  # the pool's n: validated and built again
+    assert other.build_pool() is not c.build_pool() and dict(builds) == ONCE

@@ -144,7 +144,8 @@ def test_the_adversary_holds_nothing_the_draws_derive_from(setup):
     held = [v for v in vars(adv).values() if isinstance(v, int)]
     assert keys["aggregator"] not in held and cfg.seed not in held and held == [7, 1, keys["adversary"]]
     assert adv.key == stream_seed(cfg.seed, "adversary") != keys["aggregator"]
-    assert set(inspect.signature(Adversary.__init__).parameters) == {"self", "attack_spec", "n", "f", "pool_public", "key", "workers"}
+    assert set(inspect.signature(Adversary.__init__).parameters) == {"self", "attack", "n", "f", "pool_public", "key", "workers"}
+    assert adv.attack is cfg.build_attack()  # the one validation built: plain data, its own arguments only
     assert not hasattr(adv.pool, "draw")  # the public description of the pool cannot draw
 
 

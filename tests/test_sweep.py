@@ -367,9 +367,10 @@ def test_callbacks_come_back_fresh_from_the_pickle_a_resume_loads():
     restored.__setstate__(old[2])
     restored.on_trial_result(0, [a], a, {"step": 20, "test_accuracy": 0.2})
     assert restored.total == 3 and restored.first["a"][0] == 20
-    rc = rt.RecordsCallback()
+    rc = rt.RecordsCallback(config_of=lambda params: None)  # the driver's validated configs stay in the driver
     rc.steps["t"] = [2]
-    assert pickle.loads(pickle.dumps(rc)).steps == {}
+    back = pickle.loads(pickle.dumps(rc))
+    assert back.steps == {} and back.config_of == ExperimentConfig.from_dict
 
 
 FIG1 = {"dataset": "mnist", "n": 12, "f": 2, "aggregator": "mixtailor", "attack": "ipm(epsilon=0.1)"}
@@ -415,6 +416,68 @@ def test_gpu_run_settings_are_checked():
     base = {"name": "g", "experiment": {"dataset": "synthetic", "n": 7, "f": 1}}
     for run, message in [({"trials_per_gpu": 0}, "trials_per_gpu must be an integer >= 1"),
                          ({"trial_gpus": -1}, "trial_gpus must be a finite number > 0"),
-                         ({"gpu_memory_gib": "lots"}, "gpu_memory_gib must be a finite number > 0")]:
+                         ({"gpu_memory_gib": "lots"}, "gpu_memory_gib must be a finite number > 0"),
+                         ({"trial_gpus": 0.5, "trials_per_gpu": 2}, "trial_gpus and trials_per_gpu contradict each other")]:
         with pytest.raises(ValueError, match=message):
             SweepConfig(**base, run=run)
+
+
+def test_a_sweep_validates_each_trial_once_in_the_driver_and_once_in_the_trial(builds, monkeypatch, tmp_path):
+    """Issue 26.4: in the driver, the sweep file's check, the preflight, the plans, Tune's
+    resource callback (called for each trial, and again) and the records callback read one
+    validated config per trial; the trial's process validates its own once, and its next
+    trial (Tune's actor reuse) once. Ray and Tune are stand-ins that call what Tune calls:
+    seconds, no Ray."""
+    import ray
+    import torch
+    from ray import tune
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    import raymix.runtime.simulation as rs
+    from raymix.runtime import tune as rt
+    from raymix.sweep import run_sweep
+
+    exp = {"dataset": "synthetic", "n": 7, "f": 1, "model": "mlp", "steps": 2, "eval_every": 2, "batch_size": 8}
+    sweep = SweepConfig("once", exp, {"aggregator": {"grid_search": ["mixtailor", "krum"]}}, {"max_concurrent_trials": 1})
+    trials = expand_grid(sweep.experiment, sweep.search)
+
+    class Trial:  # what RecordsCallback reads of a Tune trial
+        def __init__(self, config: dict, path: Path):
+            self.config, self.local_path, self.path = config, str(path), str(path)
+            self.storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem())
+
+    class Tuner:
+        def __init__(self, resources, param_space, tune_config, run_config):
+            self.resources, self.records = resources, run_config.callbacks[0]
+
+        def fit(self):
+            for i, config in enumerate(trials):
+                for _ in range(2):
+                    assert len(self.resources(config).bundles) == 1  # one pack, inside the trial's own process
+                trial = Trial(config, tmp_path / f"trial{i}")
+                self.records.log_trial_result(1, trial, {"step": 2, "test_accuracy": 0.5})
+                self.records.log_trial_end(trial)
+            return "fitted"
+
+    monkeypatch.setattr(rs, "ensure_ray", lambda *args, **kwargs: False)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(tune, "with_parameters", lambda trainable, **kwargs: trainable)
+    monkeypatch.setattr(tune, "with_resources", lambda trainable, resources: resources)
+    monkeypatch.setattr(tune, "Tuner", Tuner)
+    assert dict(builds) == {"validations": 2, "pools": 2, "attacks": 2}  # the sweep's construction checked both trials
+    assert run_sweep(sweep, storage_path=str(tmp_path / "sweeps")) == "fitted"
+    assert dict(builds) == {"validations": 2, "pools": 2, "attacks": 2}  # and nothing in the driver did again
+    assert all((tmp_path / f"trial{i}" / "raymix" / "records.jsonl").exists() for i in range(2))
+
+    # The trial's own process: SimulationTrainable.setup, its steps, then the next trial in the same process.
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the trial's threads: not this test process's
+    monkeypatch.setattr(rt, "_where_inside", lambda: {})
+    builds.clear()
+    trainable = object.__new__(rt.SimulationTrainable)
+    trainable.setup(dict(trials[0]), cpus=1.0)
+    assert trainable.step()["done"] and dict(builds) == {"validations": 1, "pools": 1, "attacks": 1}
+    trainable.reset_config(dict(trials[1]))
+    assert trainable.step()["done"] and dict(builds) == {"validations": 2, "pools": 2, "attacks": 2}
+    trainable.cleanup()

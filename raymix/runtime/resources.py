@@ -51,6 +51,9 @@ def actor_sizes(config) -> list[int]:
 
 
 DRIVER_CPUS = 0.05  # a Tune trial's own process (bundle 0): it only submits tasks and waits
+# The least CPU budget a sweep gives a trial, however many run at once: its own process's
+# share and a twentieth of a CPU for its simulation.
+MIN_TRIAL_CPUS = DRIVER_CPUS + 0.05
 
 # One simulation process's resident memory (a worker pack, the server, the trial's own
 # process): torch, the model, a pack's shards. Measured in docs/measurements.md ("Memory").
@@ -101,24 +104,24 @@ def sweep_shape(cluster: dict[str, float], run: dict, probe=None) -> SweepShape:
     if gpus <= 0:
         if concurrency is None and not run.get("trial_cpus") and probe is not None:
             concurrency = default_concurrency(cluster, probe)
-        trial_cpus = float(run.get("trial_cpus") or max(0.05 + DRIVER_CPUS, cpus / (concurrency or 1)))
-        return SweepShape(concurrency, trial_cpus, 0.0, 0)
-    if run.get("trial_gpus"):
-        trial_gpus = float(run["trial_gpus"])
-        per_gpu = max(1, int(1 / trial_gpus + 1e-9)) if trial_gpus <= 1 else 0
+        trial_gpus, per_gpu = 0.0, 0
     else:
-        per_gpu = int(run.get("trials_per_gpu") or 0)
-        if not per_gpu:
-            processes = len(actor_sizes(probe)) if probe is not None and probe.workers_per_actor != "auto" else 1
-            per_trial = float(run.get("gpu_memory_per_trial_gib") or processes * GPU_MEMORY_PER_PROCESS_GIB)
-            per_gpu = int(_gpu_memory_gib(run) // per_trial)
-            per_gpu = max(1, min(per_gpu, int(cpus // gpus) or 1))
-        trial_gpus = 1.0 / per_gpu
-    if concurrency is None:
-        concurrency = max(1, int(gpus / trial_gpus + 1e-9))
-        if probe is not None:
-            concurrency = min(concurrency, default_concurrency(cluster, probe))
-    trial_cpus = float(run.get("trial_cpus") or max(0.05 + DRIVER_CPUS, cpus / concurrency))
+        if run.get("trial_gpus"):
+            trial_gpus = float(run["trial_gpus"])
+            per_gpu = max(1, int(1 / trial_gpus + 1e-9)) if trial_gpus <= 1 else 0
+        else:
+            per_gpu = int(run.get("trials_per_gpu") or 0)
+            if not per_gpu:
+                processes = len(actor_sizes(probe)) if probe is not None and probe.workers_per_actor != "auto" else 1
+                per_trial = float(run.get("gpu_memory_per_trial_gib") or processes * GPU_MEMORY_PER_PROCESS_GIB)
+                per_gpu = int(_gpu_memory_gib(run) // per_trial)
+                per_gpu = max(1, min(per_gpu, int(cpus // gpus) or 1))
+            trial_gpus = 1.0 / per_gpu
+        if concurrency is None:
+            concurrency = max(1, int(gpus / trial_gpus + 1e-9))
+            if probe is not None:
+                concurrency = min(concurrency, default_concurrency(cluster, probe))
+    trial_cpus = float(run.get("trial_cpus") or max(MIN_TRIAL_CPUS, cpus / (concurrency or 1)))
     return SweepShape(concurrency, trial_cpus, trial_gpus, per_gpu)
 
 
@@ -200,15 +203,16 @@ class Plan:
     and :class:`~raymix.runtime.Simulation` all read this one object.
 
     ``config``: resolved (every ``auto`` replaced): what the actors receive. ``groups``: the
-    honest workers of each actor and ``actors``: each actor's request, both in creation
-    order (the server first: its pack, plus the Byzantine workers when they train on data
-    of their own; then each other pack). ``trial``: planned as a Tune trial, whose placement
-    group holds a bundle for the Trainable's own process first. ``inside``: a trial whose
-    whole simulation runs in the Trainable's process (one pack on CPUs; ``actors`` then
-    describes that process's share)."""
+    honest workers of each actor, ``sizes``: its logical workers (:func:`actor_sizes`) and
+    ``actors``: its request, all in creation order (the server first: its pack, plus the
+    Byzantine workers when they train on data of their own; then each other pack).
+    ``trial``: planned as a Tune trial, whose placement group holds a bundle for the
+    Trainable's own process first. ``inside``: a trial whose whole simulation runs in the
+    Trainable's process (one pack on CPUs; ``actors`` then describes that process's share)."""
 
     config: Any
     groups: tuple[tuple[int, ...], ...]
+    sizes: tuple[int, ...]
     actors: tuple[ActorResources, ...]
     trial: bool = False
 
@@ -231,7 +235,7 @@ class Plan:
 
     def threads(self, actor: int) -> int:
         """Torch threads of actor ``actor``: its planned CPU share, rounded."""
-        return actor_threads(self.config.num_cpus_per_worker, actor_sizes(self.config)[actor])
+        return actor_threads(self.config.num_cpus_per_worker, self.sizes[actor])
 
     def check_fits(self, cluster: dict[str, float]) -> None:
         """Refuse, before anything starts, a plan the cluster can never hold (a trial would
@@ -260,8 +264,9 @@ def plan(config, cluster: dict[str, float], cpus: float | None = None, trial: bo
     budget = None if cpus is None else (max(float(cpus) - DRIVER_CPUS, 0.01) if trial else float(cpus))
     cfg = resolve(config, dict(cluster), budget, gpus)
     cpu_w, gpu_w = float(cfg.num_cpus_per_worker), float(cfg.num_gpus_per_worker)
-    groups = [tuple(g) for g in actor_groups(cfg.num_honest, cfg.workers_per_actor)]
-    result = Plan(cfg, tuple(groups), tuple(resources_for(cpu_w, gpu_w, k) for k in actor_sizes(cfg)), trial)
+    groups = tuple(tuple(g) for g in actor_groups(cfg.num_honest, cfg.workers_per_actor))
+    sizes = tuple(actor_sizes(cfg))
+    result = Plan(cfg, groups, sizes, tuple(resources_for(cpu_w, gpu_w, k) for k in sizes), trial)
     result.check_fits(cluster)
     return result
 

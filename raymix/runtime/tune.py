@@ -45,7 +45,8 @@ class SimulationTrainable(tune.Trainable):
         import ray
 
         # The same plan the sweep sized this trial's placement group with (the same inputs);
-        # from_dict imports the config's plugins first (a fresh process).
+        # from_dict imports the config's plugins first (a fresh process). The trial's one
+        # validation: the plan's resolved config and the engine reuse its pool and attack.
         p = plan(config, ray.cluster_resources(), self.cpus, trial=True, gpus=self.gpus)
         if p.inside:
             check_files(p.config)  # the preflight's other half (a Simulation runs both itself)
@@ -102,15 +103,21 @@ class RecordsCallback(LoggerCallback):
     to the storage path; a sweep resumed under a new Ray session (``--resume`` after an
     interruption) starts with an empty staging directory. The rows written before are then
     taken from the storage copy (:func:`_stored_records`), or the resumed run would replace
-    them with only its own."""
+    them with only its own.
 
-    def __init__(self) -> None:
+    ``config_of``: a trial config's validated :class:`ExperimentConfig` (the sweep's
+    ``SweepConfig.trial_config``, validated once in the driver); without it (a callback
+    unpickled for ``--resume``), :meth:`ExperimentConfig.from_dict`."""
+
+    def __init__(self, config_of=None) -> None:
+        self.config_of = config_of or ExperimentConfig.from_dict
         self.writers: dict = {}
         self.steps: dict = {}
 
     # Tune pickles the run's callbacks into the experiment (tuner.pkl) and ``--resume``
     # unpickles them into a new process: what one process held (open files, the steps it
-    # wrote) must not come back, and a pickle made by an older raymix must still load.
+    # wrote, its driver's validated configs) must not come back, and a pickle made by an older
+    # raymix must still load.
     def __getstate__(self) -> dict:
         return {}
 
@@ -125,7 +132,7 @@ class RecordsCallback(LoggerCallback):
             if writer is not None:
                 writer.close()
             out = Path(trial.local_path) / "raymix"
-            cfg = ExperimentConfig.from_dict(trial.config)
+            cfg = self.config_of(trial.config)
             cols = columns(cfg.build_pool(), cfg.diagnostics, cfg.records_attack_choice)
             written = [r["step"] for r in read_records(out)] if writer is None else list(steps)
             carried = _stored_records(trial) if writer is None and not written else []
