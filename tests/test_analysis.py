@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,6 @@ plt = pytest.importorskip("matplotlib.pyplot", reason="the analysis extra (matpl
 
 from raymix.analysis import final_records, load_results  # noqa: E402
 from raymix.analysis import plots  # noqa: E402
-from raymix.analysis.report import write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,6 @@
-"""The C l^p Weiszfeld kernel (raymix/rules/_native.py): the rule's iterates, faster; its
-torch fallback where it is off, cannot be built, or gives up on a row.
+"""raymix's C kernels (raymix/rules/_native.py): the l^p Weiszfeld kernel gives the rule's
+iterates, faster, with its torch fallback where it is off, cannot be built, or gives up on a
+row; the order-statistics kernel gives comed's and trimmed mean's values bit for bit.
 
 Tolerance: the kernel's terms are the rule's float32 products, its sums float64 (the torch
 path's float32), so the distances differ by float32 rounding (~1e-7 relative) and the
@@ -19,7 +20,9 @@ import torch
 
 from raymix.attacks.pool_values import PoolValues, _Lambda
 from raymix.rules import _native
+from raymix.rules.basic import CoordinateMedian, TrimmedMean
 from raymix.rules.geomed import GeometricMedian
+from raymix.rules._kernels import networks as N
 
 DATA = Path(__file__).parent / "data"
 with np.load(DATA / "pool_aware_honest.npz", allow_pickle=False) as z:
@@ -85,7 +88,7 @@ def test_without_a_compiler_the_torch_path_answers_and_says_why_once(fresh_nativ
         values(H, 2.0, [3], True, monkeypatch)
     assert not _native.available()
     assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
-    assert "building the C l^p Weiszfeld kernel failed" in caplog.records[0].getMessage()
+    assert "building the C kernels failed" in caplog.records[0].getMessage()
     want = [float(GeometricMedian(p=p)(pt.G, 2).double() @ pv.mu64) for p in (3, 5)]
     assert np.abs(got - want).max() <= 2e-5 * mm
 
@@ -94,7 +97,7 @@ def test_without_a_compiler_the_torch_path_answers_and_says_why_once(fresh_nativ
 def test_the_build_is_cached_and_a_second_load_does_not_rebuild(fresh_native):
     assert _native.available()
     built = list((fresh_native / "raymix" / "native").iterdir())
-    assert len(built) == 1 and built[0].name.startswith("lp_weiszfeld-") and built[0].suffix == ".so"
+    assert len(built) == 1 and built[0].name.startswith("kernels-") and built[0].suffix == ".so"
     _native._state.clear()
     mtime = built[0].stat().st_mtime_ns
     assert _native.available() and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
@@ -103,3 +106,76 @@ def test_the_build_is_cached_and_a_second_load_does_not_rebuild(fresh_native):
 def test_raymix_compile_0_turns_the_kernel_off(monkeypatch):
     monkeypatch.setenv("RAYMIX_COMPILE", "0")
     assert _native.lp_weiszfeld(torch.rand(3, 8), torch.ones(3, dtype=torch.float64), 3, 1e-6, 10, 1e-6, 1.0) is None
+
+
+def _sorted_reference(G, rows, keep, median):
+    """Per column, the kept order statistics of G[rows] from a full sort (NaN as +inf), reduced
+    in the torch network's order of arithmetic: (lo + hi) * 0.5 for an even median, else the
+    kept wires summed left to right, then scaled."""
+    X = G if rows is None else G[rows]
+    S = torch.nan_to_num(X, nan=float("inf"), posinf=float("inf"), neginf=-float("inf")).sort(0).values
+    if median:
+        lo, hi = keep
+        return S[lo].clone() if lo == hi else (S[lo] + S[hi]) * 0.5
+    out = S[keep[0]].clone()
+    for k in keep[1:]:
+        out.add_(S[k])
+    return out.mul_(1.0 / len(keep))
+
+
+def _awkward(n, d, seed):
+    """Rows with ties, signed zeros, NaN and infinities in some columns."""
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(n, d, generator=g)
+    G[:, : d // 4] = torch.randint(-2, 3, (n, d // 4), generator=g).float()  # many ties
+    G[0, 1], G[-1, 1] = -0.0, 0.0
+    G[n // 2, 2] = float("nan")
+    G[: n // 2 + 1, 3] = float("nan")  # a NaN majority: the median is +inf
+    G[0, 4], G[-1, 5] = float("inf"), -float("inf")
+    return G
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler: the kernel cannot be built here")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 12, 24, 25, 31, 64, 100, 128])
+def test_the_order_statistics_kernel_gives_the_networks_values_bit_for_bit(n, threads, monkeypatch):
+    """comed and trimmed mean through the C network equal a full sort's order statistics reduced
+    in the torch network's order, bit for bit, with ties, signed zeros, NaN and infinities, on
+    one thread and with the columns split over two threads, for rows selected
+    by index (Bulyan's and the attack's calls) and for n on both sides of the torch network's
+    24-row limit."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    monkeypatch.setattr(_native, "_SPLIT_COLUMNS", 1_000)  # so that 3,001 columns make 2 parts
+    try:
+        G = _awkward(n, 3_001, n)
+        lo, hi = (n - 1) // 2, n // 2
+        assert torch.equal(CoordinateMedian()(G, 0), _sorted_reference(G, None, (lo, hi), True))
+        for f in sorted({0, 1, (n - 1) // 2} & set(range((n + 1) // 2))):
+            keep = list(range(f, n - f))
+            got = TrimmedMean()(G, f)
+            want = _sorted_reference(G, None, keep, False)
+            assert torch.equal(got.nan_to_num(nan=7.0), want.nan_to_num(nan=7.0)), f
+        rows = torch.tensor([r for r in range(n) if r % 3 != 1] or [0])
+        m = int(rows.numel())
+        z = _native.order_stats(G, rows, N.selection_network(m, ((m - 1) // 2, m // 2)), 0, (m - 1) // 2, m // 2)
+        assert torch.equal(z, _sorted_reference(G, rows, ((m - 1) // 2, m // 2), True))
+        if n <= N.NETWORK_MAX_ROWS:  # and the torch network itself, for the rows it serves
+            needed, reduce = N.median_reduce(n)
+            assert torch.equal(CoordinateMedian()(G, 0), N.order_statistics(G, needed, reduce))
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_order_statistics_without_the_kernel_are_the_same_values(monkeypatch):
+    """RAYMIX_COMPILE=0: the kernel is off (None) and the rules' torch paths answer; the values
+    agree with the kernel's where both are exact (the torch network, n <= 24), and to float32
+    rounding of a differently ordered sum where counting serves (n > 24)."""
+    G = _awkward(30, 2_000, 1)[:, 6:]  # finite columns: counting's sum is then comparable
+    on = (CoordinateMedian()(G, 0), TrimmedMean()(G, 7), CoordinateMedian()(G[:12], 0), TrimmedMean()(G[:12], 3))
+    monkeypatch.setenv("RAYMIX_COMPILE", "0")
+    assert _native.order_stats(G, None, [(0, 1)], 0, 0, 0) is None
+    off = (CoordinateMedian()(G, 0), TrimmedMean()(G, 7), CoordinateMedian()(G[:12], 0), TrimmedMean()(G[:12], 3))
+    assert torch.equal(on[0], off[0]) and torch.equal(on[2], off[2]) and torch.equal(on[3], off[3])
+    # 16 kept values of magnitude <= ~4: float32 sums in another order differ by < 16 ulp(4)
+    assert torch.allclose(on[1], off[1], rtol=0, atol=16 * 4 * 2.0 ** -23)

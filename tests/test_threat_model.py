@@ -20,7 +20,6 @@ from collections import Counter
 from math import comb
 
 import pytest
-import torch
 
 from raymix.config import ExperimentConfig
 from raymix.pool import MixTailorPool

@@ -25,19 +25,7 @@ def coordinate_median(G: torch.Tensor, f: int = 0) -> torch.Tensor:
 
 
 def _trimmed(G: torch.Tensor, f: int, generator=None) -> torch.Tensor:
-    n = G.shape[0]
-    if f >= 1 and n > K.NETWORK_MAX_ROWS and K.counting_ok(G):
-        return K.trimmed_mean_by_counting(G, f)
-    keep = list(range(f, n - f))
-    scale = 1.0 / len(keep)
-
-    def reduce(w, out):
-        out.copy_(w[keep[0]])
-        for k in keep[1:]:
-            out.add_(w[k])
-        out.mul_(scale)
-
-    return K.order_statistics(G, keep, reduce)
+    return K.trimmed_mean_rows(G, f)
 
 
 def trimmed_mean(G: torch.Tensor, f: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from raymix.rules import _native
 from raymix.rules._kernels.chunks import INF, column_chunks
 from raymix.rules._kernels.networks import NETWORK_MAX_ROWS, median_reduce, order_statistics, selection_network
 
@@ -240,8 +241,38 @@ def trimmed_mean_by_counting(G: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def coordinate_median_rows(G: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Per column of G (or of G[rows]), the median (the mean of the two middle values for even
+    n), NaN as +inf. Up to ORDER_MAX_ROWS float32 rows on the CPU: the C network; else the
+    torch network (n <= 24) or counting (more rows)."""
     n = G.shape[0] if rows is None else int(rows.numel())
+    needed, reduce = median_reduce(n)
+    if 1 <= n <= _native.ORDER_MAX_ROWS:
+        z = _native.order_stats(G, rows, selection_network(n, needed), 0, needed[0], needed[-1])
+        if z is not None:
+            return z
     if n > NETWORK_MAX_ROWS and counting_ok(G):
         return median_by_counting(G, rows)
-    needed, reduce = median_reduce(n)
     return order_statistics(G, needed, reduce, rows)
+
+
+def trimmed_mean_rows(G: torch.Tensor, f: int) -> torch.Tensor:
+    """Per column, the mean of the n - 2f middle values (0 <= f < n/2), NaN as +inf. Up to
+    ORDER_MAX_ROWS float32 rows on the CPU: the C network; else the torch network (n <= 24) or
+    counting (more rows). Both networks sum the kept wires in order, then scale."""
+    n = G.shape[0]
+    keep = list(range(f, n - f))
+    scale = 1.0 / len(keep)
+    if n <= _native.ORDER_MAX_ROWS:
+        z = _native.order_stats(G, None, selection_network(n, tuple(keep)), 1, keep[0], keep[-1], scale)
+        if z is not None:
+            return z
+    if f >= 1 and n > NETWORK_MAX_ROWS and counting_ok(G):
+        return trimmed_mean_by_counting(G, f)
+
+    def reduce(w, out):
+        out.copy_(w[keep[0]])
+        for k in keep[1:]:
+            out.add_(w[k])
+        out.mul_(scale)
+
+    return order_statistics(G, keep, reduce)

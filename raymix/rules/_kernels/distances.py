@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from functools import lru_cache
 from typing import Callable
 
 import torch
 
 from raymix.rules._kernels.chunks import INF, column_chunks
+from raymix.rules._native import compile_enabled
 
 _log = logging.getLogger(__name__)
 
@@ -254,16 +254,6 @@ def _lp_sums_chain(G: torch.Tensor, p: float) -> torch.Tensor:
 _FUSED_MIN_TERMS = 1 << 31  # n(n-1)/2 * d: ~0.7 s with the chain, against ~1-3 s to compile
 _FUSED_ROWS, _FUSED_COLS = 128, 1024  # a (rows x cols) block pair stays in L2
 _fused_failed: list[str] = []  # the first error, once compiling has failed in this process
-
-
-def compile_enabled() -> bool:
-    """``RAYMIX_COMPILE``: unset or ``1`` lets large l^p matrices use the compiled loop, ``0``
-    keeps the torch chain; any other value is refused (the preflight checks it before Ray
-    starts: ``runtime.resources.check_files``)."""
-    value = os.environ.get("RAYMIX_COMPILE", "1").strip()
-    if value not in ("0", "1"):
-        raise ValueError(f"RAYMIX_COMPILE must be 0 or 1, got {value!r}")
-    return value == "1"
 
 
 def _fused_lp_applies(G: torch.Tensor, p: float) -> bool:
