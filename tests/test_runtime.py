@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from raymix.config import ExperimentConfig
-from raymix.runtime import Hook, run_experiment
+from raymix.runtime import Hook, reaper, run_experiment
 from raymix.runtime.checkpoint import CorruptCheckpoint, UnsafeCheckpoint, latest_checkpoint, load_checkpoint, load_latest
 from raymix.records import read_records, strip_timings
 
@@ -420,8 +420,8 @@ sys.exit(main(sys.argv[3:]))
 
 
 def test_a_sigkilled_driver_resumes_to_the_same_records(ray_session, tmp_path):
-    """`raymix run` SIGKILLed (with the Ray it started) mid-run, then `--resume`: the records
-    equal an uninterrupted run's. The driver is killed while it stalls before submitting step
+    """`raymix run` SIGKILLed mid-run, then `--resume`: the records equal an uninterrupted
+    run's, and nothing of the Ray it started is left running within seconds. The driver is killed while it stalls before submitting step
     10: by then it has written the records of steps 2..8 and the checkpoint of step 8 (a step
     is submitted after the record two steps back is written: at most two are in flight), and
     step 9 is in flight; 11 of the 15 records are still to come."""
@@ -442,8 +442,16 @@ def test_a_sigkilled_driver_resumes_to_the_same_records(ray_session, tmp_path):
             time.sleep(0.1)
         assert (tmp_path / "stalled").exists(), f"the driver never reached step {at}: {(tmp_path / 'driver.log').read_text()[-2000:]}"
         assert proc.poll() is None  # still running: the kill lands mid-run
-        os.killpg(proc.pid, signal.SIGKILL)
+        linux = os.path.isdir("/proc/self")  # the watchdog reads /proc
+        ray_processes = reaper.descendants(proc.pid) if linux else {}  # the Ray it started, agents included
+        assert len(ray_processes) >= 3 or not linux
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as kill -9 or the OOM killer would
         proc.wait(timeout=60)
+        # Nothing of its Ray is left a few seconds later (its agents used to stay for 1-3 minutes)
+        deadline = time.time() + 20
+        while (left := [p for p, t in ray_processes.items() if reaper._alive(p, t)]) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not left, [open(f"/proc/{p}/cmdline").read() for p in left]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

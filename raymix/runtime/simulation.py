@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 from raymix.config import ExperimentConfig
 from raymix.records import Interval, RecordWriter, RunResult, columns, make_record, read_records
 from raymix.runtime.checkpoint import checkpoint_dir, clear_checkpoints, load_latest, remove_stale, save_checkpoint
+from raymix.runtime import reaper
 from raymix.runtime.lock import OutputLock
 from raymix.runtime.resources import Plan, Refused, check_files
 from raymix.runtime.resources import plan as make_plan
@@ -116,6 +117,7 @@ def ensure_ray(address: str | None, verbose: bool = False) -> bool:
         # "local": a new Ray of our own, never one that /tmp/ray/ray_current_cluster names (a
         # file a killed Ray leaves behind; ray.init would try to join its dead address).
         ray.init(address="local", include_dashboard=False, **quiet)
+        reaper.watch()  # a SIGKILLed driver leaves none of this Ray behind
     for sig, handler in kept.items():  # the program's own SIGINT/SIGTERM handlers win over Ray's (a C++ stack dump on SIGTERM)
         signal.signal(sig, handler)
     if not verbose:
