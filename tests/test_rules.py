@@ -287,6 +287,8 @@ ROBUST = [
     "nnm(rule=krum)",
     "bucketing(s=2, rule=comed)",
     "bucketing(s=2, rule=geomed)",
+    "dnc",
+    "dnc(sub_dim=7, iters=2, c=1.5)",
 ]
 
 

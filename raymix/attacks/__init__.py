@@ -9,6 +9,8 @@ from raymix.attacks.ipm import IPM, RandomIPM, SignFlip
 from raymix.attacks.alie import ALIE, alie_z
 from raymix.attacks.fang import FangKrum, FangMedian, FangTrim
 from raymix.attacks.optimal import Optimal, PoolAware, pool_distribution
+from raymix.attacks.minmax import MinMax, MinSum
+from raymix.attacks.mimic import Mimic
 from raymix.attacks.simple import Gaussian, LabelFlip, NoAttack, NonFinite
 
 __all__ = [
@@ -28,6 +30,9 @@ __all__ = [
     "Optimal",
     "PoolAware",
     "pool_distribution",
+    "MinMax",
+    "MinSum",
+    "Mimic",
     "Gaussian",
     "NonFinite",
     "LabelFlip",

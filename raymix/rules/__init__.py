@@ -12,6 +12,7 @@ from raymix.rules.geomed import GeometricMedian, geometric_median
 from raymix.rules.bulyan import Bulyan, bulyan, bulyan_classic_agg, bulyan_select
 from raymix.rules.clipping import NNM, CenteredClipping, centered_clipping, nearest_neighbour_mixing, nnm
 from raymix.rules.bucketing import Bucketing, Resampling, bucket_means, bucketing, resample_means, resampling
+from raymix.rules.dnc import DnC, dnc
 
 __all__ = [
     "RULES",
@@ -30,6 +31,7 @@ __all__ = [
     "NNM",
     "Bucketing",
     "Resampling",
+    "DnC",
     "mean",
     "coordinate_median",
     "trimmed_mean",
@@ -47,4 +49,5 @@ __all__ = [
     "bucket_means",
     "resampling",
     "resample_means",
+    "dnc",
 ]
