@@ -12,6 +12,7 @@ sorts nothing and round-trips: ``parse_spec(str(s)) == s``.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import threading
@@ -192,8 +193,7 @@ def init_args(obj: Any) -> dict[str, Any]:
     order. A nested object with ``canonical_spec()`` (a rule) is written as that spec, an
     integral float as an int (``p=3``, not ``p=3.0``), a list as a tuple."""
     out: dict[str, Any] = {}
-    params = list(inspect.signature(type(obj).__init__).parameters.values())[1:]
-    for p in params:
+    for p in _init_params(type(obj)):
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not hasattr(obj, p.name):
             continue
         v = getattr(obj, p.name)
@@ -203,13 +203,28 @@ def init_args(obj: Any) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _init_params(cls: type) -> tuple:
+    """``cls.__init__``'s parameters after ``self``. Cached per class: ``inspect.signature``
+    costs ~0.3 ms (more for a builtin ``__init__``), and rules are compared and hashed by their
+    specs in the pool-aware attack's inner loop (hundreds of times a step)."""
+    return tuple(inspect.signature(cls.__init__).parameters.values())[1:]
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_text(default: str) -> "str | None":
+    """A default spec argument's canonical text (None if it does not parse); cached, as above."""
+    try:
+        return str(parse_spec(default))
+    except SpecError:
+        return None
+
+
 def _is_default(v: Any, default: Any) -> bool:
     if hasattr(v, "canonical_spec"):
         if isinstance(default, (str, Spec)):
-            try:
-                return v.canonical_spec() == str(parse_spec(default))
-            except SpecError:
-                return False
+            text = _canonical_text(default) if isinstance(default, str) else str(default)
+            return text is not None and v.canonical_spec() == text
         return hasattr(default, "canonical_spec") and v.canonical_spec() == default.canonical_spec()
     if isinstance(v, bool) or isinstance(default, bool):
         return v is default

@@ -23,6 +23,7 @@ from raymix.rules import _native
 from raymix.rules.basic import CoordinateMedian, TrimmedMean
 from raymix.rules.geomed import GeometricMedian
 from raymix.rules._kernels import networks as N
+from raymix.rules._kernels import sorted_columns
 
 DATA = Path(__file__).parent / "data"
 with np.load(DATA / "pool_aware_honest.npz", allow_pickle=False) as z:
@@ -139,7 +140,7 @@ def _awkward(n, d, seed):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 12, 24, 25, 31, 64, 100, 128])
 def test_the_order_statistics_kernel_gives_the_networks_values_bit_for_bit(n, threads, monkeypatch):
-    """comed and trimmed mean through the C network equal a full sort's order statistics reduced
+    """comed, trimmed mean and sorted columns through the C network equal a full sort's order statistics reduced
     in the torch network's order, bit for bit, with ties, signed zeros, NaN and infinities, on
     one thread and with the columns split over two threads, for rows selected
     by index (Bulyan's and the attack's calls) and for n on both sides of the torch network's
@@ -160,6 +161,8 @@ def test_the_order_statistics_kernel_gives_the_networks_values_bit_for_bit(n, th
         m = int(rows.numel())
         z = _native.order_stats(G, rows, N.selection_network(m, ((m - 1) // 2, m // 2)), 0, (m - 1) // 2, m // 2)
         assert torch.equal(z, _sorted_reference(G, rows, ((m - 1) // 2, m // 2), True))
+        S = torch.nan_to_num(G, nan=float("inf"), posinf=float("inf"), neginf=-float("inf")).sort(0).values
+        assert torch.equal(sorted_columns(G), S)  # the full network: every column sorted
         if n <= N.NETWORK_MAX_ROWS:  # and the torch network itself, for the rows it serves
             needed, reduce = N.median_reduce(n)
             assert torch.equal(CoordinateMedian()(G, 0), N.order_statistics(G, needed, reduce))

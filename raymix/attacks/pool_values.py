@@ -198,9 +198,9 @@ class PoolValues:
 
     @property
     def sorted_cols(self) -> torch.Tensor:
-        """H's columns sorted."""
+        """H's columns sorted (finite rows: NaN never arises here)."""
         if self._sorted is None:
-            self._sorted = torch.sort(self.H, dim=0).values
+            self._sorted = K.sorted_columns(self.H)
         return self._sorted
 
     # -- per lambda --------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def _library():
                 P, I64, I32, D, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_float
                 lib.raymix_lp_weiszfeld.argtypes = [P, I64, I64, P, I32, D, I64, D, D, P, P, P, P, P]
                 lib.raymix_lp_weiszfeld.restype = I32
-                lib.raymix_order_stats.argtypes = [P, I64, P, I32, I64, I64, P, I32, I32, I32, I32, F, P, P, I64]
+                lib.raymix_order_stats.argtypes = [P, I64, P, I32, I64, I64, P, I32, I32, I32, I32, F, P, I64, P, I64]
                 lib.raymix_order_stats.restype = I32
                 _state["lib"] = lib
             except Exception as e:  # noqa: BLE001 - any build or load failure: the torch path computes the same
@@ -137,8 +137,10 @@ def order_stats(G: torch.Tensor, rows, net, mode: int, lo: int, hi: int, scale: 
     """Per column of ``G[rows]`` (all rows when ``rows`` is None), after the comparator network
     ``net`` ((i, j) pairs, i < j, over the selected rows, NaN as +inf): mode 0 the median (wire
     ``lo``, or the mean of wires ``lo`` and ``hi``), mode 1 the sum of wires ``lo..hi`` times
-    ``scale`` (the trimmed mean). The torch network's values, bit for bit. None where the kernel
-    does not serve (off or not built, G not float32 on the CPU with unit column stride)."""
+    ``scale`` (the trimmed mean), mode 2 wires ``lo..hi`` themselves as rows of a (hi - lo + 1, d)
+    tensor (with a full sorting network: sorted columns). The torch network's values, bit for
+    bit. None where the kernel does not serve (off or not built, G not float32 on the CPU with
+    unit column stride)."""
     if not (G.dtype == torch.float32 and G.device.type == "cpu" and G.dim() == 2 and G.stride(1) == 1):
         return None
     lib = _library()
@@ -148,7 +150,7 @@ def order_stats(G: torch.Tensor, rows, net, mode: int, lo: int, hi: int, scale: 
     idx = np.arange(G.shape[0], dtype=np.int64) if rows is None else np.ascontiguousarray(np.asarray(rows, dtype=np.int64))
     n = len(idx)
     pairs = np.ascontiguousarray(np.asarray(net, dtype=np.int32).reshape(-1))
-    out = torch.empty(d, dtype=torch.float32)
+    out = torch.empty((hi - lo + 1, d) if mode == 2 else d, dtype=torch.float32)
     if d == 0:
         return out
     # A block of B columns of every row stays in L2 (~512 KiB; 0.5 MiB of keys at most) for all
@@ -164,7 +166,7 @@ def order_stats(G: torch.Tensor, rows, net, mode: int, lo: int, hi: int, scale: 
 
     def run(k):
         status[k] = lib.raymix_order_stats(gp, G.stride(0), idx.ctypes.data, n, bounds[k], bounds[k + 1], pairs.ctypes.data,
-                                           len(pairs) // 2, mode, lo, hi, scale, op, works[k].ctypes.data, B)
+                                           len(pairs) // 2, mode, lo, hi, scale, op, d, works[k].ctypes.data, B)
 
     if parts == 1:
         run(0)
@@ -176,3 +178,4 @@ def order_stats(G: torch.Tensor, rows, net, mode: int, lo: int, hi: int, scale: 
         for t in threads:
             t.join()
     return None if any(status) else out
+

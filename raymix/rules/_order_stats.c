@@ -8,7 +8,9 @@
  * NaN counts as +inf (the rules' convention): it is replaced when the block is loaded. The
  * outputs are the torch network's, in its order of arithmetic:
  *   mode 0 (median): W[lo] for lo == hi, else (W[lo] + W[hi]) * 0.5f;
- *   mode 1 (trimmed mean): (W[lo] + W[lo+1] + ... + W[hi]) summed left to right, times `scale`.
+ *   mode 1 (trimmed mean): (W[lo] + W[lo+1] + ... + W[hi]) summed left to right, times `scale`;
+ *   mode 2 (sorted columns): wires lo..hi themselves, wire r in row r - lo of `out` (row
+ *           stride `ldo`).
  * Built on first use by raymix/rules/_native.py. */
 #include <math.h>
 #include <stdint.h>
@@ -39,10 +41,11 @@ static inline float float_of(int32_t k) {
 }
 
 /* rows: n row indices into G (row stride ld floats); columns [c0, c1); net: ncmp pairs (i, j)
- * with i < j; work: n * B keys. Writes out[c0:c1]. */
+ * with i < j; work: n * B keys. Writes out[c0:c1] (mode 2: those columns of hi - lo + 1 rows of
+ * stride ldo). */
 CLONES int raymix_order_stats(const float *G, int64_t ld, const int64_t *rows, int n, int64_t c0, int64_t c1,
                               const int32_t *net, int ncmp, int mode, int lo, int hi, float scale,
-                              float *out, int32_t *work, int64_t B) {
+                              float *out, int64_t ldo, int32_t *work, int64_t B) {
   if (n < 1 || B < 1 || lo < 0 || hi < lo || hi >= n) return 1;
   for (int64_t a = c0; a < c1; a += B) {
     const int64_t c = (c1 - a < B) ? c1 - a : B;
@@ -64,7 +67,13 @@ CLONES int raymix_order_stats(const float *G, int64_t ld, const int64_t *rows, i
     }
     const int32_t *wl = work + (int64_t)lo * B;
     float *o = out + a;
-    if (mode == 0 && lo == hi) {
+    if (mode == 2) {
+      for (int r = lo; r <= hi; ++r) {
+        const int32_t *wr = work + (int64_t)r * B;
+        float *orow = out + (int64_t)(r - lo) * ldo + a;
+        for (int64_t k = 0; k < c; ++k) orow[k] = float_of(wr[k]);
+      }
+    } else if (mode == 0 && lo == hi) {
       for (int64_t k = 0; k < c; ++k) o[k] = float_of(wl[k]);
     } else if (mode == 0) {
       const int32_t *wh = work + (int64_t)hi * B;

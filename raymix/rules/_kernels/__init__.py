@@ -19,7 +19,7 @@ many rows), ``distances`` (l^p distances, Gram matrices, weighted row sums), ``r
 """
 from raymix.rules._kernels.chunks import INF, column_chunks
 from raymix.rules._kernels.counting import (
-    coordinate_median_rows, counting_ok, median_by_counting, trimmed_mean_by_counting, trimmed_mean_rows,
+    coordinate_median_rows, counting_ok, median_by_counting, sorted_columns, trimmed_mean_by_counting, trimmed_mean_rows,
 )
 from raymix.rules._kernels.distances import (
     bad_rows, combine_rows, compile_enabled, gram, ipow_, lp_dist_to, lp_pairwise, pairwise_sq_dists, pow2_scale,
@@ -31,7 +31,7 @@ from raymix.rules._kernels.rounds import (
 )
 
 __all__ = [
-    "INF", "column_chunks", "coordinate_median_rows", "counting_ok", "median_by_counting", "trimmed_mean_by_counting", "trimmed_mean_rows",
+    "INF", "column_chunks", "coordinate_median_rows", "counting_ok", "median_by_counting", "sorted_columns", "trimmed_mean_by_counting", "trimmed_mean_rows",
     "bad_rows", "combine_rows", "compile_enabled", "gram", "ipow_", "lp_dist_to", "lp_pairwise", "pairwise_sq_dists",
     "pow2_scale", "sq_dists_from_gram", "NETWORK_MAX_ROWS", "median_reduce", "order_statistics", "selection_network",
     "SMALL_ROWS", "bulyan_comed_rounds", "bulyan_gram_rounds", "bulyan_krum_rounds", "small_krum_scores", "small_weiszfeld",
