@@ -182,3 +182,26 @@ def test_order_statistics_without_the_kernel_are_the_same_values(monkeypatch):
     assert torch.equal(on[0], off[0]) and torch.equal(on[2], off[2]) and torch.equal(on[3], off[3])
     # 16 kept values of magnitude <= ~4: float32 sums in another order differ by < 16 ulp(4)
     assert torch.allclose(on[1], off[1], rtol=0, atol=16 * 4 * 2.0 ** -23)
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler: the kernel cannot be built here")
+@pytest.mark.parametrize("rows", ["init", "trained"])
+def test_the_power_chain_kernel_gives_the_torch_chains_distances(rows, monkeypatch):
+    """The attack's Krum(p) distances (every integer p up to 16, and p = inf) by the C chain
+    equal the torch chain's: the same float32 differences, float64 powers by the same products;
+    only the order of the float64 sums differs (relative 1e-12 asserted; float64 rounding over
+    d = 1,000 terms is ~1e-13). Pairs of honest rows, and honest rows against one crafted row."""
+    from raymix.attacks.pool_values import _lp_norms
+
+    H = HONEST[rows]
+    k = H.shape[0]
+    b = (-H.mean(0) * 3).unsqueeze(0)
+    iu = torch.triu_indices(k, k, 1)
+    ps = [1.0, 3.0, 4.0, 7.0, 16.0, float("inf")]
+    for A, ia, B, ib in ((H, iu[0], H, iu[1]), (H, range(k), b, [0] * k)):
+        got = _lp_norms(A, ia, B, ib, ps)
+        monkeypatch.setenv("RAYMIX_COMPILE", "0")
+        want = _lp_norms(A, ia, B, ib, ps)
+        monkeypatch.delenv("RAYMIX_COMPILE")
+        for p in ps:
+            assert torch.allclose(got[p], want[p], rtol=1e-12, atol=0), p

@@ -90,6 +90,22 @@ def _lp_from_diffs(D: torch.Tensor, ps: Sequence[float]) -> dict[float, torch.Te
     return out
 
 
+def _lp_norms(A: torch.Tensor, ia, B: torch.Tensor, ib, ps: Sequence[float]) -> dict[float, torch.Tensor]:
+    """{p: (r,) float64 l^p norms of A[ia[t]] - B[ib[t]]}: :func:`_lp_from_diffs`'s values, by
+    the C kernel (``_native.lp_chain``: every power of a 256-column block while it is in L1)
+    or, where that is not built, by the torch chain on the (r, d) float64 differences."""
+    finite = sorted({int(p) for p in ps if not math.isinf(p)})
+    got = _native.lp_chain(A, ia, B, ib, finite[-1], _CHAIN_FLOOR) if finite else None
+    if got is None:
+        ia, ib = (torch.as_tensor(np.asarray(i), dtype=torch.int64) for i in (ia, ib))
+        return _lp_from_diffs((A.index_select(0, ia) - B.index_select(0, ib)).abs_().double(), ps)
+    smax, sums = torch.from_numpy(got[0]), torch.from_numpy(got[1])
+    out = {_INF: smax.clone()} if any(math.isinf(p) for p in ps) else {}
+    for e in finite:
+        out[float(e)] = smax * sums[:, e - 1] ** (1.0 / e)
+    return out
+
+
 class _Lambda:
     """The parts of one lambda's G shared by the rules (computed on first use; the (m, m)
     matrices as float64 numpy arrays, for the kernels' small-matrix paths)."""
@@ -147,8 +163,8 @@ class _Lambda:
                 self._d2[p] = D
             else:
                 ps = [q for q in pv.chain_ps if q not in self._d2] or [p]
-                D = (pv.H - self.b).abs_().double()
-                for q, hb in _lp_from_diffs(D, ps).items():
+                b = self.b.unsqueeze(0)
+                for q, hb in _lp_norms(pv.H, range(k), b, [0] * k, ps).items():
                     M = np.zeros((m, m))
                     M[:k, :k] = pv.hh(q)
                     M[:k, k:] = hb.numpy()[:, None]
@@ -189,8 +205,7 @@ class PoolValues:
             k = self.k
             iu = torch.triu_indices(k, k, 1)
             ps = [q for q in self.chain_ps if q not in self._hh] or [p]
-            D = (self.H[iu[0]] - self.H[iu[1]]).abs_().double()
-            for q, dist in _lp_from_diffs(D, ps).items():
+            for q, dist in _lp_norms(self.H, iu[0], self.H, iu[1], ps).items():
                 M = np.zeros((k, k))
                 M[iu[0].numpy(), iu[1].numpy()] = dist.numpy()
                 self._hh[q] = M + M.T

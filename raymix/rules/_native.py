@@ -5,13 +5,16 @@
   every lambda it tries (docs/measurements.md, "Cost of the searching attacks"); with torch
   ops a map is five to ten passes over the rows (~1 ms at d = 21,840), in C two passes with
   the terms in registers (~0.15 ms).
+- ``_lp_chain.c``: every integer power sum of |x - y| for pairs of rows at once (the attack's
+  Krum(p) distances): each 256-column block raised through all powers while in L1, where torch
+  makes one pass over the pairs' (r, d) float64 differences per power.
 - ``_order_stats.c``: comed and trimmed mean of up to ``ORDER_MAX_ROWS`` rows by the same
   comparator network the torch path runs, one L1-sized column block at a time, the columns
   split over torch's thread count. Why C: each comparator is a torch call over a column chunk
   there, and a per-column sort costs 20-50 ns an element (docs/measurements.md, "Order
   statistics against ByzFL").
 
-Both sources are one library, built once per machine and source:
+The sources are one library, built once per machine and source:
 ``$XDG_CACHE_HOME/raymix/native/kernels-<hash>.so`` (``~/.cache`` without XDG_CACHE_HOME), the
 hash over the sources, the compiler and its flags, written to a temporary name and renamed, so
 concurrent actors never load a partial file. The compiler is ``$CC`` or ``cc``.
@@ -34,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["lp_weiszfeld", "order_stats", "available", "ORDER_MAX_ROWS"]
+__all__ = ["lp_weiszfeld", "order_stats", "lp_chain", "available", "ORDER_MAX_ROWS"]
 
 _log = logging.getLogger(__name__)
-_SOURCES = tuple(Path(__file__).with_name(f) for f in ("_lp_weiszfeld.c", "_order_stats.c"))
+_SOURCES = tuple(Path(__file__).with_name(f) for f in ("_lp_weiszfeld.c", "_order_stats.c", "_lp_chain.c"))
 _FLAGS = ("-O3", "-fopenmp-simd", "-fPIC", "-shared")
 _MAX_P = 16  # the source's specialised powers: p = 1..16 (the paper pool's)
 _lock = threading.Lock()
@@ -98,6 +101,8 @@ def _library():
                 lib.raymix_lp_weiszfeld.restype = I32
                 lib.raymix_order_stats.argtypes = [P, I64, P, I32, I64, I64, P, I32, I32, I32, I32, F, P, I64, P, I64]
                 lib.raymix_order_stats.restype = I32
+                lib.raymix_lp_chain.argtypes = [P, I64, P, P, I64, P, I64, I64, I32, D, P, P]
+                lib.raymix_lp_chain.restype = I32
                 _state["lib"] = lib
             except Exception as e:  # noqa: BLE001 - any build or load failure: the torch path computes the same
                 _state["failed"] = f"{type(e).__name__}: {e}"
@@ -179,3 +184,23 @@ def order_stats(G: torch.Tensor, rows, net, mode: int, lo: int, hi: int, scale: 
             t.join()
     return None if any(status) else out
 
+
+
+def lp_chain(A: torch.Tensor, ia, B: torch.Tensor, ib, maxe: int, floor: float) -> "tuple[np.ndarray, np.ndarray] | None":
+    """For pairs t = (A[ia[t]], B[ib[t]]) of float32 rows: (smax, sums) with smax[t] = max|x - y|
+    and sums[t, e-1] = sum_c (a_c)^e, a = |x - y| / smax (0 where <= floor), e = 1..maxe, float64
+    (see ``_lp_chain.c``). None where the kernel does not serve (off or not built, not float32
+    on the CPU with unit column stride, maxe outside 1..64)."""
+    ok = all(T.dtype == torch.float32 and T.device.type == "cpu" and T.dim() == 2 and T.stride(1) == 1 for T in (A, B))
+    if not (ok and 1 <= maxe <= 64 and A.shape[1] == B.shape[1]):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    ia = np.ascontiguousarray(np.asarray(ia, dtype=np.int64))
+    ib = np.ascontiguousarray(np.asarray(ib, dtype=np.int64))
+    r, d = len(ia), A.shape[1]
+    smax, sums = np.empty(r), np.empty((r, maxe))
+    status = lib.raymix_lp_chain(A.data_ptr(), A.stride(0), ia.ctypes.data, B.data_ptr(), B.stride(0), ib.ctypes.data,
+                                 r, d, int(maxe), float(floor), smax.ctypes.data, sums.ctypes.data)
+    return None if status else (smax, sums)
