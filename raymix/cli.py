@@ -24,7 +24,23 @@ from typing import Any, Callable, Sequence
 from raymix.config import ExperimentConfig
 from raymix.progress import time_left
 
-__all__ = ["main", "build_run_parser", "config_from_args"]
+__all__ = ["main", "build_run_parser", "config_from_args", "Parser", "UsageError"]
+
+
+class UsageError(SystemExit):
+    """A command line that argparse cannot parse (exit status 2): its one line is printed
+    already; :func:`main` returns 2 for it."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its refusals in one line and exit status 2, like every other refusal of
+    the command line: ``raymix run: argument --n: invalid int value: 'abc' (raymix run --help
+    lists the options)`` instead of the usage block followed by the error. Every subcommand's
+    parser is one (run, sweep, report, demo, rules, attacks)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message} ({self.prog} --help lists the options)", file=sys.stderr)
+        raise UsageError(2)
 
 
 def _none_or(conv: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -47,6 +63,10 @@ def _all_or_int(text: str) -> Any:
     return "all" if text == "all" else int(text)
 
 
+# argparse names a converter in its refusal ("invalid 'auto' or integer value: 'x'")
+_auto_or_float.__name__, _auto_or_int.__name__, _all_or_int.__name__ = "'auto' or number", "'auto' or integer", "'all' or integer"
+
+
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "data_dir": _none_or(str),
     "output_dir": _none_or(str),
@@ -63,6 +83,9 @@ def _converter(f: dataclasses.Field) -> Callable[[str], Any]:
     if f.name in _CONVERTERS:
         return _CONVERTERS[f.name]
     default = f.default
+    if default is None:  # an optional field ("none" unsets it): its annotation says of what
+        kind = str(f.type)
+        return _none_or(int if "int" in kind else float if "float" in kind else str)
     if isinstance(default, int) and not isinstance(default, bool):
         return int
     if isinstance(default, float):
@@ -102,7 +125,7 @@ def field_help(f: dataclasses.Field) -> str:
 
 
 def build_run_parser(prog: str = "raymix run") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description="Run one simulation (docs/runtime.md explains every field).")
+    ap = Parser(prog=prog, description="Run one simulation (docs/runtime.md explains every field).")
     ap.add_argument("--config", help="a YAML file of config fields (flags override it)")
     ap.add_argument("--plugin", action="append", metavar="MODULE",
                     help="import MODULE first: its rules, attacks, models and datasets become usable (repeatable)")
@@ -170,6 +193,9 @@ def _progress(total: int) -> Callable[[dict], None]:
 def cmd_run(argv: Sequence[str]) -> int:
     ap = build_run_parser()
     args = ap.parse_args(list(argv))
+    if args.resume and args.overwrite:
+        print("raymix run: --resume and --overwrite contradict each other: continue the run, or replace it", file=sys.stderr)
+        return 2
     try:
         cfg = config_from_args(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
@@ -250,7 +276,7 @@ def _describe(obj: Any) -> tuple[str, str, str]:
 def cmd_list(kind: str, argv: Sequence[str]) -> int:
     """``raymix rules`` / ``raymix attacks``: every registered name (built-in and plugins)
     with its one-line description and its precondition on n and f."""
-    ap = argparse.ArgumentParser(prog=f"raymix {kind}", description=f"List the {kind} a spec may name, plugins included.")
+    ap = Parser(prog=f"raymix {kind}", description=f"List the {kind} a spec may name, plugins included.")
     ap.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first (repeatable)")
     args = ap.parse_args(list(argv))
     try:
@@ -307,11 +333,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"raymix {__version__}")
         return 0
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        print(f"raymix: no command given; choose from {', '.join(SUBCOMMANDS)} (raymix --help says what each does)",
+              file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print("usage: raymix {" + ",".join(SUBCOMMANDS) + "} ...\n")
         for name, (_, text) in SUBCOMMANDS.items():
             print(f"  {name:8s} {text}")
-        return 0 if argv else 2
+        return 0
     name, rest = argv[0], argv[1:]
     _setup_logging()
     if name not in SUBCOMMANDS:
@@ -319,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return SUBCOMMANDS[name][0](rest)
+    except UsageError:  # its one line is printed
+        return 2
     except BrokenPipeError:  # `raymix rules | head`: the reader has all it wanted
         sys.stdout = open(os.devnull, "w")
         return 0

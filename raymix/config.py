@@ -33,6 +33,7 @@ __all__ = ["ExperimentConfig", "check_data", "PARTITIONS", "MODES", "SPEC_FIELDS
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
 MODES = ("gradient", "model")
 DIVERGENCE = ("stop", "skip")
+BYZANTINE_SAMPLING = ("fixed", "random")
 DEVICES = ("auto", "cuda", "cpu")
 # Fields whose value is a spec string; from_dict also accepts {"name": ..., **args} for them.
 SPEC_FIELDS = ("aggregator", "attack")
@@ -99,6 +100,12 @@ class ExperimentConfig:
     # workers and threat model
     n: int = knob(12, "workers in all, Byzantine ones included")
     f: int = knob(2, "Byzantine workers among the n (f < n/2)")
+    assumed_f: int | None = knob(None, "the f the rules are told (a wrong guess either way); none = the true f",
+                                 detail="0 <= assumed_f < n; the pool's preconditions are checked against it. The Byzantine workers still send f rows (docs/runtime.md, Threat settings)")
+    participation: int | None = knob(None, "workers taking part in each step (m, drawn anew each step); none = all n",
+                                     detail="f < m <= n; the rules get m rows and are told assumed_f, else f; the pool's preconditions are checked against m. Drawn from the server's stream `(seed, \"aggregator\", \"participation\", step)`; each record's `byzantine_rows` lists the Byzantine rows of each step")
+    byzantine_sampling: str = knob("fixed", "with participation: all f Byzantine workers take part every step (fixed), or the m are drawn from all n (random)",
+                                   BYZANTINE_SAMPLING)
     aggregator: str = knob("mixtailor", "a rule spec (krum, comed, ...), a pool (mixtailor, mixtailor(exclude=[bulyan])) or omniscient", "rules",
                            detail="Pools: `mixtailor(include=[krum, comed])`, `mixtailor(composition=no_bulyan)`, `mixtailor(add=[your_rule])`, `mixtailor(random_p=true, p_seed=0)` (each member's p drawn from 1..16, the paper's text), `mixtailor(geomed_iters=5)`, `pool(members=[krum, comed])`; `omniscient` is the mean of the honest gradients only")
     drop_invalid: bool = knob(False, "leave out the pool members whose precondition fails for n, f (else: refused)")
@@ -112,6 +119,8 @@ class ExperimentConfig:
     batch_size: int = knob(50, "samples per worker per step")
     lr: float = knob(0.001, "the server's SGD learning rate")
     momentum: float = knob(0.9, "the server's SGD momentum (0 in model mode)")
+    worker_momentum: float = knob(0.0, "each honest worker sends its momentum buffer m_t = beta m_(t-1) + (1-beta) g_t; 0 = its raw row",
+                                  detail="beta in [0, 1); m_0 = 0. The adversary sees the sent buffers; the Byzantine workers of a data attack or `none` keep theirs too. Distinct from the server's `momentum`, which stays available (docs/runtime.md, Threat settings)")
     weight_decay: float = knob(1e-4, "the server's SGD weight decay")
     resampling: int = knob(0, "s > 1 wraps every pool member in s-replacement resampling (0, 1: off)",
                             detail="`resampling(s=S, rule=<member>)` (He, Karimireddy & Jaggi 2020, the paper's choice for non-iid; the member's family kept); its permutations come from the aggregator's stream `(seed, \"aggregator\", \"resample\", step)`")
@@ -170,6 +179,8 @@ class ExperimentConfig:
         # A sweep-style file ({experiment: {...}}) is accepted for its experiment section.
         if set(data) >= {"experiment"} and set(data) <= {"name", "description", "experiment", "search", "run"}:
             data = data["experiment"] or {}
+            if not isinstance(data, Mapping):
+                raise ValueError(f"{path} line {lines['experiment']}: 'experiment' must be a mapping of field: value, got {data!r}")
         merged = dict(data)
         if overrides:
             flat: dict[str, Any] = {}
@@ -220,6 +231,23 @@ class ExperimentConfig:
         return self.aggregator.strip() == "omniscient"
 
     @property
+    def rule_n(self) -> int:
+        """The rows the rules aggregate each step: ``participation``, else n."""
+        return self.n if self.participation is None else int(self.participation)
+
+    @property
+    def byzantine_counts(self) -> tuple[int, ...]:
+        """The Byzantine rows a step may hold (``random`` sampling: any count up to f)."""
+        if self.participation is None or self.byzantine_sampling == "fixed":
+            return (self.f,)
+        return tuple(range(0, self.f + 1))
+
+    @property
+    def rule_f(self) -> int:
+        """The f the aggregation rules are told: ``assumed_f``, else the true f."""
+        return self.f if self.assumed_f is None else int(self.assumed_f)
+
+    @property
     def num_honest(self) -> int:
         return self.n - self.f
 
@@ -249,7 +277,7 @@ class ExperimentConfig:
         (validation builds it) and the same object on every call: the server, the adversary's
         public view and the records' columns share it, as rules are plain data that keep
         nothing between calls."""
-        return self._once("pool", lambda: make_pool(self.aggregator, self.n, self.f, self.resampling, self.drop_invalid))
+        return self._once("pool", lambda: make_pool(self.aggregator, self.rule_n, self.rule_f, self.resampling, self.drop_invalid))
 
     def build_attack(self):
         """The attack, built once per config and shared as :meth:`build_pool` (attacks are plain
@@ -284,6 +312,10 @@ def read_yaml_mapping(path: "str | Path", what: str, holds: str, key_lines: dict
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ValueError(f"{path}{where}: not valid YAML: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a {what} holds {holds}") from None
+    except OSError as exc:  # a file the user may not read
+        raise ValueError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if data is None:  # an empty file (or only comments): a mistake, not "all defaults"
         raise ValueError(f"{path}: the {what} is empty; a {what} holds {holds}")
     if not isinstance(data, Mapping):
@@ -464,6 +496,13 @@ def _check_scalars(c: ExperimentConfig) -> None:
     _need_known(c, "model", "models", ("auto",))
     _need_int(c, "n", 1)
     _need_int(c, "f", 0)
+    _need_int(c, "assumed_f", 0, optional=True)
+    if c.assumed_f is not None and c.assumed_f >= c.n:
+        raise checks.fail(_OWNER, "assumed_f", f"none or an integer in 0..n-1={c.n - 1}", c.assumed_f)
+    _need_int(c, "participation", 1, optional=True)
+    if c.participation is not None and not c.f < c.participation <= c.n:
+        raise checks.fail(_OWNER, "participation", f"none or an integer in f+1..n={c.f + 1}..{c.n} (at least one honest worker takes part)", c.participation)
+    _need_choice(c, "byzantine_sampling", BYZANTINE_SAMPLING)
     if 2 * c.f >= c.n:
         raise _err(f"f={c.f} Byzantine workers out of n={c.n}: f must be < n/2")
     _need_bool(c, "drop_invalid")
@@ -474,6 +513,9 @@ def _check_scalars(c: ExperimentConfig) -> None:
     _need_int(c, "batch_size", 1)
     _need_num(c, "lr", 0.0, True)
     _need_num(c, "momentum", 0.0, False)
+    _need_num(c, "worker_momentum", 0.0, False)
+    if c.worker_momentum >= 1.0:
+        raise checks.fail(_OWNER, "worker_momentum", "a number in [0, 1)", c.worker_momentum)
     _need_num(c, "weight_decay", 0.0, False)
     _need_int(c, "resampling", 0)
     _need_choice(c, "on_divergence", DIVERGENCE)
@@ -539,11 +581,14 @@ def _check_specs(c: ExperimentConfig) -> None:
     try:
         c.build_pool()
     except (SpecError, ValueError, TypeError) as exc:
-        raise _err(f"aggregator {c.aggregator!r}: {exc}") from None
+        told = "" if c.assumed_f is None else f" with assumed_f={c.assumed_f}"
+        raise _err(f"aggregator {c.aggregator!r}{told}: {exc}") from None
     try:
         attack = c.build_attack()
         if hasattr(attack, "check"):
-            attack.check(c.n, c.f)
+            for b in c.byzantine_counts:  # the step's n (m) and its Byzantine count
+                if b > 0 or c.f == 0:
+                    attack.check(c.rule_n, b)
     except (SpecError, ValueError, TypeError) as exc:
         raise _err(f"attack {c.attack!r}: {exc}") from None
     from raymix.data import num_classes_of
@@ -556,7 +601,7 @@ def _check_specs(c: ExperimentConfig) -> None:
         raise _err(f"train_limit={c.train_limit} is fewer samples than the {shards} workers that need a shard each")
     if c.f > 0 and getattr(attack, "crafts_gradients", True) and not c.is_omniscient:
         need = getattr(attack, "min_visible", 0)
-        if c.knowledge < need:
+        if min(c.knowledge, c.rule_n - c.f) < need:  # at least m-f honest workers take part
             raise _err(f"attack {c.attack} needs at least {need} visible honest gradient(s); attack_knowledge={c.attack_knowledge}")
 
 
@@ -571,6 +616,9 @@ def check_data(c: ExperimentConfig) -> None:
             check_data_available(c.dataset, resolve_data_dir(c.data_dir))
         except (FileNotFoundError, ValueError) as exc:
             raise ValueError(f"invalid experiment config: dataset {c.dataset!r}: {exc}") from None
+        except OSError as exc:  # a data file or directory the user may not read
+            raise ValueError(f"invalid experiment config: dataset {c.dataset!r}: {exc.filename or resolve_data_dir(c.data_dir)} "
+                             f"cannot be read: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

@@ -74,8 +74,19 @@ def evaluate(pool: MixTailorPool, honest: torch.Tensor, byz: torch.Tensor, f: in
     return {"rows": rows, "expected": d["expected_inner_product"]}
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """The numbers, before anything is built: the same bounds a run's config has."""
+    for name, lo in (("n", 1), ("f", 0), ("batch", 1), ("warmup", 0), ("seed", 0)):
+        if getattr(args, name) < lo:
+            raise ValueError(f"--{name} must be an integer >= {lo}, got {getattr(args, name)}")
+    if 2 * args.f >= args.n:
+        raise ValueError(f"f={args.f} Byzantine workers out of n={args.n}: f must be < n/2")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="raymix demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from raymix.cli import Parser
+
+    ap = Parser(prog="raymix demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="auto", help="mnist, fashion_mnist, cifar10, synthetic, or auto (MNIST if present)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--n", type=int, default=12)
@@ -90,12 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     # Rules on one step's gradients are many small kernels: one thread beats two here.
     torch.set_num_threads(1)
 
-    pool = MixTailorPool.from_spec(args.pool, args.n, args.f, drop_invalid=True)
-    attacks = [build_attack(a) for a in (args.attack or DEFAULT_ATTACKS)]
-    for a in attacks:
-        if hasattr(a, "check"):
-            a.check(args.n, args.f)
-    dataset = _pick_dataset(args.dataset, args.data_dir)
+    try:  # every argument checked before any gradient is computed: one line, exit status 2
+        _check_args(args)
+        pool = MixTailorPool.from_spec(args.pool, args.n, args.f, drop_invalid=True)
+        attacks = [build_attack(a) for a in (args.attack or DEFAULT_ATTACKS)]
+        for a in attacks:
+            if hasattr(a, "check"):
+                a.check(args.n, args.f)
+        dataset = _pick_dataset(args.dataset, args.data_dir)
+        check_data_available(dataset, args.data_dir)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"raymix demo: {exc}", file=sys.stderr)
+        return 2
 
     t0 = time.perf_counter()
     honest = honest_gradients(dataset, args.data_dir, args.n - args.f, args.batch, args.warmup, args.seed)

@@ -23,7 +23,7 @@ TIMING_KEYS = ("time_gradients", "time_attack", "time_aggregation", "time_update
 _PARTS = TIMING_KEYS[:5]  # the per-step busy times the stats report
 ATTACK_KEYS = ("lambda", "expected", "worst", "fooled", "lambda_geomean")  # a reporting attack's record["attack"]
 _RECORD_KEYS = frozenset(("step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio",
-                          "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged", "drawn", "drawn_family", "attack") + TIMING_KEYS)
+                          "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged", "drawn", "drawn_family", "attack", "byzantine_rows") + TIMING_KEYS)
 
 
 def is_record_key(key: str) -> bool:
@@ -42,6 +42,7 @@ class Interval:
         self.family: Counter = Counter()
         self.times: Counter = Counter()
         self.log_lambda, self.lambdas = 0.0, 0  # the attack's chosen lambdas (when it reports them)
+        self.byzantine: list[int] = []  # each step's Byzantine rows (with participation only)
 
     def add(self, s: Mapping[str, Any]) -> None:
         self.steps += 1
@@ -55,6 +56,8 @@ class Interval:
         self.skipped += int(s.get("skipped", False))
         for k in _PARTS:
             self.times[k] += s.get(k, 0.0)
+        if "byzantine_rows" in s:
+            self.byzantine.append(int(s["byzantine_rows"]))
         lam = s.get("attack", {}).get("lambda")
         if lam is not None and lam > 0:
             self.log_lambda += math.log(lam)
@@ -80,6 +83,8 @@ def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall:
     }
     if "diverged" in stats:
         rec["diverged"] = stats["diverged"]
+    if iv.byzantine:  # participation: the Byzantine rows of each step of the interval (absent otherwise)
+        rec["byzantine_rows"] = list(iv.byzantine)
     if "attack" in stats:  # what the attack chose at this step, and its lambdas' geometric mean over the interval
         geo = math.exp(iv.log_lambda / iv.lambdas) if iv.lambdas else None
         rec["attack"] = {**stats["attack"], "lambda_geomean": geo}
@@ -98,10 +103,13 @@ def make_record(stats: Mapping[str, Any], iv: Interval, wall: float, total_wall:
     return rec
 
 
-def columns(pool, diagnostics: bool, attack_choice: bool = False) -> list[str]:
+def columns(pool, diagnostics: bool, attack_choice: bool = False, participation: bool = False) -> list[str]:
     """progress.csv's header, fixed at the start from the pool's members (and, with
-    ``attack_choice``, the attack's recorded choice)."""
+    ``attack_choice``, the attack's recorded choice; with ``participation``, each step's
+    Byzantine rows)."""
     cols = ["step", "test_accuracy", "test_loss", "train_loss", "cosine", "inner_product", "norm_ratio", "cosine_mean", "nonfinite_steps", "skipped_steps", "diverged"]
+    if participation:
+        cols.append("byzantine_rows")
     if pool is None:
         cols += ["drawn.omniscient", "drawn_family.omniscient"]
     else:

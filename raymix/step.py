@@ -28,7 +28,12 @@ from raymix.seeding import stream_seed, torch_generator
 __all__ = [
     "ModelSpec", "Workers", "Adversary", "Server", "Inputs", "prepare", "keys_for",
     "aggregate", "apply_update", "update_stats", "fooled_members", "knowledge_rows", "step_after_gradients", "LocalSimulation", "run_local",
+    "WorkerMomentum", "STATE_KEYS", "Participants", "participants",
 ]
+
+# What a restore point holds (``worker_momentum`` only when the config's is > 0: older
+# checkpoints, and those of runs without it, have no such key).
+STATE_KEYS = ("step", "weights", "optimizer", "worker_momentum")
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -154,13 +159,40 @@ class Workers:
         return torch.stack([w - weights for w in local]).detach().cpu(), first_losses.detach().cpu()
 
 
-def knowledge_rows(config, step: int) -> list[int] | None:
+def knowledge_rows(config, step: int, honest: int | None = None) -> list[int] | None:
     """The honest rows the adversary may see at ``step`` (None: all), from the PUBLIC stream
-    ``(seed, "knowledge", step)``: which rows leak is not a secret of the server's."""
-    if config.knowledge >= config.num_honest:
+    ``(seed, "knowledge", step)``: which rows leak is not a secret of the server's.
+    ``honest``: the honest rows sent this step (with ``participation``), else n-f."""
+    h = config.num_honest if honest is None else int(honest)
+    if config.knowledge >= h:
         return None
     g = torch_generator(config.seed, "knowledge", step)
-    return sorted(torch.randperm(config.num_honest, generator=g)[: config.knowledge].tolist())
+    return sorted(torch.randperm(h, generator=g)[: config.knowledge].tolist())
+
+
+@dataclass(frozen=True)
+class Participants:
+    """Who takes part in one step (``participation: m``): the honest workers (indices into the
+    n-f honest rows) and the Byzantine ones (indices 0..f-1 among the f)."""
+
+    honest: torch.Tensor
+    byzantine: torch.Tensor
+
+
+def participants(config, key: int, step: int) -> Participants | None:
+    """The step's participants (None: all n), from the server's stream ``(key, "participation",
+    step)``: the adversary, which never holds the server's key, cannot predict the draw; it
+    learns which of ITS workers take part when it crafts their rows. ``fixed``: all f Byzantine
+    workers and m-f of the n-f honest ones; ``random``: m of the n workers, uniformly."""
+    m = config.participation
+    if m is None:
+        return None
+    h, f = config.num_honest, config.f
+    g = torch_generator(key, "participation", step)
+    if config.byzantine_sampling == "fixed":
+        return Participants(torch.randperm(h, generator=g)[: m - f].sort().values, torch.arange(f))
+    chosen = torch.randperm(config.n, generator=g)[:m].sort().values
+    return Participants(chosen[chosen < h], chosen[chosen >= h] - h)
 
 
 # ---------------------------------------------------------------------------- the adversary
@@ -196,17 +228,63 @@ class Adversary:
         pool = config.build_pool()
         return cls(config.build_attack(), config.n, config.f, pool.public() if pool is not None else None, keys["adversary"], workers)
 
-    def rows(self, step: int, honest: torch.Tensor, weights: torch.Tensor | None = None, visible: list[int] | None = None) -> torch.Tensor:
+    def rows(self, step: int, honest: torch.Tensor, weights: torch.Tensor | None = None, visible: list[int] | None = None,
+             byzantine: torch.Tensor | None = None) -> torch.Tensor:
+        """The Byzantine rows of ``step``. ``byzantine``: which of the f take part this step
+        (``participation``; None: all), and the step's n is then the rows sent, honest ones
+        included."""
         from raymix.attacks import AdversaryView
 
         if self.workers is not None:
-            return self.workers.compute(weights, step)[0]
+            rows = self.workers.compute(weights, step)[0]
+            return rows if byzantine is None else rows[byzantine]
+        n, f = (self.n, self.f) if byzantine is None else (honest.shape[0] + len(byzantine), len(byzantine))
         seen = honest if visible is None else honest[torch.as_tensor(visible, dtype=torch.long)]
-        view = AdversaryView(honest=seen, n=self.n, f=self.f, step=int(step), pool=self.pool,
+        view = AdversaryView(honest=seen, n=n, f=f, step=int(step), pool=self.pool,
                              generator=torch_generator(self.key, int(step)))
         rows = self.attack(view).detach().cpu()
         self.choice = dict(self.attack.last_choice) if self.attack.reports_choice else None
         return rows
+
+
+# ---------------------------------------------------------------------------- worker momentum
+class WorkerMomentum:
+    """The workers' momentum buffers (``worker_momentum: beta`` > 0): each worker that follows
+    the protocol keeps ``m_t = beta * m_(t-1) + (1 - beta) * g_t`` (``m_0 = 0``; the form of
+    Karimireddy, He & Jaggi 2021 and ByzFL's clients) and sends ``m_t`` instead of its row
+    ``g_t``. The one place both engines update them is :func:`step_after_gradients`, in the
+    server's process: a pack's rows stay a pure function of (weights, step), so a retried pack
+    task computes the same rows, and the buffers travel with the weights in every restore point
+    (a restarted server or a resumed run continues them bit for bit). ``honest``: the n-f honest
+    workers' (n-f, d) buffers; ``byzantine``: the (f, d) buffers of Byzantine workers that train
+    (a data attack, ``none``), None otherwise."""
+
+    def __init__(self, beta: float):
+        self.beta = float(beta)
+        self.buffers: dict[str, torch.Tensor | None] = {"honest": None, "byzantine": None}
+
+    def apply(self, rows: torch.Tensor, who: str = "honest", index: torch.Tensor | None = None, size: int = 0) -> torch.Tensor:
+        """The rows the workers send this step: their updated buffers. ``index``: which of the
+        ``size`` workers take part (``participation``); the others' buffers do not move."""
+        prev = self.buffers[who]
+        if index is None:
+            sent = self.beta * (torch.zeros_like(rows) if prev is None else prev) + (1.0 - self.beta) * rows
+            self.buffers[who] = sent.clone()  # kept apart from the rows handed on (an attack may not alter it)
+            return sent
+        buf = rows.new_zeros((size, rows.shape[1])) if prev is None else prev.clone()
+        sent = self.beta * buf[index] + (1.0 - self.beta) * rows
+        buf[index] = sent
+        self.buffers[who] = buf
+        return sent
+
+    def state(self) -> dict[str, torch.Tensor | None]:
+        return {k: None if v is None else v.detach().cpu().clone() for k, v in self.buffers.items()}
+
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            raise ValueError("this checkpoint holds no worker momentum buffers (saved with worker_momentum=0 or by an "
+                             "older raymix): it continues only with worker_momentum: 0")
+        self.buffers = {k: None if state.get(k) is None else state[k].detach().cpu().clone() for k in ("honest", "byzantine")}
 
 
 # ---------------------------------------------------------------------------- the server's maths
@@ -273,15 +351,30 @@ def fooled_members(pool, G: torch.Tensor, mu: torch.Tensor, f: int, generator: C
 def step_after_gradients(t: int, H: torch.Tensor, losses: torch.Tensor, server: "Server", adversary: "Adversary | None",
                          config, evaluate: bool, diagnose: bool) -> dict[str, Any]:
     """The step once the honest rows are in, for both engines (LocalSimulation and the Ray
-    server actor): the adversary's rows, the server's draw, aggregation and update, and the
-    stats, with the attack's time and, for a searching attack, its recorded choice."""
+    server actor): the step's participants (``participation``), the rows the honest workers
+    send (their momentum buffers with ``worker_momentum``: the one place they are updated),
+    the adversary's rows, the server's draw, aggregation and update, and the stats, with the
+    attack's time and, for a searching attack, its recorded choice."""
     t0 = time.perf_counter()
     byz = None
-    if adversary is not None:
+    momentum = server.worker_momentum
+    part = participants(config, server.key, t)  # None: all n take part
+    if part is not None:  # only the participants' rows are sent (the packs compute all: stateless per step)
+        H, losses = H[part.honest], losses.reshape(-1)[part.honest]
+    if momentum is not None:  # the honest workers send their buffers: what the adversary and the server see
+        H = momentum.apply(H, "honest", None if part is None else part.honest, config.num_honest)
+    if adversary is not None and part is not None and len(part.byzantine) == 0:
+        adversary.choice = None  # no Byzantine worker takes part: no rows, no choice
+    elif adversary is not None:
         w = server.weights() if adversary.workers is not None else None  # data attacks train at w
-        byz = adversary.rows(t, H, w, knowledge_rows(config, t))
+        byz = adversary.rows(t, H, w, knowledge_rows(config, t, None if part is None else H.shape[0]),
+                             None if part is None else part.byzantine)
+        if momentum is not None and adversary.workers is not None:  # Byzantine workers that train keep buffers too
+            byz = momentum.apply(byz, "byzantine", None if part is None else part.byzantine, config.f)
     t1 = time.perf_counter()
     stats = server.step(t, H, byz, losses, evaluate, diagnose)
+    if part is not None:  # the step's Byzantine rows (omniscient: the drawn Byzantine workers, none aggregated)
+        stats["byzantine_rows"] = len(part.byzantine)
     stats["time_attack"] = t1 - t0
     if adversary is not None and adversary.choice is not None:
         stats["attack"] = adversary.choice
@@ -306,7 +399,7 @@ class Server:
 
     def __init__(self, config, init_weights: torch.Tensor, model: ModelSpec, test, device: str = "cpu"):
         c = config
-        self.f = int(c.f)
+        self.f = int(c.rule_f)  # the f the rules are told: assumed_f, else the true f
         self.on_divergence = c.on_divergence
         self.key = keys_for(c.seed)["aggregator"]
         self.device = device
@@ -316,14 +409,22 @@ class Server:
                     if c.mode == "gradient" else None)
         self.computer = model.computer(device)
         self.x_test, self.y_test = test[0].to(device), test[1].to(device)
+        # The workers' momentum buffers, updated by step_after_gradients (None: worker_momentum 0).
+        beta = float(getattr(c, "worker_momentum", 0.0))
+        self.worker_momentum = WorkerMomentum(beta) if beta > 0 else None
 
     def weights(self) -> torch.Tensor:
         return self.w.detach().cpu().clone()
 
     def state(self) -> dict[str, Any]:
-        return {"weights": self.weights(), "optimizer": None if self.opt is None else _to_cpu(self.opt.state_dict())}
+        state = {"weights": self.weights(), "optimizer": None if self.opt is None else _to_cpu(self.opt.state_dict())}
+        if self.worker_momentum is not None:
+            state["worker_momentum"] = self.worker_momentum.state()
+        return state
 
     def load_state(self, state: dict[str, Any]) -> torch.Tensor:
+        if self.worker_momentum is not None:  # first: a checkpoint without buffers changes nothing
+            self.worker_momentum.load_state(state.get("worker_momentum"))
         with torch.no_grad():
             self.w.copy_(state["weights"].to(self.device))
         if self.opt is not None and state.get("optimizer") is not None:
@@ -435,7 +536,7 @@ class LocalSimulation:
         """Continue from ``state`` (a checkpoint; the caller checks it fits this config)."""
         self.server.load_state(state)
         self.step = int(state["step"])
-        self._last_state = {k: state[k] for k in ("step", "weights", "optimizer")}
+        self._last_state = {k: state[k] for k in STATE_KEYS if k in state}
 
     def close(self) -> None:
         """Nothing to release (no actors, no files); here so both engines read alike."""

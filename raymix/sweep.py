@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,13 @@ class SweepConfig:
         where = f"sweep {self.name!r}" + (f" ({self.source})" if self.source else "")
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"{where}: 'name' must be a non-empty string")
+        if self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
+            # storage_path/name is the sweep's directory, which --overwrite empties: never a parent or another tree
+            raise ValueError(f"{where}: 'name' must be a plain directory name (no '/', not '.' or '..'): "
+                             f"the sweep's directory under storage_path")
+        for key, holds in (("experiment", "field: value"), ("search", "field: axis"), ("run", "setting: value")):
+            if not isinstance(getattr(self, key), Mapping):
+                raise ValueError(f"{where}: '{key}' must be a mapping of {holds}, got {getattr(self, key)!r}")
         unknown_run = set(self.run) - _RUN_KEYS
         if unknown_run:
             raise ValueError(f"{where}: unknown run setting(s) {sorted(unknown_run)}; known: {sorted(_RUN_KEYS)}")
@@ -87,6 +95,10 @@ class SweepConfig:
         for key in ("trials_per_gpu", "max_concurrent_trials", "num_samples"):
             if self.run.get(key) is not None:
                 checks.integer(f"{where}: run", key, self.run[key], lo=1)
+        if self.run.get("max_failures") is not None and (not checks._is_int(self.run["max_failures"]) or self.run["max_failures"] < -1):
+            raise checks.fail(f"{where}: run", "max_failures", "an integer >= 0 (or -1: retry without end)", self.run["max_failures"])
+        if "storage_path" in self.run and (not isinstance(self.run["storage_path"], str) or not self.run["storage_path"]):
+            raise checks.fail(f"{where}: run", "storage_path", "a directory path", self.run["storage_path"])
         if self.run.get("trial_gpus") is not None and self.run.get("trials_per_gpu") is not None:
             raise ValueError(f"{where}: run settings trial_gpus and trials_per_gpu contradict each other: give one "
                              f"(trial_gpus: each trial's GPU share; trials_per_gpu: the trials that share a GPU)")
@@ -99,6 +111,7 @@ class SweepConfig:
             if isinstance(axis, Mapping):
                 if len(axis) != 1 or next(iter(axis)) not in _SAMPLERS:
                     raise ValueError(f"{where}: axis {key!r} must be a value or one of {{{', '.join(_SAMPLERS)}: ...}}, got {dict(axis)}")
+                _check_axis(where, key, *next(iter(axis.items())))
         # Validate every grid point now: one ExperimentConfig per combination (sampled axes at their bounds).
         for point in expand_grid(self.experiment, self.search):
             try:
@@ -159,6 +172,29 @@ class SweepConfig:
             else:
                 space[key] = axis
         return space
+
+
+# What each sampler takes (Tune's own checks come after Ray has started, or never).
+_AXIS_ARGS = {
+    "grid_search": "a non-empty list of values",
+    "choice": "a non-empty list of values",
+    "uniform": "[low, high], finite numbers with low < high",
+    "loguniform": "[low, high], finite numbers with 0 < low < high",
+    "randint": "[low, high], integers with low < high (high excluded)",
+    "quniform": "[low, high, q], finite numbers with low < high and q > 0",
+}
+
+
+def _check_axis(where: str, key: str, kind: str, args: Any) -> None:
+    """A search axis's sampler arguments, as :data:`_AXIS_ARGS` says."""
+    ok = isinstance(args, (list, tuple)) and len(args) > 0
+    if ok and kind not in ("grid_search", "choice"):
+        size = 3 if kind == "quniform" else 2
+        real = checks._is_int if kind == "randint" else checks._is_real
+        ok = len(args) == size and all(real(x) and math.isfinite(x) for x in args) and args[0] < args[1]
+        ok = ok and (kind != "loguniform" or args[0] > 0) and (kind != "quniform" or args[2] > 0)
+    if not ok:
+        raise ValueError(f"{where}: axis {key!r}: {kind} takes {_AXIS_ARGS[kind]}, got {args!r}")
 
 
 def _key(params: Mapping[str, Any]) -> "str | None":
@@ -293,6 +329,9 @@ def run_sweep(
     for point in points:  # before Ray starts: a missing data directory costs nothing
         check_files(sweep.trial_config(point))
     path = Path(storage) / sweep.name
+    from raymix.runtime.simulation import check_address
+
+    check_address(address)  # the cluster to join answers, before the directory is taken (or emptied)
     if resume and not path.exists():
         raise FileNotFoundError(f"no sweep to resume at {path}")
     with OutputLock(path, "raymix sweep", label="the sweep directory"):
@@ -377,7 +416,12 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"--set takes key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        if not key.strip():
+            raise ValueError(f"--set takes key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item}: the value is not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     return out
 
 
@@ -391,11 +435,12 @@ def _finished(result) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``raymix sweep``. Long on purpose: one flag per line, then the run and its one-line
     refusals and interrupt messages."""
-    import argparse
     import signal
     import sys
 
-    ap = argparse.ArgumentParser(prog="raymix sweep", description="Run a Ray Tune sweep from a YAML in tune_configs/")
+    from raymix.cli import Parser
+
+    ap = Parser(prog="raymix sweep", description="Run a Ray Tune sweep from a YAML in tune_configs/")
     ap.add_argument("sweep", help="the sweep YAML (e.g. tune_configs/quick.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are not re-run)")
     ap.add_argument("--overwrite", action="store_true", help="delete the sweep directory's earlier trials first (without it, a directory holding a sweep is refused)")
@@ -421,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             sets["plugins"] = list(dict.fromkeys([*sweep.experiment.get("plugins", ()), *args.plugin]))
         if args.steps is not None or args.seeds is not None or sets:
             sweep = sweep.scaled(steps=args.steps, seeds=args.seeds, set_values=sets)
-        if args.max_concurrent:  # validated as every SweepConfig is, at construction (replace constructs)
+        if args.max_concurrent is not None:  # validated as every SweepConfig is, at construction (replace constructs)
             sweep = replace(sweep, run={**sweep.run, "max_concurrent_trials": args.max_concurrent})
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"raymix sweep: {exc}", file=sys.stderr)

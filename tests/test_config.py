@@ -104,6 +104,19 @@ def test_sweep_style_yaml_reads_the_experiment_section(tmp_path):
     (dict(steps=2.5), r"steps must be an integer"),
     (dict(diagnostics="yes"), r"diagnostics must be true or false"),
     (dict(resampling=3, n=6, f=1, aggregator="bulyan(select=krum, agg=comed)"), r"resampling.*n >= 4f\+3"),
+    (dict(worker_momentum=-0.1), r"worker_momentum must be a finite number >= 0, got -0.1$"),
+    (dict(worker_momentum=1), r"worker_momentum must be a number in \[0, 1\), got 1.0$"),
+    (dict(worker_momentum="high"), r"worker_momentum must be a finite number >= 0, got 'high'$"),
+    (dict(assumed_f=-1), r"assumed_f must be an integer >= 0 or none, got -1$"),
+    (dict(assumed_f=12), r"assumed_f must be none or an integer in 0..n-1=11, got 12$"),
+    (dict(assumed_f=1.5), r"assumed_f must be an integer"),
+    (dict(n=12, f=2, aggregator="krum", assumed_f=5), r"aggregator 'krum' with assumed_f=5: .*n >= 2f\+3 = 13$"),
+    (dict(participation=0), r"participation must be an integer >= 1 or none, got 0$"),
+    (dict(participation=2), r"participation must be none or an integer in f\+1..n=3..12 .*, got 2$"),
+    (dict(participation=13), r"participation must be none or an integer in f\+1..n=3..12 .*, got 13$"),
+    (dict(participation=8), r"pool 'mixtailor' cannot run with n=8, f=2: 16 of 64 members fail"),
+    (dict(participation=8, aggregator="krum", assumed_f=3), r"aggregator 'krum' with assumed_f=3: .*n=8, f=3.*n >= 2f\+3 = 9$"),
+    (dict(byzantine_sampling="some"), r"byzantine_sampling must be one of fixed, random, got 'some'$"),
 ])
 def test_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -1,9 +1,9 @@
 """``raymix report SWEEP_DIR``: the figures and a Markdown summary of one sweep."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -50,7 +50,11 @@ def write_report(sweep_dir: "str | Path", out_dir: "str | Path | None" = None, t
     if df.empty:
         raise ValueError(f"no trial results under {sweep_dir}")
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:  # under a file, a file itself, a read-only directory
+        raise ValueError(f"the report directory {str(out)!r} cannot be written: {exc.strerror or exc}") from None
     title = title or sweep_dir.name
     sections = [f"# {title}", "", f"{df['trial'].nunique()} trials, {len(df)} evaluations, from `{sweep_dir}`.", ""]
 
@@ -83,7 +87,9 @@ def write_report(sweep_dir: "str | Path", out_dir: "str | Path | None" = None, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="raymix report", description="Figures and a Markdown summary of a sweep")
+    from raymix.cli import Parser
+
+    ap = Parser(prog="raymix report", description="Figures and a Markdown summary of a sweep")
     ap.add_argument("sweep_dir", help="the sweep's directory (Tune's storage_path/name)")
     ap.add_argument("--out", default=None, help="where to write (default: SWEEP_DIR/report)")
     ap.add_argument("--title", default=None)

@@ -1,7 +1,8 @@
 """The one checkpoint format: a directory holding ``state.pt`` and ``meta.json``.
 
-``state.pt`` is :meth:`Simulation.state` (step, flat weights, optimizer state, the config as
-a plain dict, and for ``raymix run`` the number of records written), saved with
+``state.pt`` is :meth:`Simulation.state` (step, flat weights, optimizer state, with
+``worker_momentum`` > 0 the workers' momentum buffers, the config as a plain dict, and for
+``raymix run`` the number of records written), saved with
 ``torch.save`` and read back with ``weights_only=True``: tensors, numbers, strings, lists
 and dicts only, so a crafted file cannot run code (results directories travel between
 clusters and people). Every random stream is stateless per step, so the step is the whole

@@ -107,12 +107,16 @@ def ensure_ray(address: str | None, verbose: bool = False) -> bool:
 
     import ray
 
+    check_address(address)  # even when Ray is up: an address given must answer, not be ignored
     if ray.is_initialized():
         return False
     quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
     kept = _python_signal_handlers()
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ValueError, ConnectionError) as exc:  # a malformed address, no cluster there ("auto"): one line
+            raise Refused(f"cannot join the Ray cluster at {address or os.environ['RAY_ADDRESS']}: {' '.join(str(exc).split())}") from None
     else:
         # "local": a new Ray of our own, never one that /tmp/ray/ray_current_cluster names (a
         # file a killed Ray leaves behind; ray.init would try to join its dead address).
@@ -123,6 +127,27 @@ def ensure_ray(address: str | None, verbose: bool = False) -> bool:
     if not verbose:
         _NativeFilter.install()  # after ray.init: Ray's daemons keep the real stderr
     return True
+
+
+def check_address(address: "str | None") -> None:
+    """The Ray cluster to join (``address``, else ``RAY_ADDRESS``) answers: ``host:port`` and
+    ``ray://host:port`` are probed with one TCP connection before anything starts or is
+    written, so a typo or a cluster that is down is one line (:class:`Refused`) rather than
+    minutes of Ray's retries; ``auto`` and ``local`` are left to ``ray.init``."""
+    import os
+    import socket
+
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given or given in ("auto", "local"):
+        return
+    source = "--address" if address else "RAY_ADDRESS"
+    host, sep, port = given.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Refused(f"{source} must be host:port, ray://host:port, auto or local, got {given!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise Refused(f"no Ray cluster answers at {given} ({source}): {exc.strerror or exc}") from None
 
 
 def _python_signal_handlers() -> dict:
@@ -356,7 +381,7 @@ class Simulation:
     def _load(self, state: dict[str, Any]) -> None:
         self._pending.clear()  # steps beyond the restore point: their results are dropped
         if state.get("weights") is not None:
-            self._w_ref = self.server.load_state.remote({"weights": state["weights"], "optimizer": state.get("optimizer")})
+            self._w_ref = self.server.load_state.remote({k: v for k, v in state.items() if k != "step"})
         else:
             self._w_ref = self.server.weights.remote()
         self._submitted = self.step = int(state["step"])
@@ -372,8 +397,10 @@ class Simulation:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (a checkpoint). Only fields in ``RESUME_MAY_CHANGE`` may
         differ from the config it was saved with, and the device type only when asked."""
+        from raymix.step import STATE_KEYS
+
         check_resumable(state, self.config, self.device)
-        self._last_state = {k: state[k] for k in ("step", "weights", "optimizer")}
+        self._last_state = {k: state[k] for k in STATE_KEYS if k in state}
         self._load(self._last_state)
 
     def placement(self) -> dict[str, Any]:
@@ -418,6 +445,9 @@ def check_resumable(state: dict[str, Any], config: ExperimentConfig, device: str
     diff = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and saved.get(k, mine[k]) != mine[k])
     if diff:
         raise Refused(f"cannot resume: the config differs from the checkpoint's in {diff}")
+    if float(config.worker_momentum) > 0 and state.get("weights") is not None and state.get("worker_momentum") is None:
+        raise Refused("cannot resume: the checkpoint holds no worker momentum buffers (saved with worker_momentum: 0 or by "
+                      f"an older raymix) and this run has worker_momentum: {config.worker_momentum}")
     was = state.get("device", "cpu")
     if was != device and config.device != device:
         raise Refused(f"cannot resume: the checkpoint was computed on {was} and this run computes on {device} (the records "
@@ -470,7 +500,7 @@ def _run_locked(cfg, out, resume, hooks, address, progress, overwrite, verbose) 
             out.mkdir(parents=True, exist_ok=True)
             clear_checkpoints(out)
             (out / "config.json").write_text(json.dumps(sim.config.to_dict(), indent=2))
-        writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics, cfg.records_attack_choice), resume_count=None if ckpt is None else int(ckpt["records"]))
+        writer = RecordWriter(out, columns(sim.pool, cfg.diagnostics, cfg.records_attack_choice, cfg.participation is not None), resume_count=None if ckpt is None else int(ckpt["records"]))
         records = read_records(out) if ckpt is not None else []
         start, t_loop = sim.step, time.perf_counter()
         try:

@@ -133,7 +133,7 @@ class RecordsCallback(LoggerCallback):
                 writer.close()
             out = Path(trial.local_path) / "raymix"
             cfg = self.config_of(trial.config)
-            cols = columns(cfg.build_pool(), cfg.diagnostics, cfg.records_attack_choice)
+            cols = columns(cfg.build_pool(), cfg.diagnostics, cfg.records_attack_choice, cfg.participation is not None)
             written = [r["step"] for r in read_records(out)] if writer is None else list(steps)
             carried = _stored_records(trial) if writer is None and not written else []
             if carried:  # a new Ray session: this trial's rows so far are in the storage copy only
