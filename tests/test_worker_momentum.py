@@ -157,18 +157,24 @@ def test_ray_engine_resume_with_worker_momentum_matches_local(ray_session, tmp_p
         assert a["step"] == b["step"] and a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-6, abs=1e-6)
 
 
-# --------------------------------------------------------------------------- assumed_f
-def test_assumed_f_reaches_the_rules_and_changes_the_aggregate(monkeypatch):
+def _spy_rows(monkeypatch):
+    """(rows, f) of every aggregation: what the rules are told."""
     import raymix.step as step_module
 
-    told = []
+    rows = []
     aggregate = step_module.aggregate
 
     def spy(pool, G, f, key, step):
-        told.append((G.shape[0], f))
+        rows.append((G.shape[0], f))
         return aggregate(pool, G, f, key, step)
 
     monkeypatch.setattr(step_module, "aggregate", spy)
+    return rows
+
+
+# --------------------------------------------------------------------------- assumed_f
+def test_assumed_f_reaches_the_rules_and_changes_the_aggregate(monkeypatch):
+    told = _spy_rows(monkeypatch)
     kw = dict(n=9, f=1, aggregator="trimmed_mean", steps=3)
     true_f, guessed = run_local(cfg(**kw)).records, run_local(cfg(assumed_f=3, **kw)).records
     assert told == [(9, 1)] * 3 + [(9, 3)] * 3
@@ -185,20 +191,6 @@ def test_assumed_f_is_checked_against_the_pool():
 
 # --------------------------------------------------------------------------- participation
 PART = dict(n=9, f=2, aggregator="mixtailor(include=[krum, comed])", participation=7, steps=8, eval_every=4)
-
-
-def _spy_rows(monkeypatch):
-    import raymix.step as step_module
-
-    rows = []
-    aggregate = step_module.aggregate
-
-    def spy(pool, G, f, key, step):
-        rows.append((G.shape[0], f))
-        return aggregate(pool, G, f, key, step)
-
-    monkeypatch.setattr(step_module, "aggregate", spy)
-    return rows
 
 
 @pytest.mark.parametrize("sampling", ["fixed", "random"])
