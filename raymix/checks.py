@@ -46,7 +46,7 @@ import math
 import numbers as _numbers
 from typing import Any, Iterable
 
-__all__ = ["ArgumentError", "fail", "integer", "number", "choice", "boolean", "numbers", "grid"]
+__all__ = ["ArgumentError", "fail", "integer", "number", "choice", "boolean", "numbers", "grid", "is_int", "is_real"]
 
 
 class ArgumentError(ValueError):
@@ -77,11 +77,13 @@ def _spec_name(v: Any) -> str | None:
     return None
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer (Python or numpy), not a bool."""
     return isinstance(v, _numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_real(v: Any) -> bool:
+def is_real(v: Any) -> bool:
+    """A real number (Python or numpy), not a bool."""
     return isinstance(v, _numbers.Real) and not isinstance(v, bool)
 
 
@@ -95,7 +97,7 @@ def integer(owner: str, name: str, v: Any, lo: int = 0, optional: bool = False) 
     """``v`` as an int >= ``lo`` (``None`` passes when ``optional``). Booleans and floats are refused."""
     if v is None and optional:
         return None
-    if not _is_int(v) or v < lo:
+    if not is_int(v) or v < lo:
         raise fail(owner, name, f"an integer >= {lo}{' or none' if optional else ''}", v)
     return int(v)
 
@@ -103,7 +105,7 @@ def integer(owner: str, name: str, v: Any, lo: int = 0, optional: bool = False) 
 def number(owner: str, name: str, v: Any, lo: float | None = None, strict: bool = False, allow_inf: bool = False) -> float:
     """``v`` as a float: finite (or +inf with ``allow_inf``; never NaN), and > ``lo``
     (``strict``) or >= ``lo`` when ``lo`` is given."""
-    ok = _is_real(v)
+    ok = is_real(v)
     if ok:
         x = float(v)
         ok = not math.isnan(x) and (math.isfinite(x) or (allow_inf and x > 0))

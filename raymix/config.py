@@ -421,10 +421,6 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _is_num(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
@@ -560,7 +556,7 @@ def _check_knowledge(c: ExperimentConfig) -> None:
     if isinstance(k, str) and k.strip().isdigit():
         k = int(k)
     if k != "all":
-        if not _is_int(k) or not (0 <= k <= c.n - c.f):
+        if not checks.is_int(k) or not (0 <= k <= c.n - c.f):
             raise checks.fail(_OWNER, "attack_knowledge", f"'all' or an integer in 0..n-f={c.n - c.f}", c.attack_knowledge)
         k = int(k)
     _set(c, "attack_knowledge", k)

@@ -95,7 +95,7 @@ class SweepConfig:
         for key in ("trials_per_gpu", "max_concurrent_trials", "num_samples"):
             if self.run.get(key) is not None:
                 checks.integer(f"{where}: run", key, self.run[key], lo=1)
-        if self.run.get("max_failures") is not None and (not checks._is_int(self.run["max_failures"]) or self.run["max_failures"] < -1):
+        if self.run.get("max_failures") is not None and (not checks.is_int(self.run["max_failures"]) or self.run["max_failures"] < -1):
             raise checks.fail(f"{where}: run", "max_failures", "an integer >= 0 (or -1: retry without end)", self.run["max_failures"])
         if "storage_path" in self.run and (not isinstance(self.run["storage_path"], str) or not self.run["storage_path"]):
             raise checks.fail(f"{where}: run", "storage_path", "a directory path", self.run["storage_path"])
@@ -190,7 +190,7 @@ def _check_axis(where: str, key: str, kind: str, args: Any) -> None:
     ok = isinstance(args, (list, tuple)) and len(args) > 0
     if ok and kind not in ("grid_search", "choice"):
         size = 3 if kind == "quniform" else 2
-        real = checks._is_int if kind == "randint" else checks._is_real
+        real = checks.is_int if kind == "randint" else checks.is_real
         ok = len(args) == size and all(real(x) and math.isfinite(x) for x in args) and args[0] < args[1]
         ok = ok and (kind != "loguniform" or args[0] > 0) and (kind != "quniform" or args[2] > 0)
     if not ok:

@@ -20,6 +20,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from raymix import checks
 from raymix.spec import Registry, Spec, init_args, parse_spec
 
 __all__ = [
@@ -103,10 +104,6 @@ def _validate_pool(pool: Any) -> None:
             )
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 @dataclass(frozen=True)
 class AdversaryView:
     """Everything an attack may use at one step. Exactly these six fields, nothing else.
@@ -131,7 +128,7 @@ class AdversaryView:
         if not self.honest.is_floating_point():
             raise TypeError(f"AdversaryView.honest must be floating point, got {self.honest.dtype}")
         for name in ("n", "f", "step"):
-            if not _is_int(getattr(self, name)):
+            if not checks.is_int(getattr(self, name)):
                 raise TypeError(f"AdversaryView.{name} must be an int, got {getattr(self, name)!r}")
         if self.n < 1 or self.f < 0 or self.f > self.n:
             raise ValueError(f"AdversaryView needs n >= 1 and 0 <= f <= n, got n={self.n}, f={self.f}")
@@ -219,7 +216,7 @@ class Attack:
 
     def check(self, n: int, f: int) -> None:
         """Raise ``ValueError`` if the attack cannot run with n workers of which f Byzantine."""
-        if not _is_int(n) or not _is_int(f) or n < 1 or f < 0 or f > n:
+        if not checks.is_int(n) or not checks.is_int(f) or n < 1 or f < 0 or f > n:
             raise ValueError(f"attack {self.spec} cannot run with n={n}, f={f}: it needs n >= 1 and 0 <= f <= n")
 
     def craft(self, view: AdversaryView) -> torch.Tensor:  # pragma: no cover - abstract

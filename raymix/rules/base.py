@@ -30,7 +30,6 @@ equal when their canonical specs are equal, and print as their spec::
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import Any, ClassVar
 
 import torch
@@ -43,10 +42,6 @@ __all__ = ["Rule", "RULES", "build_rule", "as_rule", "precondition_error"]
 
 def precondition_error(rule: str, n: int, f: int, needs: str) -> ValueError:
     return ValueError(f"rule {rule} cannot run with n={n}, f={f}: it needs {needs}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 class Rule:
@@ -87,7 +82,7 @@ class Rule:
 
     def check(self, n: int, f: int) -> None:
         """Raise ``ValueError`` naming the rule, n, f and what it needs, unless it can run."""
-        if not _is_int(n) or not _is_int(f) or f < 0 or n < 1:
+        if not checks.is_int(n) or not checks.is_int(f) or f < 0 or n < 1:
             raise precondition_error(self.spec, n, f, "n >= 1 and an integer f >= 0")
         needs = self.requirement(n, f)
         if needs is not None:
