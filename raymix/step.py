@@ -267,10 +267,9 @@ class WorkerMomentum:
         """The rows the workers send this step: their updated buffers. ``index``: which of the
         ``size`` workers take part (``participation``); the others' buffers do not move."""
         prev = self.buffers[who]
-        if index is None:
-            sent = self.beta * (torch.zeros_like(rows) if prev is None else prev) + (1.0 - self.beta) * rows
-            self.buffers[who] = sent.clone()  # kept apart from the rows handed on (an attack may not alter it)
-            return sent
+        if index is None:  # every worker takes part
+            index, size = slice(None), rows.shape[0]
+        # a copy: the buffers stay apart from the rows handed on (an attack may not alter them)
         buf = rows.new_zeros((size, rows.shape[1])) if prev is None else prev.clone()
         sent = self.beta * buf[index] + (1.0 - self.beta) * rows
         buf[index] = sent
