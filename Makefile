@@ -17,7 +17,7 @@ endif
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,analysis]"
+	$(BIN)/python -m pip install -q -e ".[test,analysis,search]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from raymix import checks
 
-__all__ = ["ExperimentConfig", "check_data", "PARTITIONS", "MODES", "SPEC_FIELDS", "PLACEMENT_FIELDS"]
+__all__ = ["ExperimentConfig", "check_data", "spec_text", "PARTITIONS", "MODES", "SPEC_FIELDS", "PLACEMENT_FIELDS"]
 
 # Datasets and models are registries (raymix.data.DATASETS, raymix.models.MODELS) that plugins extend.
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
@@ -177,7 +177,7 @@ class ExperimentConfig:
         lines: dict = {}
         data = read_yaml_mapping(path, "config file", "a mapping of field: value", lines)
         # A sweep-style file ({experiment: {...}}) is accepted for its experiment section.
-        if set(data) >= {"experiment"} and set(data) <= {"name", "description", "experiment", "search", "run"}:
+        if set(data) >= {"experiment"} and set(data) <= {"name", "description", "experiment", "search", "run", "search_alg", "scheduler", "worst_case"}:
             data = data["experiment"] or {}
             if not isinstance(data, Mapping):
                 raise ValueError(f"{path} line {lines['experiment']}: 'experiment' must be a mapping of field: value, got {data!r}")
@@ -386,7 +386,7 @@ def _flatten_into(d: Mapping[str, Any], prefix: str, out: dict[str, Any], unknow
         key = str(key)
         if key in names:
             if key in SPEC_FIELDS and isinstance(value, Mapping):
-                value = _spec_from_mapping(key, value)
+                value = spec_text(key, value)
             if key in out:
                 raise ValueError(f"config field {key!r} is given twice")
             out[key] = value
@@ -396,9 +396,13 @@ def _flatten_into(d: Mapping[str, Any], prefix: str, out: dict[str, Any], unknow
             unknown.append(prefix + key)
 
 
-def _spec_from_mapping(key: str, value: Mapping[str, Any]) -> str:
+def spec_text(key: str, value: Any) -> Any:
+    """A spec field's value as its text: a mapping (``{name: ipm, epsilon: 0.1}``, what a
+    sweep's ``attack.epsilon`` axis gives a trial) as ``"ipm(epsilon=0.1)"``; a string as it is."""
     from raymix.spec import Spec
 
+    if not isinstance(value, Mapping):
+        return value
     if "name" not in value:
         raise ValueError(f"config field {key!r} given as a mapping needs a 'name' (e.g. {{name: ipm, epsilon: 0.1}}), got {dict(value)}")
     args = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in value.items() if k != "name")

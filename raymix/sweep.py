@@ -18,6 +18,24 @@ A sweep YAML holds three sections::
       max_failures: 2
       num_samples: 1
 
+An axis may also search one argument of a spec field, by ``field.argument``::
+
+    experiment: {attack: "ipm(scale=mean)"}
+    search: {attack.epsilon: {loguniform: [0.01, 100]}}   # each trial: ipm(scale=mean, epsilon=...)
+
+Two optional sections choose how Tune picks the trials and stops them early
+(``raymix/search.py``): ``search_alg:`` (Tune's variant generator, or Optuna) and
+``scheduler:`` (ASHA). A ``worst_case:`` section makes the sweep a worst-case evaluation: for
+each defence and each attack family, a search of the attack's arguments for the lowest final
+accuracy (one Tune experiment per pair, run one after the other; ``raymix report`` tables it)::
+
+    worst_case:
+      defences: [krum, comed, mixtailor]          # aggregator specs
+      attacks:                                    # attack spec -> its searched arguments
+        ipm: {epsilon: {loguniform: [0.01, 100]}}
+        alie: {z: {uniform: [0.1, 3.0]}}
+      trials: 8                                   # search trials per pair
+
 Every trial's config is validated (``ExperimentConfig.from_dict``) before Tune starts, so
 a bad axis value fails the whole sweep at once rather than one trial an hour in; once per
 distinct config in the driver (:meth:`SweepConfig.trial_config`), and once more in the
@@ -37,8 +55,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from raymix import checks
-from raymix.config import ExperimentConfig, read_yaml_mapping, yaml_line
+from raymix import checks, search as tune_search
+from raymix.config import SPEC_FIELDS, ExperimentConfig, read_yaml_mapping, spec_text, yaml_line
 
 __all__ = ["SweepConfig", "load_sweep", "run_sweep", "trial_resources", "expand_grid"]
 
@@ -61,7 +79,11 @@ _RUN_KEYS = {
     "trials_per_gpu",
     "gpu_memory_gib",
     "gpu_memory_per_trial_gib",
+    "metric",
+    "mode",
 }
+# A worst_case section's keys: what each does is in the module docstring.
+_WORST_CASE_KEYS = {"defences", "attacks", "trials"}
 
 
 @dataclass(frozen=True)
@@ -71,9 +93,16 @@ class SweepConfig:
     search: Mapping[str, Any] = field(default_factory=dict)
     run: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
+    search_alg: Any = None  # {name: {option: value}} (raymix/search.py); None: Tune's variant generator
+    scheduler: Any = None  # {name: {option: value}}; None: every trial runs to its end
+    worst_case: Any = None  # {defences, attacks, trials}; None: an ordinary sweep
     # The validated trial configs (trial_config), shared with the copies that scaled() and
     # dataclasses.replace make of this sweep (replace passes every field on).
     _validated: dict = field(default_factory=dict, repr=False, compare=False)
+    # Set by __post_init__: the checked search_alg and scheduler sections (search.check_sections),
+    # and a worst-case sweep's pairs (pairs()).
+    _tuning: Any = field(default=(None, None), init=False, repr=False, compare=False)
+    _pairs: Any = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"sweep {self.name!r}" + (f" ({self.source})" if self.source else "")
@@ -112,12 +141,78 @@ class SweepConfig:
                 if len(axis) != 1 or next(iter(axis)) not in _SAMPLERS:
                     raise ValueError(f"{where}: axis {key!r} must be a value or one of {{{', '.join(_SAMPLERS)}: ...}}, got {dict(axis)}")
                 _check_axis(where, key, *next(iter(axis.items())))
+            if "." in str(key):
+                name = str(key).split(".", 1)[0]
+                if name not in SPEC_FIELDS or name in self.search:
+                    raise ValueError(f"{where}: axis {key!r}: only an argument of a spec field ({', '.join(SPEC_FIELDS)}) "
+                                     f"may be searched as field.argument, and not beside an axis over the field itself")
+        if self.worst_case is not None:
+            self._check_worst_case(where)
+            return  # each pair is a sweep of its own, checked as such (pairs())
+        steps = int(self.experiment.get("steps") or ExperimentConfig.steps)
+        object.__setattr__(self, "_tuning", tune_search.check_sections(where, self.search_alg, self.scheduler, self.run, self.search, steps))
         # Validate every grid point now: one ExperimentConfig per combination (sampled axes at their bounds).
         for point in expand_grid(self.experiment, self.search):
             try:
                 self.trial_config(point)
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 raise ValueError(f"{where}: trial config {_short(point, self.search)} is invalid: {exc}") from exc
+
+    def _check_worst_case(self, where: str) -> None:
+        """The worst_case section, and each (defence, attack) pair as a sweep of its own:
+        the experiment with that aggregator and attack, the attack's arguments as its search
+        axes, ``trials`` trials of the search algorithm (Optuna, seed 0, unless search_alg
+        says otherwise) minimising the final ``run.metric``."""
+        wc = self.worst_case
+        if not isinstance(wc, Mapping) or set(wc) - _WORST_CASE_KEYS:
+            raise ValueError(f"{where}: 'worst_case' must be a mapping of {', '.join(sorted(_WORST_CASE_KEYS))}, got {wc!r}")
+        defences, attacks = wc.get("defences"), wc.get("attacks")
+        if not isinstance(defences, list) or not defences or not all(isinstance(d, str) and d for d in defences):
+            raise checks.fail(f"{where}: worst_case", "defences", "a non-empty list of aggregator specs", defences)
+        if not isinstance(attacks, Mapping) or not attacks or not all(a is None or isinstance(a, Mapping) for a in attacks.values()):
+            raise checks.fail(f"{where}: worst_case", "attacks", "a mapping of attack spec: {argument: axis} (the arguments searched)", attacks)
+        trials = checks.integer(f"{where}: worst_case", "trials", wc.get("trials", 8), lo=1)
+        if self.search:
+            raise ValueError(f"{where}: a worst_case sweep searches its attacks' arguments only: give the other fields "
+                             f"in experiment (or --set), not as search axes ({', '.join(map(str, self.search))})")
+        if self.run.get("mode", "min") != "min":
+            raise checks.fail(f"{where}: run", "mode", "min in a worst_case sweep (it looks for the lowest accuracy)", self.run["mode"])
+        pairs, names = [], set()
+        for defence in defences:
+            for attack, args in attacks.items():
+                name = f"{_slug(defence)}__{_slug(str(attack))}"
+                if name in names:
+                    raise ValueError(f"{where}: worst_case pairs {defence!r} x {attack!r} and another share the directory name {name!r}")
+                names.add(name)
+                search = {f"attack.{k}": v for k, v in (args or {}).items()}
+                axes = [v for v in search.values() if isinstance(v, Mapping)]
+                # Nothing to search: one trial. Only finite choices, no more of them than the
+                # trials: every one, once (a grid), not a search that would repeat some.
+                finite = all(next(iter(v)) in ("choice", "grid_search") and isinstance(next(iter(v.values())), list) for v in axes)
+                if finite and math.prod(len(next(iter(v.values()))) for v in axes) <= trials:
+                    search = {k: {"grid_search": next(iter(v.values()))} if isinstance(v, Mapping) else v for k, v in search.items()}
+                    axes = []
+                try:
+                    pairs.append((defence, str(attack), SweepConfig(
+                        name, {**self.experiment, "aggregator": defence, "attack": attack}, search,
+                        {**self.run, "mode": "min", "num_samples": trials if axes else 1}, self.source,
+                        (self.search_alg or {"optuna": {"seed": 0}}) if axes else None, self.scheduler)))
+                except ValueError as exc:
+                    raise ValueError(f"{where}: worst_case pair {defence} x {attack}: {str(exc).split(': ', 1)[-1]}") from None
+        object.__setattr__(self, "_pairs", tuple(pairs))
+
+    def pairs(self) -> "tuple[tuple[str, str, SweepConfig], ...]":
+        """A worst-case sweep's (defence, attack family, sweep) triples, in the YAML's order;
+        empty for an ordinary sweep."""
+        return self._pairs
+
+    def trial_count(self) -> int:
+        """The trials the sweep runs: its grid points (grid_search axes) times num_samples; a
+        worst-case sweep's, over its pairs."""
+        if self.worst_case is not None:
+            return sum(sub.trial_count() for _, _, sub in self._pairs)
+        grids = [len(a["grid_search"]) for a in self.search.values() if isinstance(a, Mapping) and "grid_search" in a]
+        return math.prod(grids) * int(self.run.get("num_samples", 1))
 
     def trial_config(self, params: Mapping[str, Any]) -> ExperimentConfig:
         """The validated config of a trial's ``params`` (a grid point, a Tune trial's config)
@@ -155,11 +250,18 @@ class SweepConfig:
                 # 1,500), on an evaluation (a checkpoint goes with one), at least every one.
                 scaled = int(exp["checkpoint_every"]) * steps // before
                 exp["checkpoint_every"] = max(every, scaled // every * every)
+        scheduler = self.scheduler
+        if steps is not None and isinstance(scheduler, Mapping) and isinstance(scheduler.get("asha"), Mapping):
+            # ASHA's rungs in steps, shrunk or grown with the trial (on an evaluation, at least one).
+            every = int(exp.get("eval_every") or 1)
+            asha = {k: (max(every, int(v) * steps // before // every * every) if k in ("grace_period", "max_t") and checks.is_int(v) else v)
+                    for k, v in scheduler["asha"].items()}
+            scheduler = {"asha": asha}
         if seeds is not None:
             search.pop("seed", None)
             exp.pop("seed", None)
             search["seed"] = {"grid_search": list(range(int(seeds)))}
-        return replace(self, experiment=exp, search=search)
+        return replace(self, experiment=exp, search=search, scheduler=scheduler)
 
     def param_space(self) -> dict[str, Any]:
         from ray import tune
@@ -171,7 +273,7 @@ class SweepConfig:
                 space[key] = tune.grid_search(list(args)) if kind == "grid_search" else getattr(tune, _SAMPLERS[kind])(*args)
             else:
                 space[key] = axis
-        return space
+        return _fold_spec_args(space)
 
 
 # What each sampler takes (Tune's own checks come after Ray has started, or never).
@@ -208,7 +310,11 @@ def _key(params: Mapping[str, Any]) -> "str | None":
 
 
 def _short(point: Mapping[str, Any], search: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}={point[k]!r}" for k in search if k in point) + "}"
+    def value(k: str) -> Any:  # a spec argument's axis (attack.epsilon) sits in its field's mapping
+        name, _, arg = str(k).partition(".")
+        return point[name][arg] if arg and isinstance(point.get(name), Mapping) else point.get(k)
+
+    return "{" + ", ".join(f"{k}={value(k)!r}" for k in search if k in point or "." in str(k)) + "}"
 
 
 def expand_grid(experiment: Mapping[str, Any], search: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -226,17 +332,45 @@ def expand_grid(experiment: Mapping[str, Any], search: Mapping[str, Any]) -> lis
     for combo in itertools.product(*options) if keys else [()]:
         point = copy.deepcopy(dict(experiment))
         point.update(dict(zip(keys, combo)))
-        points.append(point)
+        points.append(_fold_spec_args(point))
     return points
+
+
+def _fold_spec_args(point: dict) -> dict:
+    """Axes over a spec's arguments (``attack.epsilon``) folded into the spec field's
+    mapping form (``{"name": "ipm", "epsilon": ...}``), which Tune resolves like any nested
+    value and :meth:`ExperimentConfig.from_dict` reads as the spec ``ipm(epsilon=...)``."""
+    from raymix.spec import parse_spec
+
+    dotted = [k for k in point if "." in str(k) and str(k).split(".", 1)[0] in SPEC_FIELDS]
+    if not dotted:
+        return point
+    point = dict(point)
+    for key in dotted:
+        name, arg = key.split(".", 1)
+        base = point.get(name, getattr(ExperimentConfig, name))
+        if not isinstance(base, Mapping):
+            spec = parse_spec(base)
+            base = {"name": spec.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs.items()}}
+        point[name] = {**base, arg: point.pop(key)}
+    return point
+
+
+def _slug(text: str) -> str:
+    """A spec as a directory name: what is not a letter, digit or one of ``_.=,-`` becomes ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", text).strip("_") or "_"
 
 
 def load_sweep(path: "str | os.PathLike") -> SweepConfig:
     path = Path(path)
     lines: dict = {}
     data = read_yaml_mapping(path, "sweep file", "a mapping with name, experiment, search and run", lines)
-    unknown = set(data) - {"name", "description", "experiment", "search", "run"}
+    known = ("name", "description", "experiment", "search", "run", "search_alg", "scheduler", "worst_case")
+    unknown = set(data) - set(known)
     if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected name, description, experiment, search, run")
+        raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected {', '.join(known)}")
     try:
         return SweepConfig(
             name=data.get("name") or path.stem,
@@ -244,6 +378,9 @@ def load_sweep(path: "str | os.PathLike") -> SweepConfig:
             search=data.get("search") or {},
             run=data.get("run") or {},
             source=str(path),
+            search_alg=data.get("search_alg"),
+            scheduler=data.get("scheduler"),
+            worst_case=data.get("worst_case"),
         )
     except ValueError as exc:
         line = yaml_line(exc, lines)
@@ -325,9 +462,11 @@ def run_sweep(
     if not isinstance(sweep, SweepConfig):
         sweep = load_sweep(sweep)
     storage = str(Path(storage_path or sweep.run.get("storage_path") or "~/ray_results").expanduser().resolve())
-    points = [_absolute_data_dir(p) for p in expand_grid(sweep.experiment, sweep.search)]
-    for point in points:  # before Ray starts: a missing data directory costs nothing
-        check_files(sweep.trial_config(point))
+    parts = [sub for _, _, sub in sweep.pairs()] or [sweep]  # a worst-case sweep: one Tune experiment per pair
+    points = {sub.name: [_absolute_data_dir(p) for p in expand_grid(sub.experiment, sub.search)] for sub in parts}
+    for sub in parts:  # before Ray starts: a missing data directory costs nothing
+        for point in points[sub.name]:
+            check_files(sub.trial_config(point))
     path = Path(storage) / sweep.name
     from raymix.runtime.simulation import check_address
 
@@ -341,7 +480,40 @@ def run_sweep(
                 raise Refused(f"{path} already holds a sweep ({len(held)} entries): continue it (--resume) or replace it (--overwrite)")
             for entry in held:  # --overwrite: asked for
                 shutil.rmtree(path / entry) if (path / entry).is_dir() else (path / entry).unlink()
-        return _fit(sweep, points, path, resume, address, hooks, verbose, status)
+        if not sweep.pairs():
+            return _fit(sweep, points[sweep.name], path, resume, address, hooks, verbose, status)
+        return _fit_pairs(sweep, points, path, resume, address, hooks, verbose, status)
+
+
+WORST_CASE_FILE = "worst_case.json"  # a worst-case sweep's pairs and settings, for raymix report
+
+
+def _fit_pairs(sweep: SweepConfig, points: dict, path: Path, resume: bool, address, hooks, verbose: int, status: bool) -> dict:
+    """A worst-case sweep: each pair's search in its own Tune experiment under ``path``, one
+    after the other in one Ray. ``resume`` restores the pairs Tune had started and starts the
+    rest; a pair interrupted before its end stops the sweep there. Returns {pair: ResultGrid}."""
+    from ray import tune
+
+    from raymix.runtime.simulation import ensure_ray, release_ray
+
+    (path / WORST_CASE_FILE).write_text(json.dumps({
+        "name": sweep.name, "metric": sweep.run.get("metric", "test_accuracy"),
+        "pairs": [{"defence": d, "attack": a, "directory": sub.name, "searched": sorted(sub.search), "trials": sub.trial_count()}
+                  for d, a, sub in sweep.pairs()],
+    }, indent=1))
+    grids: dict = {}
+    started = ensure_ray(address, verbose=bool(verbose))
+    try:
+        for _, _, sub in sweep.pairs():
+            where = path / sub.name
+            again = resume and tune.Tuner.can_restore(str(where))
+            grids[sub.name] = grid = _fit(sub, points[sub.name], where, again, address, hooks, verbose, status)
+            if any(r.error is None and not _finished(r) for r in grid):
+                break  # interrupted (Ctrl-C, SIGTERM): the next pairs wait for --resume
+        return grids
+    finally:
+        if started:
+            release_ray()
 
 
 def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, address, hooks, verbose: int, status: bool):
@@ -390,11 +562,12 @@ def _fit(sweep: SweepConfig, points: list[dict], path: Path, resume: bool, addre
                 param_space=space,
                 # reuse_actors: the next trial of the same shape starts in a finished trial's
                 # process (SimulationTrainable.reset_config), with torch already imported.
+                # search_alg, scheduler, metric and mode: the sweep's sections (raymix/search.py).
                 tune_config=tune.TuneConfig(num_samples=int(run.get("num_samples", 1)), max_concurrent_trials=concurrency,
-                                            reuse_actors=True),
+                                            reuse_actors=True, **tune_search.build(*sweep._tuning, run, sweep.trial_config(points[0]).steps)),
                 run_config=tune.RunConfig(
                     name=sweep.name,
-                    callbacks=[RecordsCallback(sweep.trial_config)] + ([StatusCallback(len(points) * int(run.get("num_samples", 1)))] if status else []),
+                    callbacks=[RecordsCallback(sweep.trial_config)] + ([StatusCallback(sweep.trial_count())] if status else []),
                     storage_path=storage,
                     failure_config=tune.FailureConfig(max_failures=int(run.get("max_failures", 0))),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -489,18 +662,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raymix sweep: interrupted ({exc}) before its trials ran to the end; what they wrote is kept; "
               f"continue with: {resume_command()}", file=sys.stderr)
         return exc.exit_code
-    errors = sum(1 for r in grid if r.error is not None)
-    path = Path(grid.experiment_path)
-    total = len(expand_grid(sweep.experiment, sweep.search)) * int(sweep.run.get("num_samples", 1))
-    finished = [r for r in grid if r.error is None and _finished(r)]
-    print(f"{len(grid)} trials ({errors} errored) in {path}" if len(finished) + errors == total else
+    results = [r for g in grid.values() for r in g] if isinstance(grid, dict) else list(grid)
+    errors = sum(1 for r in results if r.error is not None)
+    path = Path(next(iter(grid.values())).experiment_path).parent if isinstance(grid, dict) else Path(grid.experiment_path)
+    total = sweep.trial_count()
+    finished = [r for r in results if r.error is None and _finished(r)]
+    print(f"{len(results)} trials ({errors} errored) in {path}" if len(finished) + errors == total else
           f"{len(finished)} of {total} trials finished ({errors} errored, {total - len(finished) - errors} unfinished) in {path}")
-    for r in grid:
+    if isinstance(grid, dict):  # a worst-case sweep: each pair's lowest final accuracy so far
+        for d, a, sub in sweep.pairs():
+            done = [r for r in grid.get(sub.name, ()) if r.error is None and _finished(r)
+                    and (r.metrics or {}).get("step") == sub.trial_config(r.config).steps]  # ran to the end (not stopped early)
+            worst = min(done, key=lambda r: r.metrics.get("test_accuracy", float("inf")), default=None)
+            print(f"  {d:30s} {a:24s} " + (f"worst test_accuracy={worst.metrics.get('test_accuracy', float('nan')):.4f} "
+                                            f"at {spec_text('attack', worst.config.get('attack'))}" if worst else "not run"))
+    for r in () if isinstance(grid, dict) else results:
         m = r.metrics or {}
         cfg = r.config or {}
         state = "" if r.error is not None or _finished(r) else "  (unfinished)"
-        print(f"  {cfg.get('aggregator', '?'):40s} {cfg.get('attack', '?'):30s} seed={cfg.get('seed', '?')}  "
-              f"step={m.get('step', '-')}  test_accuracy={m.get('test_accuracy', float('nan')):.4f}{state}")
+        print(f"  {str(spec_text('aggregator', cfg.get('aggregator', '?'))):40s} {str(spec_text('attack', cfg.get('attack', '?'))):30s} "
+              f"seed={cfg.get('seed', '?')}  step={m.get('step', '-')}  test_accuracy={m.get('test_accuracy', float('nan')):.4f}{state}")
     if len(finished) + errors < total:  # stopped (Ctrl-C, SIGTERM) before every trial ended: not a result yet
         signum = received[0] if received else signal.SIGINT
         print(f"raymix sweep: interrupted ({signal.Signals(signum).name}): the unfinished trials' records and "

@@ -108,6 +108,18 @@ def files(tmp_path_factory):
         "sweep_failures": "name: s\n" + exp + "run: {max_failures: lots}\n",
         "sweep_storage": "name: s\n" + exp + "run: {storage_path: 3}\n",
         "sweep_gpus": "name: s\n" + exp + "run: {trial_gpus: 0.5, trials_per_gpu: 2}\n",
+        "sweep_alg": "name: s\n" + exp + "search_alg: {hyperopt: {}}\n",
+        "sweep_alg_option": "name: s\n" + exp + "search:\n  lr: {uniform: [0.01, 0.1]}\nsearch_alg: {optuna: {seeds: 1}}\nrun: {mode: min}\n",
+        "sweep_alg_grid": "name: s\n" + exp + "search:\n  seed: {grid_search: [0, 1]}\nsearch_alg: {optuna: {seed: 0}}\nrun: {mode: min}\n",
+        "sweep_alg_mode": "name: s\n" + exp + "search:\n  lr: {uniform: [0.01, 0.1]}\nsearch_alg: optuna\n",
+        "sweep_asha": "name: s\n" + exp + "scheduler: {asha: {grace_period: 0}}\nrun: {mode: min}\n",
+        "sweep_asha_max_t": "name: s\n" + exp + "scheduler: {asha: {max_t: 10}}\nrun: {mode: min}\n",
+        "sweep_metric": "name: s\n" + exp + "run: {metric: accuracy, mode: max}\n",
+        "sweep_spec_axis": "name: s\n" + exp + "search:\n  lr.x: {uniform: [0.1, 1]}\n",
+        "sweep_wc_defences": "name: s\n" + exp + "worst_case: {defences: [], attacks: {ipm: {epsilon: {uniform: [0.1, 1]}}}}\n",
+        "sweep_wc_search": "name: s\n" + exp + "search:\n  seed: {grid_search: [0, 1]}\nworst_case: {defences: [krum], attacks: {ipm: {epsilon: {uniform: [0.1, 1]}}}}\n",
+        "sweep_wc_arg": "name: s\n" + exp + "worst_case: {defences: [krum], attacks: {ipm: {epsilon: {uniform: [-1, 1]}}}}\n",
+        "sweep_wc_mode": "name: s\n" + exp + "worst_case: {defences: [krum], attacks: {ipm: {epsilon: {uniform: [0.1, 1]}}}}\nrun: {mode: max}\n",
     }.items():
         (root / f"{name}.yaml").write_text(text)
     trial = root / "sweeps" / "s" / "trial_0"  # an earlier sweep, as Tune leaves it (enough for raymix report)
@@ -290,6 +302,19 @@ CASES = [
     ("sweep: max_failures not a number", lambda r: ["sweep", f"{r}/sweep_failures.yaml"], r"run: max_failures must be an integer >= 0 \(or -1: retry without end\), got 'lots'"),
     ("sweep: storage_path not a path", lambda r: ["sweep", f"{r}/sweep_storage.yaml"], r"run: storage_path must be a directory path, got 3"),
     ("sweep: trial_gpus with trials_per_gpu", lambda r: ["sweep", f"{r}/sweep_gpus.yaml"], r"run settings trial_gpus and trials_per_gpu contradict each other"),
+    # ---- raymix sweep: search_alg, scheduler, spec-argument axes, worst_case
+    ("sweep: an unknown search algorithm", lambda r: ["sweep", f"{r}/sweep_alg.yaml"], r"search_alg 'hyperopt' is unknown; known: variant, optuna"),
+    ("sweep: an unknown search algorithm option", lambda r: ["sweep", f"{r}/sweep_alg_option.yaml"], r"search_alg optuna: unknown option\(s\) \['seeds'\]; known: seed, sampler, n_startup_trials"),
+    ("sweep: optuna with a grid_search axis", lambda r: ["sweep", f"{r}/sweep_alg_grid.yaml"], r"search_alg optuna picks every point itself: axis 'seed' is a grid_search"),
+    ("sweep: a search algorithm without run.mode", lambda r: ["sweep", f"{r}/sweep_alg_mode.yaml"], r"search_alg optuna need\(s\) run.mode: min \(the worst case\) or max \(the best\)"),
+    ("sweep: a bad scheduler option", lambda r: ["sweep", f"{r}/sweep_asha.yaml"], r"scheduler asha: grace_period must be an integer >= 1, got 0"),
+    ("sweep: ASHA's max_t beyond the steps", lambda r: ["sweep", f"{r}/sweep_asha_max_t.yaml"], r"scheduler asha: max_t must be at most the experiment's steps \(2\), got 10"),
+    ("sweep: an unknown metric", lambda r: ["sweep", f"{r}/sweep_metric.yaml"], r"run: metric must be one of test_accuracy, test_loss, train_loss, got 'accuracy'"),
+    ("sweep: a dotted axis that is not a spec argument", lambda r: ["sweep", f"{r}/sweep_spec_axis.yaml"], r"axis 'lr.x': only an argument of a spec field \(aggregator, attack\) may be searched as field.argument"),
+    ("sweep: worst_case without defences", lambda r: ["sweep", f"{r}/sweep_wc_defences.yaml"], r"worst_case: defences must be a non-empty list of aggregator specs"),
+    ("sweep: worst_case with search axes", lambda r: ["sweep", f"{r}/sweep_wc_search.yaml"], r"a worst_case sweep searches its attacks' arguments only"),
+    ("sweep: worst_case with a bad attack range", lambda r: ["sweep", f"{r}/sweep_wc_arg.yaml"], r"worst_case pair krum x ipm: trial config \{attack.epsilon=-1\} is invalid: .*epsilon must be a finite number >= 0, got -1"),
+    ("sweep: worst_case maximising", lambda r: ["sweep", f"{r}/sweep_wc_mode.yaml"], r"run: mode must be min in a worst_case sweep"),
     # ---- raymix sweep: its options and environment
     ("sweep: no sweep file given", lambda r: ["sweep"], r"^raymix sweep: the following arguments are required: sweep \(raymix sweep --help lists the options\)$"),
     ("sweep: --steps not a number", lambda r: ["sweep", f"{r}/sweep_ok.yaml", "--steps", "abc"], r"argument --steps: invalid int value: 'abc'"),

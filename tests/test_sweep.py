@@ -124,6 +124,10 @@ def test_every_tune_config_parses_and_validates(path, monkeypatch, mnist_dir):
     assert sweep.name == path.stem
     points = expand_grid(sweep.experiment, sweep.search)
     assert points
+    if sweep.worst_case is not None:  # one seed (experiment.seed); ASHA's rungs shrink with the steps
+        small = sweep.scaled(steps=20)
+        assert small.experiment["steps"] == 20 and all(p.trial_config(expand_grid(p.experiment, p.search)[0]).steps == 20 for _, _, p in small.pairs())
+        return
     small = sweep.scaled(steps=20, seeds=2)
     assert small.experiment["steps"] == 20 and small.search["seed"] == {"grid_search": [0, 1]}
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from raymix.config import SPEC_FIELDS, spec_text
 from raymix.spec import SpecError, parse_spec
 
 __all__ = ["load_results", "final_records", "trial_dirs"]
@@ -33,7 +34,8 @@ def trial_dirs(root: "str | os.PathLike") -> list[Path]:
         raise FileNotFoundError(f"no sweep directory at {root}")
     if _is_run_dir(root):
         return [root]
-    return sorted(p.parent for p in root.rglob("params.json") if "checkpoint_" not in str(p.parent.name))
+    # (a checkpoint directory is checkpoint_NNNNNN; a trial's name may hold "checkpoint_every=")
+    return sorted(p.parent for p in root.rglob("params.json") if not p.parent.name.startswith("checkpoint_"))
 
 
 def _is_run_dir(d: Path) -> bool:
@@ -117,6 +119,9 @@ def load_results(source: "str | os.PathLike | Any", step_column: str = "step") -
                 config = json.load(fh)
         except (FileNotFoundError, json.JSONDecodeError):
             continue
+        # A searched spec argument (a sweep's attack.epsilon axis) arrives as the spec's
+        # mapping: its text (ipm(epsilon=3.2)) is the column, as for every other trial.
+        config = {k: spec_text(k, v) if k in SPEC_FIELDS else v for k, v in config.items()}
         # raymix's own records are complete across retries and resumes (the runtime truncates
         # them to the checkpoint it resumes from); Tune's result.json may restart after a
         # restore. Fall back to it for trials written by other tools.
@@ -136,7 +141,9 @@ def load_results(source: "str | os.PathLike | Any", step_column: str = "step") -
         df = pd.DataFrame(rows)
         df["trial"] = tdir.name
         df["trial_dir"] = str(tdir)
-        df["errored"] = (tdir / "error.txt").exists()
+        # Ended in an error: Tune's error.txt stays after a resume that finished the trial, whose
+        # last report then says done (Tune's, also when a scheduler stopped it).
+        df["errored"] = (tdir / "error.txt").exists() and not (_read_jsonl(tdir / "result.json")[-1:] or [{}])[0].get("done", False)
         # A run stopped by on_divergence=stop ends with a record that says so.
         df["trial_diverged"] = bool("diverged" in df.columns and df["diverged"].notna().any())
         for k, v in _describe(config).items():

@@ -12,7 +12,7 @@ from raymix.analysis import plots
 from raymix.analysis.load import load_results
 from raymix.config import ExperimentConfig
 
-__all__ = ["write_report", "main"]
+__all__ = ["write_report", "worst_case_table", "main"]
 
 
 def _markdown_table(df) -> str:
@@ -42,6 +42,53 @@ def settings(df) -> tuple[dict, list[str]]:
     return shared, varied
 
 
+def _created(trial: str) -> tuple:
+    """A Tune trial directory's place in its experiment: the time it was created (its name's
+    suffix, to the second) and then Tune's counter (``Trainable_<id>[_NNNNN]_<counter>_...``)."""
+    import re
+
+    when = re.search(r"(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)$", trial)
+    counter = re.match(r"^[A-Za-z]+_[0-9a-f]+(?:_\d+)?_(\d+)_", trial)
+    return (when.group(1) if when else "", int(counter.group(1)) if counter else 0)
+
+
+def worst_case_table(sweep_dir: "str | Path", df=None):
+    """A worst-case sweep's table (``raymix sweep`` of a YAML with ``worst_case:``): one row
+    per defence and attack family, the lowest final accuracy any trial of its search reached
+    (in %, over the trials that ran every step: one an early-stopping scheduler stopped
+    reports an earlier step's accuracy), the attack spec that reached it, at which of the
+    search's trials (in the order Tune created them) and how many trials ran, were stopped
+    early or errored. None when ``sweep_dir`` is not a worst-case sweep."""
+    import json
+
+    import pandas as pd
+
+    from raymix.sweep import WORST_CASE_FILE
+
+    sweep_dir = Path(sweep_dir).expanduser()
+    if not (sweep_dir / WORST_CASE_FILE).is_file():
+        return None
+    spec = json.loads((sweep_dir / WORST_CASE_FILE).read_text())
+    df = load_results(sweep_dir) if df is None else df
+    rows = []
+    for pair in spec["pairs"]:
+        trials = df[df["trial_dir"].map(lambda d: Path(d).parent.name == pair["directory"])] if not df.empty else df
+        ends = trials.sort_values("step").groupby("trial").tail(1) if len(trials) else trials
+        steps = ends["steps"] if "steps" in ends else ExperimentConfig.steps
+        full = ends[ends["step"] == steps] if len(ends) else ends
+        row = {"defence": pair["defence"], "attack": pair["attack"], "worst_accuracy": float("nan"), "found_with": "",
+               "found_at_trial": "", "trials_run": int((~ends["errored"]).sum()) if len(ends) else 0,
+               "stopped_early": int(len(ends) - len(full) - (ends["errored"].sum() if len(ends) else 0)),
+               "errored": int(ends["errored"].sum()) if len(ends) else 0, "of": pair["trials"]}
+        if len(full):
+            worst = full.loc[full["test_accuracy"].idxmin()]
+            order = sorted(ends["trial"], key=_created)
+            row.update(worst_accuracy=100 * float(worst["test_accuracy"]), found_with=str(worst["attack"]),
+                       found_at_trial=order.index(worst["trial"]) + 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_report(sweep_dir: "str | Path", out_dir: "str | Path | None" = None, title: str | None = None) -> Path:
     """Write ``report.md`` and its figures (PNG and SVG) into ``out_dir`` (default: the sweep's
     own ``report/``); return the Markdown file's path."""
@@ -63,6 +110,14 @@ def write_report(sweep_dir: "str | Path", out_dir: "str | Path | None" = None, t
     if varied:
         sections += ["Varied: " + ", ".join(f"`{k}`" for k in varied) + ".", ""]
 
+    worst = worst_case_table(sweep_dir, df)
+    if worst is not None:
+        sections += ["## Worst case found (accuracy in %)", "",
+                     "Each defence against each attack family: the lowest final test accuracy the search reached over "
+                     "the trials that ran every step, the attack spec that reached it, the trial that found it (1 = the "
+                     "search's first) and the trials run, stopped early by the scheduler, errored, of those planned.", "",
+                     _markdown_table(worst), ""]
+        worst.to_csv(out / "worst_case.csv", index=False)
     table = plots.summary_table(df)
     sections += ["## Summary (accuracy in %, mean over seeds)", "", _markdown_table(table), ""]
     table.to_csv(out / "summary.csv", index=False)
