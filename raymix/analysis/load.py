@@ -85,10 +85,15 @@ def _describe(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file, or of its gzip beside it (``records.jsonl.gz``, as
+    published results ship them: analysis/publish.py)."""
+    import gzip
+
     rows = []
-    if not path.exists():
+    packed = path.with_name(path.name + ".gz")
+    if not path.exists() and not packed.exists():
         return rows
-    with open(path) as fh:
+    with (open(path) if path.exists() else gzip.open(packed, "rt")) as fh:
         for line in fh:
             line = line.strip()
             if not line:
