@@ -15,6 +15,10 @@ writes into ``--out``:
 - ``report.md``, its tables (``summary.csv``, ``worst_case.csv``) and figures:
   ``raymix report`` of ``records/``, which the loader reads as it reads a live sweep.
 
+With ``--into FILE``, the worst-case table also replaces the block between
+``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->`` in FILE (NAME: OUT's
+directory name), so the page that discusses it quotes the numbers the records give.
+
 Rerun it on the published ``records/`` (``--from-published``) to regenerate the report
 without the original run; tests/test_published.py does, and fails when they disagree.
 """
@@ -34,10 +38,13 @@ sys.path.insert(0, str(REPO))
 def copy_records(sweep: Path, dest: Path) -> int:
     """The trials under ``sweep`` into ``dest`` (same relative paths); returns the count."""
     from raymix.analysis.load import trial_dirs
-    from raymix.sweep import WORST_CASE_FILE
+    from raymix.search import WORST_CASE_FILE
 
     count = 0
     for trial in trial_dirs(sweep):
+        if not (trial / "raymix" / "records.jsonl").exists():  # started, no evaluation yet (a sweep still running)
+            print(f"no records yet: {trial.relative_to(sweep)}", file=sys.stderr)
+            continue
         out = dest / trial.relative_to(sweep)
         (out / "raymix").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(trial / "params.json", out / "params.json")
@@ -53,6 +60,26 @@ def copy_records(sweep: Path, dest: Path) -> int:
     return count
 
 
+def block(out: Path) -> str:
+    """The generated block for a page quoting ``out``'s worst-case table (Markdown)."""
+    from raymix.analysis.report import _markdown_table, worst_case_table
+
+    table = worst_case_table(out / "records")
+    return (f"<!-- BEGIN generated: {out.name} -->\n(written by `analysis/publish.py` from "
+            f"`{out.name}/records/`; accuracy in %)\n\n{_markdown_table(table)}\n<!-- END generated: {out.name} -->")
+
+
+def write_block(page: Path, out: Path) -> None:
+    """Replace ``out``'s generated block in ``page`` (it must hold the two markers)."""
+    import re
+
+    text = page.read_text()
+    pattern = re.compile(rf"<!-- BEGIN generated: {re.escape(out.name)} -->.*?<!-- END generated: {re.escape(out.name)} -->", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{page} has no block <!-- BEGIN generated: {out.name} --> ... <!-- END generated: {out.name} -->")
+    page.write_text(pattern.sub(lambda _: block(out), text))
+
+
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", type=Path, help="the sweep's directory (storage_path/name), or with --from-published the published records/")
@@ -63,6 +90,7 @@ def main(argv: "list[str] | None" = None) -> int:
     ap.add_argument("--wall-clock", help="how long it ran")
     ap.add_argument("--machine", help="where it ran")
     ap.add_argument("--title", help="the report's title (default: OUT's name)")
+    ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the worst-case table")
     args = ap.parse_args(argv)
     from raymix.analysis.report import write_report
 
@@ -75,6 +103,9 @@ def main(argv: "list[str] | None" = None) -> int:
         (args.out / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
         print(f"{n} trials' records into {records}")
     print(write_report(records, args.out, title=args.title or args.out.name))
+    if args.into is not None:
+        write_block(args.into, args.out)
+        print(f"the block {args.out.name} in {args.into}")
     return 0
 
 

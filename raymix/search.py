@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from raymix import checks
 
-__all__ = ["SEARCH_ALGS", "SCHEDULERS", "METRICS", "check_sections", "build"]
+__all__ = ["SEARCH_ALGS", "SCHEDULERS", "METRICS", "WORST_CASE_FILE", "check_sections", "build"]
 
 # Each section's options: name -> (what it takes, its check). The checks return the value.
 _SEED = ("an integer >= 0 or none", lambda o, k, v: checks.integer(o, k, v, lo=0, optional=True))
@@ -56,6 +56,8 @@ SCHEDULERS: dict[str, dict[str, tuple]] = {
 # The record values a searcher or scheduler may read: every evaluation has them.
 METRICS = ("test_accuracy", "test_loss", "train_loss")
 MODES = ("min", "max")
+# A worst-case sweep's index of its pairs (raymix/sweep.py writes it, raymix report reads it).
+WORST_CASE_FILE = "worst_case.json"
 
 
 def _one(where: str, section: str, value: Any, known: Mapping[str, Mapping]) -> tuple[str, dict]:

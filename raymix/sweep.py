@@ -485,9 +485,6 @@ def run_sweep(
         return _fit_pairs(sweep, points, path, resume, address, hooks, verbose, status)
 
 
-WORST_CASE_FILE = "worst_case.json"  # a worst-case sweep's pairs and settings, for raymix report
-
-
 def _fit_pairs(sweep: SweepConfig, points: dict, path: Path, resume: bool, address, hooks, verbose: int, status: bool) -> dict:
     """A worst-case sweep: each pair's search in its own Tune experiment under ``path``, one
     after the other in one Ray. ``resume`` restores the pairs Tune had started and starts the
@@ -496,7 +493,7 @@ def _fit_pairs(sweep: SweepConfig, points: dict, path: Path, resume: bool, addre
 
     from raymix.runtime.simulation import ensure_ray, release_ray
 
-    (path / WORST_CASE_FILE).write_text(json.dumps({
+    (path / tune_search.WORST_CASE_FILE).write_text(json.dumps({
         "name": sweep.name, "metric": sweep.run.get("metric", "test_accuracy"),
         "pairs": [{"defence": d, "attack": a, "directory": sub.name, "searched": sorted(sub.search), "trials": sub.trial_count()}
                   for d, a, sub in sweep.pairs()],

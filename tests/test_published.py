@@ -26,3 +26,19 @@ def test_published_tables_are_what_their_records_give(out, tmp_path):
     assert tables, f"{out} publishes no table"
     for name in tables:
         assert _rows(tmp_path / name) == _rows(out / name), f"{out / name} disagrees with its records: rerun analysis/publish.py"
+
+
+def test_pages_quote_the_tables_their_records_give():
+    """A generated block (``<!-- BEGIN generated: NAME -->``) in docs/results/README.md is
+    what analysis/publish.py writes from docs/results/NAME/records/ now."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    from publish import block
+
+    page = (REPO / "docs" / "results" / "README.md").read_text()
+    for name in re.findall(r"<!-- BEGIN generated: (\S+) -->", page):
+        start = page.index(f"<!-- BEGIN generated: {name} -->")
+        end = page.index(f"<!-- END generated: {name} -->") + len(f"<!-- END generated: {name} -->")
+        assert page[start:end] == block(REPO / "docs" / "results" / name), f"rerun analysis/publish.py ... --into docs/results/README.md for {name}"

@@ -63,7 +63,7 @@ def worst_case_table(sweep_dir: "str | Path", df=None):
 
     import pandas as pd
 
-    from raymix.sweep import WORST_CASE_FILE
+    from raymix.search import WORST_CASE_FILE
 
     sweep_dir = Path(sweep_dir).expanduser()
     if not (sweep_dir / WORST_CASE_FILE).is_file():
