@@ -33,6 +33,20 @@ def test_bucketing_matches_its_definition():
     assert torch.allclose(bucket_means(G, 2, torch_generator(3, "b")), ref)
 
 
+@pytest.mark.parametrize("n, s", [(12, 2), (13, 3), (5, 7), (30, 4)])
+def test_bucket_sums_are_index_adds_bit_for_bit(n, s):
+    """Bucket means add each bucket's rows in order without index_add_ (whose CUDA atomics
+    change the last bits from run to run, issue 25.3): on the CPU exactly index_add_'s sums,
+    in float32 and with a NaN row that spoils only its own bucket."""
+    G = torch.randn(n, 33, generator=torch_generator(n, "g"))
+    G[n // 2, 5] = float("nan")
+    perm = torch.randperm(n, generator=torch_generator(s, "b"))
+    bucket = torch.arange(n) // s
+    ref = torch.zeros(-(-n // s), 33).index_add_(0, bucket, G[perm])
+    ref = ref / torch.bincount(bucket).to(G.dtype)[:, None]
+    assert torch.equal(bucket_means(G, s, torch_generator(s, "b")).nan_to_num(7.0), ref.nan_to_num(7.0))
+
+
 def test_resampling_wraps_any_rule_keeps_its_family_and_resists_nonfinite_rows():
     honest = 1.0 + 0.01 * torch.randn(10, 50, generator=torch_generator(0, "h"))
     G = torch.cat([honest, torch.full((2, 50), float("nan"))])

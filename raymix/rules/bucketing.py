@@ -25,10 +25,16 @@ def bucket_means(G: torch.Tensor, s: int, generator: torch.Generator | None = No
         generator = torch.Generator().manual_seed(DEFAULT_SEED)
     perm = torch.randperm(n, generator=generator, device=generator.device).to(G.device)
     nb = math.ceil(n / s)
-    bucket = torch.arange(n, device=G.device) // s
+    X = G[perm]
     out = torch.zeros(nb, G.shape[1], dtype=G.dtype, device=G.device)
-    out.index_add_(0, bucket, G[perm])  # a NaN row spoils only its own bucket
-    sizes = torch.bincount(bucket, minlength=nb).to(G.dtype)
+    sizes = torch.zeros(nb, dtype=G.dtype, device=G.device)
+    # Bucket b holds rows b*s .. b*s+s-1 of X: add each bucket's j-th row in turn, j = 0..s-1.
+    # The same sums, in the same order, as index_add_ makes on the CPU, and no atomics on CUDA
+    # (whose order, and so whose last bits, change from run to run). A NaN row spoils only its bucket.
+    for j in range(min(s, n)):
+        rows = X[j::s]  # the j-th row of the first len(rows) buckets (only the last may be short)
+        out[: rows.shape[0]] += rows
+        sizes[: rows.shape[0]] += 1
     return out.div_(sizes[:, None])
 
 
