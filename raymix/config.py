@@ -136,6 +136,8 @@ class ExperimentConfig:
     num_cpus_per_worker: "str | float" = knob("auto", "CPU share per worker; auto = the cluster's CPUs shared by all actors")
     device: str = knob("auto", "where the actors compute: auto = CUDA in an actor that holds a GPU share, else the CPU", DEVICES,
                        detail="An actor given a GPU share where torch cannot use CUDA is refused in one line before the first step, unless `cpu` was asked for (then the share is only a reservation, as in tests with Ray's logical GPUs)")
+    max_gpu_processes: int = knob(32, "processes computing on one GPU at most (each opens a CUDA context of ~0.5 GiB)",
+                                  detail="A run whose actors would put more on one GPU is refused in one line before any starts (raise workers_per_actor; `auto` packs one actor per GPU); a sweep puts no more trials on a GPU than this allows")
     deterministic: bool = knob(True, "on CUDA: deterministic algorithms, deterministic cuDNN, no TF32 (off: faster, records may vary run to run)",
                                detail="Sets `torch.use_deterministic_algorithms(True)`, cuDNN's deterministic mode without benchmarking, TF32 off and `CUBLAS_WORKSPACE_CONFIG=:4096:8` in every actor on CUDA; CPU runs are deterministic either way (docs/runtime.md, Determinism)")
     seed: int = knob(0, "every random stream (data, draws, attack) derives from it")
@@ -523,6 +525,7 @@ def _check_scalars(c: ExperimentConfig) -> None:
     _need_int(c, "eval_test_limit", 1, optional=True)
     _need_bool(c, "diagnostics")
     _need_bool(c, "deterministic")
+    _need_int(c, "max_gpu_processes", 1)
     if c.workers_per_actor != "auto":
         try:
             _need_int(c, "workers_per_actor", 1)

@@ -229,6 +229,7 @@ CASES = [
     ("train_limit < 1", lambda r: ["run", *SYN, "--train-limit", "0"], r"train_limit must be an integer >= 1 or none, got 0"),
     ("train_limit below the number of shards", lambda r: ["run", "--dataset", "synthetic", "--train-limit", "5"], r"train_limit=5 is fewer samples than the 10 workers"),
     ("a negative seed", lambda r: ["run", *SYN, "--seed", "-1"], r"seed must be an integer >= 0, got -1"),
+    ("max_gpu_processes < 1", lambda r: ["run", *SYN, "--max-gpu-processes", "0"], r"max_gpu_processes must be an integer >= 1, got 0"),
     ("a negative checkpoint_every", lambda r: ["run", *SYN, "--checkpoint-every", "-1"], r"checkpoint_every must be an integer >= 0, got -1"),
     ("checkpoint_every not a multiple of eval_every", lambda r: ["run", *SYN, "--steps", "100", "--eval-every", "10", "--checkpoint-every", "15"], r"checkpoint_every=15 must be a multiple of eval_every=10"),
     ("attack_knowledge above n-f", lambda r: ["run", *SYN, "--attack-knowledge", "99"], r"attack_knowledge must be 'all' or an integer in 0..n-f=6, got 99"),

@@ -416,6 +416,24 @@ def test_a_run_on_several_gpus_puts_one_pack_on_each():
     assert [a.num_gpus for a in one.actors] == [1.0]
 
 
+def test_no_gpu_holds_more_cuda_contexts_than_the_config_allows():
+    """Issue 25.2: n = 1,000 (900 honest), one worker per actor on one GPU, would open 900 CUDA contexts
+    (~500 GiB before any tensor): refused in one line before anything starts. Packed (auto),
+    or on enough GPUs, it plans; a sweep puts no more trials on a GPU than the cap allows."""
+    from raymix.runtime.resources import Refused, plan, sweep_shape
+
+    one_gpu = {"CPU": 16.0, "GPU": 1.0, "memory": 512.0 * 2**30}
+    with pytest.raises(Refused, match=r"900 actors would compute on 1 GPU\(s\), 900 on one, each with its own CUDA context, "
+                                      r"above max_gpu_processes=32: raise workers_per_actor"):
+        plan({**BIG, "workers_per_actor": 1}, one_gpu)
+    assert len(plan({**BIG, "workers_per_actor": 30}, one_gpu).actors) == 30  # 30 contexts: within 32
+    with pytest.raises(Refused, match="30 on one"):
+        plan({**BIG, "workers_per_actor": 30, "max_gpu_processes": 29}, one_gpu)
+    assert len(plan(BIG, one_gpu).actors) == 1  # auto: one pack per GPU
+    probe = plan({**FIG1, "max_gpu_processes": 4}, one_gpu, 1.0, trial=True, gpus=1.0).config
+    assert sweep_shape(one_gpu, {"gpu_memory_gib": 80}, probe).trials_per_gpu == 4  # memory and CPUs allow 16
+
+
 def test_gpu_run_settings_are_checked():
     base = {"name": "g", "experiment": {"dataset": "synthetic", "n": 7, "f": 1}}
     for run, message in [({"trials_per_gpu": 0}, "trials_per_gpu must be an integer >= 1"),

@@ -116,6 +116,8 @@ def sweep_shape(cluster: dict[str, float], run: dict, probe=None) -> SweepShape:
                 per_trial = float(run.get("gpu_memory_per_trial_gib") or processes * GPU_MEMORY_PER_PROCESS_GIB)
                 per_gpu = int(_gpu_memory_gib(run) // per_trial)
                 per_gpu = max(1, min(per_gpu, int(cpus // gpus) or 1))
+                if probe is not None:  # no more CUDA contexts on a GPU than the config allows
+                    per_gpu = max(1, min(per_gpu, probe.max_gpu_processes // processes))
             trial_gpus = 1.0 / per_gpu
         if concurrency is None:
             concurrency = max(1, int(gpus / trial_gpus + 1e-9))
@@ -268,7 +270,24 @@ def plan(config, cluster: dict[str, float], cpus: float | None = None, trial: bo
     sizes = tuple(actor_sizes(cfg))
     result = Plan(cfg, groups, sizes, tuple(resources_for(cpu_w, gpu_w, k) for k in sizes), trial)
     result.check_fits(cluster)
+    _check_gpu_processes(result)
     return result
+
+
+def _check_gpu_processes(p: Plan) -> None:
+    """Refuse a plan that puts more than ``max_gpu_processes`` processes on one GPU: each
+    opens its own CUDA context (~0.5 GiB before any tensor), so n = 1,000 workers one per
+    actor on one GPU would hold ~500 GiB of contexts. Its actors' GPU requests span
+    ceil(their sum) GPUs at least; the busiest holds at least its even share of them."""
+    on_gpu = [a.num_gpus for a in p.actors if a.num_gpus > 0]
+    if not on_gpu:
+        return
+    span = max(1, math.ceil(sum(on_gpu) - 1e-9))
+    per_gpu = math.ceil(len(on_gpu) / span)
+    if per_gpu > p.config.max_gpu_processes:
+        raise Refused(f"{len(on_gpu)} actors would compute on {span} GPU(s), {per_gpu} on one, each with its own CUDA "
+                      f"context, above max_gpu_processes={p.config.max_gpu_processes}: raise workers_per_actor (now "
+                      f"{p.config.workers_per_actor}; auto packs one actor per GPU) or max_gpu_processes")
 
 
 def _round_down(x: float) -> float:
