@@ -171,9 +171,9 @@ def main(argv=None) -> int:
             if not recs:
                 continue
             name = f"{sweep.name}__{path.name.split('_')[2]}_seed{cfg.get('seed')}"
-            with gzip.open(out / "records" / f"{name}.jsonl.gz", "wt") as fh:
-                for r in recs:
-                    fh.write(json.dumps(r, sort_keys=True) + "\n")
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs)
+            with gzip.GzipFile(out / "records" / f"{name}.jsonl.gz", "wb", mtime=0) as fh:  # mtime 0: the same records, the same bytes
+                fh.write(text.encode())
             (out / "records" / f"{name}.json").write_text(json.dumps({"commit": args.commit, "sweep": sweep.name, "config": cfg}, indent=1, sort_keys=True))
             if is_ref:
                 reference[cfg.get("seed")] = recs
