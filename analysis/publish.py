@@ -62,11 +62,11 @@ def copy_records(sweep: Path, dest: Path) -> int:
 
 def block(out: Path) -> str:
     """The generated block for a page quoting ``out``'s worst-case table (Markdown)."""
-    from raymix.analysis.report import _markdown_table, worst_case_table
+    from raymix.analysis.report import markdown_table, worst_case_table
 
     table = worst_case_table(out / "records")
     return (f"<!-- BEGIN generated: {out.name} -->\n(written by `analysis/publish.py` from "
-            f"`{out.name}/records/`; accuracy in %)\n\n{_markdown_table(table)}\n<!-- END generated: {out.name} -->")
+            f"`{out.name}/records/`; accuracy in %)\n\n{markdown_table(table)}\n<!-- END generated: {out.name} -->")
 
 
 def write_block(page: Path, out: Path) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from raymix import checks
 
-__all__ = ["ExperimentConfig", "check_data", "spec_text", "PARTITIONS", "MODES", "SPEC_FIELDS", "PLACEMENT_FIELDS"]
+__all__ = ["ExperimentConfig", "check_data", "spec_text", "PARTITIONS", "MODES", "SPEC_FIELDS", "SWEEP_SECTIONS", "PLACEMENT_FIELDS"]
 
 # Datasets and models are registries (raymix.data.DATASETS, raymix.models.MODELS) that plugins extend.
 PARTITIONS = ("iid", "label_sorted", "dirichlet")
@@ -41,6 +41,9 @@ SPEC_FIELDS = ("aggregator", "attack")
 # preflight fills in the first three for every run and trial (runtime/resources.py: resolve),
 # a sweep pins data_dir to an absolute path. No check of the specs reads them, so replace()
 # changes them without validating the specs again or rebuilding the pool and the attack.
+# A sweep file's top-level sections (raymix/sweep.py); `raymix run --config` reads such a
+# file's experiment section.
+SWEEP_SECTIONS = ("name", "description", "experiment", "search", "run", "search_alg", "scheduler", "worst_case")
 PLACEMENT_FIELDS = ("workers_per_actor", "num_cpus_per_worker", "num_gpus_per_worker", "data_dir")
 # Where a config keeps the pool and attack it built (in its __dict__, outside the fields:
 # not compared, not printed, not pickled).
@@ -179,7 +182,7 @@ class ExperimentConfig:
         lines: dict = {}
         data = read_yaml_mapping(path, "config file", "a mapping of field: value", lines)
         # A sweep-style file ({experiment: {...}}) is accepted for its experiment section.
-        if set(data) >= {"experiment"} and set(data) <= {"name", "description", "experiment", "search", "run", "search_alg", "scheduler", "worst_case"}:
+        if set(data) >= {"experiment"} and set(data) <= set(SWEEP_SECTIONS):
             data = data["experiment"] or {}
             if not isinstance(data, Mapping):
                 raise ValueError(f"{path} line {lines['experiment']}: 'experiment' must be a mapping of field: value, got {data!r}")

@@ -56,7 +56,7 @@ from typing import Any, Mapping
 import yaml
 
 from raymix import checks, search as tune_search
-from raymix.config import SPEC_FIELDS, ExperimentConfig, read_yaml_mapping, spec_text, yaml_line
+from raymix.config import SPEC_FIELDS, SWEEP_SECTIONS, ExperimentConfig, read_yaml_mapping, spec_text, yaml_line
 
 __all__ = ["SweepConfig", "load_sweep", "run_sweep", "trial_resources", "expand_grid"]
 
@@ -239,24 +239,24 @@ class SweepConfig:
             for k, v in set_values.items():
                 search.pop(k, None)
                 exp[k] = v
+        scheduler = self.scheduler
         if steps is not None:
             steps, before = int(steps), int(exp.get("steps") or ExperimentConfig.steps)
             exp["steps"] = steps
             if int(exp.get("eval_every") or 1) > steps:
                 exp["eval_every"] = steps
             every = int(exp.get("eval_every") or 1)
-            if int(exp.get("checkpoint_every") or 0):
+
+            def rescaled(interval: int) -> int:
                 # Proportional to the new length (the paper's 2,500 of 50,000 steps is 75 of
-                # 1,500), on an evaluation (a checkpoint goes with one), at least every one.
-                scaled = int(exp["checkpoint_every"]) * steps // before
-                exp["checkpoint_every"] = max(every, scaled // every * every)
-        scheduler = self.scheduler
-        if steps is not None and isinstance(scheduler, Mapping) and isinstance(scheduler.get("asha"), Mapping):
-            # ASHA's rungs in steps, shrunk or grown with the trial (on an evaluation, at least one).
-            every = int(exp.get("eval_every") or 1)
-            asha = {k: (max(every, int(v) * steps // before // every * every) if k in ("grace_period", "max_t") and checks.is_int(v) else v)
-                    for k, v in scheduler["asha"].items()}
-            scheduler = {"asha": asha}
+                # 1,500), on an evaluation (a checkpoint or a rung goes with one), at least every one.
+                return max(every, int(interval) * steps // before // every * every)
+
+            if int(exp.get("checkpoint_every") or 0):
+                exp["checkpoint_every"] = rescaled(exp["checkpoint_every"])
+            if isinstance(scheduler, Mapping) and isinstance(scheduler.get("asha"), Mapping):  # ASHA's rungs, in steps
+                scheduler = {"asha": {k: rescaled(v) if k in ("grace_period", "max_t") and checks.is_int(v) else v
+                                      for k, v in scheduler["asha"].items()}}
         if seeds is not None:
             search.pop("seed", None)
             exp.pop("seed", None)
@@ -367,10 +367,9 @@ def load_sweep(path: "str | os.PathLike") -> SweepConfig:
     path = Path(path)
     lines: dict = {}
     data = read_yaml_mapping(path, "sweep file", "a mapping with name, experiment, search and run", lines)
-    known = ("name", "description", "experiment", "search", "run", "search_alg", "scheduler", "worst_case")
-    unknown = set(data) - set(known)
+    unknown = set(data) - set(SWEEP_SECTIONS)
     if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected {', '.join(known)}")
+        raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected {', '.join(SWEEP_SECTIONS)}")
     try:
         return SweepConfig(
             name=data.get("name") or path.stem,

@@ -12,10 +12,10 @@ from raymix.analysis import plots
 from raymix.analysis.load import load_results
 from raymix.config import ExperimentConfig
 
-__all__ = ["write_report", "worst_case_table", "main"]
+__all__ = ["write_report", "worst_case_table", "markdown_table", "main"]
 
 
-def _markdown_table(df) -> str:
+def markdown_table(df) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df.iterrows():
@@ -76,10 +76,10 @@ def worst_case_table(sweep_dir: "str | Path", df=None):
         ends = trials.sort_values("step").groupby("trial").tail(1) if len(trials) else trials
         steps = ends["steps"] if "steps" in ends else ExperimentConfig.steps
         full = ends[ends["step"] == steps] if len(ends) else ends
+        errored = int(ends["errored"].sum()) if len(ends) else 0
         row = {"defence": pair["defence"], "attack": pair["attack"], "worst_accuracy": float("nan"), "found_with": "",
-               "found_at_trial": "", "trials_run": int((~ends["errored"]).sum()) if len(ends) else 0,
-               "stopped_early": int(len(ends) - len(full) - (ends["errored"].sum() if len(ends) else 0)),
-               "errored": int(ends["errored"].sum()) if len(ends) else 0, "of": pair["trials"]}
+               "found_at_trial": "", "trials_run": len(ends) - errored, "stopped_early": len(ends) - len(full) - errored,
+               "errored": errored, "of": pair["trials"]}
         if len(full):
             worst = full.loc[full["test_accuracy"].idxmin()]
             order = sorted(ends["trial"], key=_created)
@@ -116,10 +116,10 @@ def write_report(sweep_dir: "str | Path", out_dir: "str | Path | None" = None, t
                      "Each defence against each attack family: the lowest final test accuracy the search reached over "
                      "the trials that ran every step, the attack spec that reached it, the trial that found it (1 = the "
                      "search's first) and the trials run, stopped early by the scheduler, errored, of those planned.", "",
-                     _markdown_table(worst), ""]
+                     markdown_table(worst), ""]
         worst.to_csv(out / "worst_case.csv", index=False)
     table = plots.summary_table(df)
-    sections += ["## Summary (accuracy in %, mean over seeds)", "", _markdown_table(table), ""]
+    sections += ["## Summary (accuracy in %, mean over seeds)", "", markdown_table(table), ""]
     table.to_csv(out / "summary.csv", index=False)
 
     figures = [("Accuracy against iteration", "accuracy", plots.accuracy_curves)]
