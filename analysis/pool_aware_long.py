@@ -137,6 +137,8 @@ def figure(trials, reference, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from raymix.analysis.plots import legend_below, save
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for seed, recs in sorted(reference.items()):
         ax.plot([r["step"] for r in recs], [100 * r["test_accuracy"] for r in recs], color="0.5", lw=1, ls="--",
@@ -145,12 +147,11 @@ def figure(trials, reference, out: Path) -> None:
         ax.plot([r["step"] for r in recs], [100 * r["test_accuracy"] for r in recs], lw=1.2, label=label(cfg))
     ax.set_xlabel("step")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("MNIST, n = 12, f = 2: full MixTailor pool under the pool-aware attack (3-point lambda grid)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(out / f"accuracy.{ext}", dpi=120)
+    steps = max(int(cfg.get("steps", recs[-1]["step"])) for _, cfg, recs, _ in trials)
+    legend_below(fig, [ax], f"MNIST, n = 12, f = 2, {steps:,} steps: the full MixTailor pool under the pool-aware attack "
+                            "(3-point lambda grid), against omniscient")
+    save(fig, out / "accuracy")
     plt.close(fig)
 
 

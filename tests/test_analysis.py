@@ -273,3 +273,35 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     row3 = [x for x in text.splitlines() if x.startswith("| mixtailor(composition=full) / expected / seed 0 |")][2]
     assert row3 == "| mixtailor(composition=full) / expected / seed 0 | 4 evals, to step 400 | n/a / n/a / n/a | 24.5 | never |"
     assert "result.json" in text.strip().splitlines()[-1]
+
+
+def test_figures_name_their_setting_and_keep_legends_off_the_curves(tmp_path):
+    """Issue 24's figure rules: every figure's title names the attack, f and the steps; the
+    legend sits outside every panel (it covers no curve); the ablation's axis spans the bars'
+    range (the effect under test is a few points), not 0-100, and says so."""
+    import pandas as pd
+
+    rows = [{"trial": f"{pool}{seed}{eps}", "aggregator": f"mixtailor(composition={pool})", "attack": f"ipm(epsilon={eps})",
+             "n": 12, "f": 2, "steps": 1500, "seed": seed, "step": s,
+             "test_accuracy": 0.85 + 0.01 * i + 0.005 * seed + (0.02 if eps == 10 else 0) + 0.00002 * s}
+            for i, pool in enumerate(("full", "no_bulyan", "no_krum")) for seed in (0, 1) for eps in (0.1, 10) for s in (500, 1000, 1500)]
+    df = pd.DataFrame(rows)
+    df["pool"] = df["aggregator"].map(plots.pool_of)
+    for name, fn, frame in (("accuracy", plots.accuracy_curves, df), ("ablation", plots.ablation_bars, df),
+                            ("one_attack", plots.accuracy_curves, df[df["attack"] == "ipm(epsilon=10)"])):
+        fig = fn(frame, out=tmp_path / name)
+        fig.canvas.draw()
+        texts = " ".join([fig._suptitle.get_text()] + [ax.get_title() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes])
+        assert "f = 2" in texts and "1,500 steps" in texts, texts
+        named = texts + " ".join(t.get_text() for t in fig.legends[0].get_texts())
+        assert "ipm(epsilon=10)" in named  # the attack: the figure's title, a panel's, or a bar group's
+        legend = fig.legends[0].get_window_extent()
+        for ax in fig.axes:
+            assert not legend.overlaps(ax.get_window_extent()), name
+        plt.close(fig)
+    fig = plots.ablation_bars(df)
+    lo, hi = fig.axes[0].get_ylim()
+    finals = 100 * df[df["step"] == 1500]["test_accuracy"]
+    assert 80 < lo < finals.min() and finals.max() < hi < 100  # scaled to the effect, not from 0
+    assert f"axis {lo:g}-{hi:g}" in fig.axes[0].get_ylabel()
+    plt.close(fig)

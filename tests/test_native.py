@@ -70,11 +70,24 @@ def test_the_c_kernel_follows_the_rules_iterates(rows, monkeypatch, one_torch_th
 
 
 @pytest.mark.skipif(not HAS_CC, reason="no C compiler: the kernel cannot be built here")
-def test_the_kernel_gives_up_on_a_row_the_iterate_sits_on():
-    """All rows equal: every l^p sum is 0 at the mean, where the rule measures the rows again
-    exactly; the kernel says so (None) instead of guessing."""
-    X = torch.full((4, 50), 0.25)
-    assert _native.lp_weiszfeld(X, torch.ones(4, dtype=torch.float64), 3, 1e-6, 100, 1e-6, 1.0) is None
+def test_the_kernel_measures_a_row_near_the_iterate_as_the_rule_does():
+    """A row whose l^p sum underflows (the iterate on it, or within 1e-3 of its scale for
+    p = 16) is measured again scaled by its largest term, as the rule measures it, instead of
+    handing the whole iteration back to the torch path: the same iterate as the rule's."""
+    X = torch.full((4, 50), 0.25)  # all rows equal: every distance 0 at the mean
+    z = _native.lp_weiszfeld(X, torch.ones(4, dtype=torch.float64), 3, 1e-6, 100, 1e-6, 1.0)
+    assert z is not None and torch.equal(z, X[0])
+    g = torch.Generator().manual_seed(1)
+    for p in (4, 16):
+        # three coincident rows (a captured median) and two others near them: their l^16 sums
+        # (1e-3 differences) are ~1e-48, below float32's range, unless measured scaled
+        base = torch.rand(50, generator=g) * 0.5
+        Y = torch.stack([base, base, base, base + 1e-3 * torch.rand(50, generator=g), base - 0.4 * torch.rand(50, generator=g)])
+        s = 1.0
+        assert float(((Y[3] - base).abs() ** 16).sum()) < 1e-25
+        got = _native.lp_weiszfeld(Y.contiguous(), torch.ones(5, dtype=torch.float64), p, 1e-6, 100, 1e-6, s)
+        assert got is not None
+        torch.testing.assert_close(got, GeometricMedian(p=p)(Y, 1), rtol=0, atol=1e-5)
     Y = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
     s = 2.0 ** -3
     z = _native.lp_weiszfeld((Y * s).contiguous(), torch.ones(4, dtype=torch.float64), 3, 1e-6, 100, 1e-6, s)

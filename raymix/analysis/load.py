@@ -20,7 +20,7 @@ import pandas as pd
 from raymix.config import SPEC_FIELDS, spec_text
 from raymix.spec import SpecError, parse_spec
 
-__all__ = ["load_results", "final_records", "trial_dirs"]
+__all__ = ["load_results", "final_records", "trial_dirs", "pool_of"]
 
 # Tune's own bookkeeping columns: kept, but after ours.
 _TUNE_COLUMNS = ("trial_id", "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "done", "date", "pid", "hostname", "node_ip", "iterations_since_restore", "time_since_restore", "checkpoint_dir_name", "should_checkpoint")
@@ -68,20 +68,28 @@ def _describe(config: dict[str, Any]) -> dict[str, Any]:
     agg = config.get("aggregator")
     if isinstance(agg, str):
         try:
-            spec = parse_spec(agg)
-            if spec.name == "mixtailor":
-                kw = spec.kwargs
-                comp = kw.get("composition")
-                if comp is None and "exclude" in kw:
-                    ex = kw["exclude"] if isinstance(kw["exclude"], (list, tuple)) else [kw["exclude"]]
-                    comp = "no_" + "_".join(str(x) for x in ex)
-                extra["pool"] = str(comp) if comp is not None else "full"
-            else:
-                extra["pool"] = None
-            extra["aggregator_name"] = spec.name
+            extra["aggregator_name"] = parse_spec(agg).name
+            extra["pool"] = pool_of(agg)
         except SpecError:
             extra["aggregator_name"] = agg
     return extra
+
+
+def pool_of(aggregator: str) -> str | None:
+    """The pool composition a MixTailor aggregator spec names (``full``, ``no_bulyan``, ...;
+    ``exclude=[a, b]`` reads ``no_a_b``), None for any other rule or an unreadable spec."""
+    try:
+        spec = parse_spec(str(aggregator))
+    except SpecError:
+        return None
+    if spec.name != "mixtailor":
+        return None
+    kw = spec.kwargs
+    comp = kw.get("composition")
+    if comp is None and "exclude" in kw:
+        ex = kw["exclude"] if isinstance(kw["exclude"], (list, tuple)) else [kw["exclude"]]
+        comp = "no_" + "_".join(str(x) for x in ex)
+    return str(comp) if comp is not None else "full"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

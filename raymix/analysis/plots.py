@@ -6,6 +6,7 @@ when ``out`` (a path without suffix) is given.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,18 +16,23 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["accuracy_curves", "ablation_bars", "drawn_classes", "fooled_fraction", "fluctuation", "gap_curves", "summary_table", "label_of"]
+from raymix.analysis.load import pool_of
+
+__all__ = ["accuracy_curves", "ablation_bars", "ablation_bars_of", "setting", "legend_below", "save", "drawn_classes", "fooled_fraction", "fluctuation", "gap_curves", "summary_table", "label_of"]
 
 ACC = "test_accuracy"
 STEP = "step"
 
 
-def _save(fig, out: "str | os.PathLike | None"):
+def save(fig, out: "str | os.PathLike | None"):
+    """Write ``fig`` as ``out``.png and ``out``.svg (nothing when ``out`` is None); return it."""
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out.with_suffix(".png"), dpi=120, bbox_inches="tight")
-        fig.savefig(out.with_suffix(".svg"), bbox_inches="tight")
+        # No date and fixed element ids: the same data, the same SVG (published figures diff cleanly)
+        with matplotlib.rc_context({"svg.hashsalt": "raymix"}):
+            fig.savefig(out.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
     return fig
 
 
@@ -34,6 +40,58 @@ def label_of(row: pd.Series) -> str:
     """A short legend label for a trial's aggregator."""
     agg = str(row.get("aggregator", "?"))
     return "mixtailor" if agg in ("mixtailor", "mixtailor(composition=full)") else agg
+
+
+def setting(df: pd.DataFrame, with_attack: bool = True) -> str:
+    """What a figure shows, for its title: the attack (when one), n, f and the steps, read
+    from the trials' own configs (a figure names its attack, f and length: issue 24)."""
+    parts = []
+    if with_attack and "attack" in df.columns and df["attack"].nunique(dropna=False) == 1:
+        parts.append(str(df["attack"].iloc[0]))
+    for key in ("n", "f"):
+        if key in df.columns and df[key].nunique() == 1:
+            parts.append(f"{key} = {int(df[key].iloc[0])}")
+        elif key in df.columns and df[key].notna().any():
+            parts.append(f"{key} = " + "/".join(str(int(v)) for v in sorted(df[key].dropna().unique())))
+    steps = df["steps"] if "steps" in df.columns and df["steps"].notna().any() else df[STEP]
+    lo, hi = int(steps.min()), int(steps.max())
+    parts.append(f"{hi:,} steps" if lo == hi else f"{lo:,}-{hi:,} steps")
+    return ", ".join(parts)
+
+
+def legend_below(fig, axes, title: str | None = None) -> None:
+    """One legend for the figure, under its panels, so that it covers no curve; the title
+    (the setting) above them."""
+    handles, labels = {}, []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
+    fig.set_layout_engine("constrained")  # makes room for the title and the legend outside the panels
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if labels:
+        fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
+                   ncol=min(len(labels), 4), fontsize=8, frameon=False)
+
+
+def _grid(panels: list, width: float = 5.2, height: float = 3.8):
+    """A figure with one panel per entry, at most four to a row (a worst-case sweep has a
+    panel per attack spec: dozens), unused cells hidden; returns (fig, the used axes)."""
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, sharey=True)
+    flat = list(axes.flat)
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    for r in range(rows):  # sharey hides the tick labels of all but the first column
+        axes[r][0].tick_params(labelleft=True)
+    return fig, flat[:len(panels)], [axes[r][0] for r in range(rows)]
+
+
+def _panel_title(panel) -> str:
+    return "" if panel is None else textwrap.fill(str(panel), 48)
 
 
 def _panel_key(df: pd.DataFrame) -> str | None:
@@ -52,8 +110,8 @@ def accuracy_curves(df: pd.DataFrame, out=None, panel_by: str | None = "auto", m
     df["_label"] = df.apply(label_of, axis=1)
     key = _panel_key(df) if panel_by == "auto" else panel_by
     panels = sorted(df[key].dropna().unique(), key=str) if key else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False, sharey=True)
-    for ax, panel in zip(axes[0], panels):
+    fig, axes, left = _grid(panels)
+    for ax, panel in zip(axes, panels):
         sub = df if panel is None else df[df[key] == panel]
         for label, g in sorted(sub.groupby("_label"), key=lambda kv: kv[0]):
             stats = g.groupby(STEP)[metric].agg(["mean", "min", "max", "count"]).reset_index()
@@ -61,14 +119,13 @@ def accuracy_curves(df: pd.DataFrame, out=None, panel_by: str | None = "auto", m
             if stats["count"].max() > 1:
                 ax.fill_between(stats[STEP], 100 * stats["min"], 100 * stats["max"], color=line.get_color(), alpha=0.2)
         ax.set_xlabel("iteration")
-        ax.set_title(str(panel) if panel is not None else (title or ""), fontsize=10)
+        ax.set_title(_panel_title(panel), fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    if title and panels != [None]:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, out)
+    for ax in left:
+        ax.set_ylabel("test accuracy (%)")
+    head = setting(df, with_attack=key != "attack")
+    legend_below(fig, axes, f"{title}: {head}" if title else head)
+    return save(fig, out)
 
 
 def gap_curves(df: pd.DataFrame, out=None, metric: str = ACC):
@@ -87,8 +144,8 @@ def gap_curves(df: pd.DataFrame, out=None, metric: str = ACC):
         raise ValueError("no aggregator besides omniscient at omniscient's steps")
     rest["_gap"] = 100 * (rest["_omni"] - rest[metric])
     panels = sorted(rest[key].dropna().unique(), key=str) if key else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False, sharey=True)
-    for ax, panel in zip(axes[0], panels):
+    fig, axes, left = _grid(panels)
+    for ax, panel in zip(axes, panels):
         sub = rest if panel is None else rest[rest[key] == panel]
         for label, g in sorted(sub.groupby("_label"), key=lambda kv: kv[0]):
             stats = g.groupby(STEP)["_gap"].agg(["mean", "min", "max", "count"]).reset_index()
@@ -98,20 +155,19 @@ def gap_curves(df: pd.DataFrame, out=None, metric: str = ACC):
         ax.axhline(2.0, color="grey", linestyle="--", linewidth=0.8)  # the paper's "about 2 points"
         ax.axhline(0.0, color="black", linewidth=0.5)
         ax.set_xlabel("iteration")
-        ax.set_title(str(panel) if panel is not None else "", fontsize=10)
+        ax.set_title(_panel_title(panel), fontsize=9)
         ax.grid(alpha=0.3)
     # The first evaluations' gaps (tens of points) would flatten the settled part, where the
     # paper's "about 2 points" is read: the axis stops at the 90th percentile, above 5.
     top = max(5.0, float(np.nanpercentile(rest["_gap"], 90)) * 1.2)
-    if rest["_gap"].max() > top:
-        for ax in axes[0]:
+    clipped = rest["_gap"].max() > top
+    for ax in axes:
+        if clipped:
             ax.set_ylim(top=top)
-        axes[0][0].set_ylabel("gap to omniscient (points; early steps off the axis)")
-    else:
-        axes[0][0].set_ylabel("gap to omniscient (points)")
-    axes[0][-1].legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    return _save(fig, out)
+    for ax in left:
+        ax.set_ylabel("gap to omniscient (points; early steps off the axis)" if clipped else "gap to omniscient (points)")
+    legend_below(fig, axes, setting(df, with_attack=key != "attack"))
+    return save(fig, out)
 
 
 def _finals(df: pd.DataFrame) -> pd.DataFrame:
@@ -119,27 +175,45 @@ def _finals(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation_bars(df: pd.DataFrame, out=None, metric: str = ACC):
-    """Final accuracy per pool composition with error bars over seeds (the paper's Figure 5)."""
-    fin = _finals(df).copy()
-    fin["pool"] = fin.get("pool", pd.Series(index=fin.index, dtype=object)).fillna(fin["aggregator"])
-    key = _panel_key(fin)
-    groups = sorted(fin[key].unique(), key=str) if key else [None]
-    pools = sorted(fin["pool"].unique(), key=lambda p: (p != "full", str(p)))
+    """Final accuracy per pool composition with error bars over seeds (the paper's Figure 5),
+    from the results frame; the bars are :func:`ablation_bars_of` its :func:`summary_table`."""
+    return ablation_bars_of(summary_table(df, metric), out, setting(df, with_attack=False))
+
+
+def ablation_bars_of(table: pd.DataFrame, out=None, title: str | None = None):
+    """The ablation's bars from a summary table (``summary_table``'s frame, or a published
+    ``summary.csv``): mean and std over seeds per pool, one bar group per attack, each bar
+    labelled with its mean. The effect under test is a few points, so the axis spans the
+    bars' range (means +- std, 1 point of margin), not 0-100, and its label says so."""
+    table = table.copy()
+    if "pool" not in table.columns:
+        table["pool"] = table["aggregator"].map(pool_of).fillna(table["aggregator"])
+    key = "attack" if "attack" in table.columns and table["attack"].nunique() > 1 else None
+    groups = sorted(table[key].unique(), key=str) if key else [None]
+    pools = sorted(table["pool"].unique(), key=lambda p: (p != "full", str(p)))
     width = 0.8 / max(1, len(groups))
     fig, ax = plt.subplots(figsize=(1.4 * len(pools) + 2, 3.8))
+    std = table["final_std"].fillna(0)
+    lo = float(np.floor((table["final_mean"] - std).min() - 1))
+    hi = float(np.ceil((table["final_mean"] + std).max() + 1))
     for i, grp in enumerate(groups):
-        sub = fin if grp is None else fin[fin[key] == grp]
-        stats = sub.groupby("pool")[metric].agg(["mean", "std"]).reindex(pools)
+        sub = table if grp is None else table[table[key] == grp]
+        stats = sub.set_index("pool").reindex(pools)
         x = np.arange(len(pools)) + (i - (len(groups) - 1) / 2) * width
-        ax.bar(x, 100 * stats["mean"], width, yerr=100 * stats["std"].fillna(0), capsize=3, label=str(grp) if grp is not None else None)
+        ax.bar(x, stats["final_mean"] - lo, width, bottom=lo, yerr=stats["final_std"].fillna(0), capsize=3,
+                      label=str(grp) if grp is not None else None)
+        for bx, m in zip(x, stats["final_mean"]):  # at the foot, clear of the error bars
+            ax.text(bx, lo + 0.02 * (hi - lo), f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(lo, hi)
     ax.set_xticks(np.arange(len(pools)))
     ax.set_xticklabels(pools, rotation=20)
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel(f"final test accuracy (%; axis {lo:g}-{hi:g})")
     ax.grid(axis="y", alpha=0.3)
-    if key:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out)
+    if "seeds" in table.columns and table["seeds"].nunique() == 1:
+        seeds = int(table["seeds"].iloc[0])
+        title = ", ".join(filter(None, [title, f"{seeds} seed{'s' if seeds > 1 else ''}" + (" (bars: std)" if seeds > 1 else "")]))
+    legend_below(fig, [ax], title)
+    return save(fig, out)
 
 
 def _prefixed(df: pd.DataFrame, prefix: str) -> list[str]:
@@ -168,9 +242,8 @@ def drawn_classes(df: pd.DataFrame, out=None, prefix: str = "drawn_family."):
     ax.set_xlabel("iteration")
     ax.set_ylabel("share of draws")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    return _save(fig, out)
+    legend_below(fig, [ax], setting(sub))
+    return save(fig, out)
 
 
 def fooled_fraction(df: pd.DataFrame, out=None, fooled: str = "diag_fooled_family.", members: str = "diag_members_family."):
@@ -183,22 +256,22 @@ def fooled_fraction(df: pd.DataFrame, out=None, fooled: str = "diag_fooled_famil
     families = [c[len(fooled):] for c in cols]
     key = _panel_key(df)
     panels = sorted(df[key].dropna().unique(), key=str) if key else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False, sharey=True)
-    for ax, panel in zip(axes[0], panels):
+    fig, axes, left = _grid(panels, 5.0, 3.6)
+    for ax, panel in zip(axes, panels):
         sub = df if panel is None else df[df[key] == panel]
         sub = sub.dropna(subset=cols, how="all")
         for fam in families:
             frac = sub[fooled + fam] / sub[members + fam]
             means = frac.groupby(sub[STEP]).mean()
             ax.plot(means.index, means.values, marker="o", ms=3, label=fam)
-        ax.set_title(str(panel) if panel is not None else "", fontsize=10)
+        ax.set_title(_panel_title(panel), fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("fraction of members fooled")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out)
+    for ax in left:
+        ax.set_ylabel("fraction of members fooled")
+    legend_below(fig, axes, setting(df, with_attack=key != "attack"))
+    return save(fig, out)
 
 
 def fluctuation(df: pd.DataFrame, metric: str = ACC) -> pd.Series:

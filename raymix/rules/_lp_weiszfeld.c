@@ -10,9 +10,10 @@
  * Subnormal terms are flushed to zero (x86: FTZ/DAZ, restored on return), as the rule's
  * threshold zeroes terms below 1e-35: subnormal arithmetic is ~100x slower.
  *
- * Returns 0, or 1 where a row's sum is below 1e-25 or not finite (a sum that may have
- * underflowed, or a row the iterate sits on): the caller then runs the rule's own path, which
- * measures such rows again exactly. Built on first use by raymix/rules/_native.py. */
+ * A row whose sum is below 1e-25 (one that may have underflowed: the iterate near or on it,
+ * as when the crafted rows capture a median) is measured again with its terms scaled by their
+ * largest, as the rule measures it. Returns 0, or 1 where a sum is not finite: the caller then
+ * runs the rule's own path. Built on first use by raymix/rules/_native.py. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -28,14 +29,25 @@
 #define CLONES
 #endif
 
-#define LP_SUM(P, BODY)                                                          \
-  CLONES static double lp_sum_##P(const float *x, const float *z, int64_t d) {   \
-    double acc = 0.0;                                                            \
-    _Pragma("omp simd reduction(+ : acc)") for (int64_t c = 0; c < d; ++c) {     \
-      const float a = fabsf(x[c] - z[c]);                                        \
-      BODY                                                                       \
-    }                                                                            \
-    return acc;                                                                  \
+/* lp_sum_P: sum_c |x_c - z_c|^P; lp_scaled_P: the same with every term divided by M (float32)
+ * first, as the rule measures a row whose plain sum may have underflowed (its one-chunk
+ * rescaled pass, raymix/rules/_kernels/distances.py: _lp_dist_to_scaled). */
+#define LP_SUM(P, BODY)                                                                     \
+  CLONES static double lp_sum_##P(const float *x, const float *z, int64_t d) {              \
+    double acc = 0.0;                                                                       \
+    _Pragma("omp simd reduction(+ : acc)") for (int64_t c = 0; c < d; ++c) {                \
+      const float a = fabsf(x[c] - z[c]);                                                   \
+      BODY                                                                                  \
+    }                                                                                       \
+    return acc;                                                                             \
+  }                                                                                         \
+  CLONES static double lp_scaled_##P(const float *x, const float *z, int64_t d, float M) {  \
+    double acc = 0.0;                                                                       \
+    _Pragma("omp simd reduction(+ : acc)") for (int64_t c = 0; c < d; ++c) {                \
+      const float a = fabsf(x[c] - z[c]) / M;                                               \
+      BODY                                                                                  \
+    }                                                                                       \
+    return acc;                                                                             \
   }
 LP_SUM(1, acc += (double)a;)
 LP_SUM(2, const float q2 = a * a; acc += (double)q2;)
@@ -58,6 +70,34 @@ typedef double (*lp_sum_fn)(const float *, const float *, int64_t);
 static const lp_sum_fn LP_SUMS[17] = {0,        lp_sum_1,  lp_sum_2,  lp_sum_3,  lp_sum_4,  lp_sum_5,
                                       lp_sum_6, lp_sum_7,  lp_sum_8,  lp_sum_9,  lp_sum_10, lp_sum_11,
                                       lp_sum_12, lp_sum_13, lp_sum_14, lp_sum_15, lp_sum_16};
+typedef double (*lp_scaled_fn)(const float *, const float *, int64_t, float);
+static const lp_scaled_fn LP_SCALED[17] = {0,           lp_scaled_1,  lp_scaled_2,  lp_scaled_3,  lp_scaled_4,
+                                           lp_scaled_5, lp_scaled_6,  lp_scaled_7,  lp_scaled_8,  lp_scaled_9,
+                                           lp_scaled_10, lp_scaled_11, lp_scaled_12, lp_scaled_13, lp_scaled_14,
+                                           lp_scaled_15, lp_scaled_16};
+
+/* max_c |x_c - z_c| (float32) */
+CLONES static float absmax(const float *x, const float *z, int64_t d) {
+  float m = 0.0f;
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 0; c < d; ++c) {
+    const float a = fabsf(x[c] - z[c]);
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+/* ||x - z||_p with x, z scaled (|.| <= 1): the plain sum, or, where it may have underflowed
+ * (below 1e-25: a row near the iterate), the row measured again with its terms divided by
+ * their largest, M * (sum (|x - z| / M)^p)^(1/p), as the rule does; 0 on the iterate. */
+static double lp_dist(const float *x, const float *z, int64_t d, int p, double *S_out) {
+  const double S = LP_SUMS[p](x, z, d);
+  *S_out = S;
+  if (S >= 1e-25 || !isfinite(S)) return pow(S, 1.0 / p);
+  const float M = absmax(x, z, d);
+  if (!(M > 0.0f)) return 0.0;
+  return (double)M * pow(LP_SCALED[p](x, z, d, M), 1.0 / p);
+}
 
 /* out = sum_i a_i x_i (float32, the rows added in order, one pass per row); returns
  * ||out - z||_2^2 and ||out||_2^2 in float64. */
@@ -89,7 +129,6 @@ int raymix_lp_weiszfeld(const float *X, int64_t m, int64_t d, const double *mult
                         int64_t iters, double tol, double s, float *z, float *work, double *w, float *a,
                         int64_t *done) {
   if (p < 1 || p > 16 || m < 1 || m > 4096) return 1;
-  const lp_sum_fn lp_sum = LP_SUMS[p];
 #ifdef RAYMIX_X86
   const unsigned int csr = _mm_getcsr();
   _mm_setcsr(csr | 0x8040); /* FTZ | DAZ */
@@ -103,9 +142,9 @@ int raymix_lp_weiszfeld(const float *X, int64_t m, int64_t d, const double *mult
   while (it < iters) {
     double total = 0.0;
     for (int64_t i = 0; i < m && !status; ++i) {
-      const double S = lp_sum(X + i * d, z, d);
-      if (!(S >= 1e-25) || !isfinite(S)) status = 1;
-      const double dist = pow(S, 1.0 / p) / s;
+      double S;
+      const double dist = lp_dist(X + i * d, z, d, p, &S) / s;
+      if (!isfinite(S)) status = 1;
       w[i] = mult[i] / (dist > nu ? dist : nu);
       total += w[i];
     }

@@ -120,8 +120,9 @@ def lp_weiszfeld(X: torch.Tensor, mult: torch.Tensor, p: float, nu: float, iters
     finite, scaled by the power of two ``s`` so that |x| <= 1), row i weighted ``mult[i]``
     (float64); distances are measured unscaled (divided by s), as the rule's. Returns z (scaled
     like X), or None where the kernel does not serve (off or not built, p not an integer in
-    1..16, X not float32 on the CPU) or gave up on a row whose l^p sum may have underflowed:
-    the caller then runs its torch path."""
+    1..16, X not float32 on the CPU) or a sum was not finite: the caller then runs its torch
+    path. A row whose plain sum may have underflowed (the iterate on or near it) is measured
+    again scaled by its largest term, as the rule measures it."""
     if not (X.dtype == torch.float32 and X.device.type == "cpu" and X.dim() == 2 and float(p).is_integer() and 1 <= p <= _MAX_P):
         return None
     lib = _library()
