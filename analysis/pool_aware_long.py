@@ -8,7 +8,9 @@ records copied beside it; rerun this script to regenerate it.
 
 Per trial, in ``<out>/records/``: the evaluation records (``<trial>.jsonl.gz``, one JSON object
 per evaluation, as raymix wrote them) and the trial's configuration (``<trial>.json``, with the
-commit the runs were made at). Records written at commits before 9ed0a2f lack the attack's
+commit the runs were made at, and whether it is a trial or the omniscient reference).
+``--from-published`` regenerates summary.md and the figure from ``<out>/records`` alone
+(tests/test_published.py does, and fails when they disagree). Records written at commits before 9ed0a2f lack the attack's
 recorded choice (a sweep's records.jsonl dropped ``attack``; Tune's result.json of the same
 trial kept it): it is taken from result.json, step by step, and the summary says so.
 """
@@ -21,6 +23,9 @@ import math
 import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # publish.py, beside this script
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # raymix, for the figure, from a checkout
 
 LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at eval_every 100)
 
@@ -155,46 +160,98 @@ def figure(trials, reference, out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", type=Path, required=True, help="the pool-aware sweep directory")
-    ap.add_argument("--reference", type=Path, help="the omniscient sweep directory (same seeds)")
-    ap.add_argument("--commit", required=True, help="the commit the runs were made at (a frozen worktree)")
-    ap.add_argument("--out", type=Path, required=True, help="the docs directory to (re)write")
-    args = ap.parse_args(argv)
-    out = args.out
+def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path) -> tuple[list, dict, list]:
+    """Copy the trials' records into ``out/records``; return (trials, reference, patched)."""
     (out / "records").mkdir(parents=True, exist_ok=True)
     trials, reference, patched = [], {}, []
-    sources = [(args.sweep, False)] + ([(args.reference, True)] if args.reference else [])
-    for sweep, is_ref in sources:
-        for path in trial_dirs(sweep):
+    for source, is_ref in [(sweep, False)] + ([(reference_sweep, True)] if reference_sweep else []):
+        for path in trial_dirs(source):
             cfg, recs, from_tune = read_trial(path)
             if not recs:
                 continue
-            name = f"{sweep.name}__{path.name.split('_')[2]}_seed{cfg.get('seed')}"
+            name = f"{source.name}__{path.name.split('_')[2]}_seed{cfg.get('seed')}"
             text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs)
             with gzip.GzipFile(out / "records" / f"{name}.jsonl.gz", "wb", mtime=0) as fh:  # mtime 0: the same records, the same bytes
                 fh.write(text.encode())
-            (out / "records" / f"{name}.json").write_text(json.dumps({"commit": args.commit, "sweep": sweep.name, "config": cfg}, indent=1, sort_keys=True))
+            meta = {"commit": commit, "sweep": source.name, "config": cfg, "role": "reference" if is_ref else "trial",
+                    "choice_from_result_json": from_tune}
+            (out / "records" / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             if is_ref:
                 reference[cfg.get("seed")] = recs
             else:
                 trials.append((name, cfg, recs, from_tune))
                 if from_tune:
                     patched.append(name)
-    trials.sort(key=lambda t: (t[1].get("seed"), t[1].get("attack")))
+    return trials, reference, patched
+
+
+def load_published(out: Path) -> tuple[str, str, list, dict, list]:
+    """(sweep name, commit, trials, reference, patched) from ``out/records`` alone, as
+    :func:`publish` wrote them."""
+    trials, reference, patched, names, commits = [], {}, [], set(), set()
+    for meta_path in sorted((out / "records").glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        name = meta_path.name[: -len(".json")]
+        with gzip.open(out / "records" / f"{name}.jsonl.gz", "rt") as fh:
+            recs = [json.loads(line) for line in fh if line.strip()]
+        commits.add(meta["commit"])
+        if meta["role"] == "reference":
+            reference[meta["config"].get("seed")] = recs
+        else:
+            names.add(meta["sweep"])
+            trials.append((name, meta["config"], recs, meta["choice_from_result_json"]))
+            if meta["choice_from_result_json"]:
+                patched.append(name)
+    if len(names) != 1 or len(commits) != 1:
+        raise SystemExit(f"{out / 'records'}: expected one sweep at one commit, found {sorted(names)} at {sorted(commits)}")
+    return names.pop(), commits.pop(), trials, reference, patched
+
+
+def write_summary(out: Path, sweep_name: str, commit: str, trials: list, reference: dict, patched: list) -> Path:
+    """summary.md and the figure, from the records only."""
+    trials = sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
     figure(trials, reference, out)
-    text = [f"# Pool-aware attack at length: `{args.sweep.name}` (generated)", "",
-            f"Written by `python analysis/pool_aware_long.py` from the records in `records/` (runs at commit `{args.commit}`, "
+    text = [f"# Pool-aware attack at length: `{sweep_name}` (generated)", "",
+            f"Written by `python analysis/pool_aware_long.py` from the records in `records/` (runs at commit `{commit}`, "
             "a frozen worktree); rerun it to regenerate. Accuracies in %; inner products relative to ||mu||^2, mu the "
             "honest mean. A run listed with fewer steps than its configuration is still going, or was stopped and "
             "will be resumed: its numbers are at the step it reached, not final.", "",
             summarise(trials, reference), "", "![accuracy](accuracy.png)", ""]
     if patched:
-        text += ["The attack's recorded choice of " + ", ".join(f"`{p}`" for p in patched) + " comes from the trial's Tune "
+        text += ["The attack's recorded choice of " + ", ".join(f"`{p}`" for p in sorted(patched)) + " comes from the trial's Tune "
                  "`result.json` (its `records.jsonl` was written by a raymix that dropped the key; fixed at 9ed0a2f).", ""]
     (out / "summary.md").write_text("\n".join(text))
-    print(out / "summary.md")
+    return out / "summary.md"
+
+
+def tables(out: Path) -> str:
+    """The summary's tables from ``out``'s published records (for a page quoting them)."""
+    _, _, trials, reference, _ = load_published(out)
+    return summarise(sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack"))), reference)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", type=Path, help="the pool-aware sweep directory")
+    ap.add_argument("--reference", type=Path, help="the omniscient sweep directory (same seeds)")
+    ap.add_argument("--commit", help="the commit the runs were made at (a frozen worktree)")
+    ap.add_argument("--out", type=Path, required=True, help="the docs directory to (re)write")
+    ap.add_argument("--from-published", action="store_true", help="regenerate summary.md and the figure from OUT/records alone")
+    ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the summary's tables")
+    args = ap.parse_args(argv)
+    if args.from_published:
+        sweep_name, commit, trials, reference, patched = load_published(args.out)
+    else:
+        if args.sweep is None or args.commit is None:
+            ap.error("--sweep and --commit are required (unless --from-published)")
+        trials, reference, patched = publish(args.sweep, args.reference, args.commit, args.out)
+        sweep_name, commit = args.sweep.name, args.commit
+    print(write_summary(args.out, sweep_name, commit, trials, reference, patched))
+    if args.into is not None:
+        from publish import write_block  # analysis/publish.py, beside this script
+
+        write_block(args.into, args.out)
+        print(f"the block {args.out.name} in {args.into}")
     return 0
 
 

@@ -61,12 +61,19 @@ def copy_records(sweep: Path, dest: Path) -> int:
 
 
 def block(out: Path) -> str:
-    """The generated block for a page quoting ``out``'s worst-case table (Markdown)."""
-    from raymix.analysis.report import markdown_table, worst_case_table
+    """The generated block for a page quoting ``out``'s tables (Markdown): a worst-case sweep's
+    table, or the pool-aware long runs' tables (analysis/pool_aware_long.py), from the records
+    published in ``out``."""
+    if (out / "provenance.json").exists():
+        from raymix.analysis.report import markdown_table, worst_case_table
 
-    table = worst_case_table(out / "records")
-    return (f"<!-- BEGIN generated: {out.name} -->\n(written by `analysis/publish.py` from "
-            f"`{out.name}/records/`; accuracy in %)\n\n{markdown_table(table)}\n<!-- END generated: {out.name} -->")
+        body = f"(written by `analysis/publish.py` from `{out.name}/records/`; accuracy in %)\n\n{markdown_table(worst_case_table(out / 'records'))}"
+    else:
+        sys.path.insert(0, str(REPO / "analysis"))
+        from pool_aware_long import tables
+
+        body = f"(written by `analysis/pool_aware_long.py` from `{out.name}/records/`)\n\n{tables(out)}"
+    return f"<!-- BEGIN generated: {out.name} -->\n{body}\n<!-- END generated: {out.name} -->"
 
 
 def write_block(page: Path, out: Path) -> None:

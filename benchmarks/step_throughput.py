@@ -44,6 +44,25 @@ REPO = Path(__file__).resolve().parent.parent
 ACTOR_PREFIXES = ("ray::WorkerActor", "ray::ServerActor", "ray::SimulationTrainable")
 
 
+def _kind(cmdline: list[str]) -> str:
+    """A process's kind for the CPU account: Ray's title (``ray::SimulationTrainable``,
+    ``ray::IDLE``), a daemon's program (raylet, gcs_server), a Python script's name."""
+    if not cmdline:
+        return "?"
+    first = cmdline[0]
+    if first.startswith("ray::"):
+        return first.split(".")[0].split("(")[0].split()[0]
+    name = os.path.basename(first.split()[0])
+    if name.startswith("python"):
+        rest = [a for a in cmdline[1:] if not a.startswith("-")]
+        if "-c" in cmdline[1:3]:
+            return "python -c"
+        if "-m" in cmdline[1:3]:
+            return "python -m " + cmdline[cmdline.index("-m") + 1]
+        return os.path.basename(rest[0]) if rest else name
+    return name
+
+
 class PeakRSS:
     """Peak summed memory of this process tree, split into the run's own processes (the root
     process and the simulation's actors) and Ray's daemons and idle workers: RSS (which counts
@@ -55,7 +74,18 @@ class PeakRSS:
         self.pss_every, self._n = pss_every, 0  # PSS on every k-th sample only: RSS is cheap, PSS is not
         self.own = self.ray = self.own_pss = self.ray_pss = 0
         self.cpu_s = 0.0  # the sampler's own CPU time: reading PSS walks each process's page tables
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (kind, its CPU seconds at the last sample)
         self._stop = threading.Event()
+
+    @property
+    def cpu_by_kind(self) -> dict[str, float]:
+        """CPU seconds (user + system) of the tree's processes by kind (Ray's process title, or
+        the program's name), as last sampled: where the CPU went. A process's last interval
+        before it exits is not counted (under one sampling interval each)."""
+        out: dict[str, float] = {}
+        for kind, t in self._cpu.values():
+            out[kind] = out.get(kind, 0.0) + t
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def _sample(self) -> tuple[int, int, int, int]:
         own = ray = own_pss = ray_pss = 0
@@ -73,6 +103,11 @@ class PeakRSS:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             pss = info.pss if full else 0
+            try:
+                t = p.cpu_times()
+                self._cpu[p.pid] = (_kind(p.cmdline()), t.user + t.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
             if p.pid == self.root or name.startswith(ACTOR_PREFIXES):
                 own, own_pss = own + info.rss, own_pss + pss
             else:

@@ -75,7 +75,7 @@ def _measured(wall: float, trial_steps: int, mem: PeakRSS) -> dict:
     """One side's figures: wall-clock, rate, its memory peaks (all its processes) and what the
     sampler itself cost."""
     return {"wall_s": wall, "trial_steps_per_s": trial_steps / wall, "sampler_cpu_s": mem.cpu_s,
-            "rss_mb": (mem.own + mem.ray) / 2**20, "pss_mb": (mem.own_pss + mem.ray_pss) / 2**20}
+            "rss_mb": (mem.own + mem.ray) / 2**20, "pss_mb": (mem.own_pss + mem.ray_pss) / 2**20, "cpu_s": mem.cpu_by_kind}
 
 
 def main(argv=None) -> int:
@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     def show(name: str, r: dict) -> None:
         print(f"{name:20s}: {r['wall_s']:6.1f} s, {r['trial_steps_per_s']:6.2f} trial-steps/s, peak RSS {r['rss_mb']:.0f} MiB "
               f"(PSS {r['pss_mb']:.0f}) all processes; memory sampler {r['sampler_cpu_s']:.1f} s CPU", flush=True)
+        print(f"{'':20s}  CPU s: {sum(r['cpu_s'].values()):.0f} in all: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_s"].items() if v >= 0.5), flush=True)
 
     for k in range(args.repeat):
         pair = {}

@@ -42,3 +42,22 @@ def test_pages_quote_the_tables_their_records_give():
         start = page.index(f"<!-- BEGIN generated: {name} -->")
         end = page.index(f"<!-- END generated: {name} -->") + len(f"<!-- END generated: {name} -->")
         assert page[start:end] == block(REPO / "docs" / "results" / name), f"rerun analysis/publish.py ... --into docs/results/README.md for {name}"
+
+
+LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")
+                   if p.read_text().startswith("# Pool-aware attack at length"))
+
+
+@pytest.mark.parametrize("out", LONG_RUNS, ids=lambda p: p.name)
+def test_long_run_summaries_are_what_their_records_give(out, tmp_path):
+    """analysis/pool_aware_long.py --from-published: the published summary.md, every number
+    in it, follows from the records beside it."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    import pool_aware_long
+
+    name, commit, trials, reference, patched = pool_aware_long.load_published(out)
+    pool_aware_long.write_summary(tmp_path, name, commit, trials, reference, patched)
+    assert (tmp_path / "summary.md").read_text() == (out / "summary.md").read_text(), \
+        f"{out / 'summary.md'} disagrees with its records: rerun analysis/pool_aware_long.py"
