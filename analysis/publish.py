@@ -15,7 +15,7 @@ writes into ``--out``:
 - ``report.md``, its tables (``summary.csv``, ``worst_case.csv``) and figures:
   ``raymix report`` of ``records/``, which the loader reads as it reads a live sweep.
 
-With ``--into FILE``, the worst-case table also replaces the block between
+With ``--into FILE``, the worst-case table (a plain sweep's: its summary's main columns) also replaces the block between
 ``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->`` in FILE (NAME: OUT's
 directory name), so the page that discusses it quotes the numbers the records give.
 
@@ -60,14 +60,25 @@ def copy_records(sweep: Path, dest: Path) -> int:
     return count
 
 
+# A plain sweep's block: what the readings of a page cite (the rest is in its summary.csv).
+SUMMARY_COLUMNS = ("attack", "aggregator", "seeds", "steps", "final_mean", "final_std", "gap_to_omniscient",
+                   "fooled_fraction_mean", "expected_inner_product_mean")
+
+
 def block(out: Path) -> str:
     """The generated block for a page quoting ``out``'s tables (Markdown): a worst-case sweep's
     table, or the pool-aware long runs' tables (analysis/pool_aware_long.py), from the records
     published in ``out``."""
     if (out / "provenance.json").exists():
+        from raymix.analysis.load import load_results
+        from raymix.analysis.plots import summary_table
         from raymix.analysis.report import markdown_table, worst_case_table
 
-        body = f"(written by `analysis/publish.py` from `{out.name}/records/`; accuracy in %)\n\n{markdown_table(worst_case_table(out / 'records'))}"
+        table = worst_case_table(out / "records")
+        if table is None:  # a plain sweep: its summary, the columns a reading cites
+            table = summary_table(load_results(out / "records"))
+            table = table[[c for c in SUMMARY_COLUMNS if c in table.columns]].dropna(axis=1, how="all")  # (no std of one seed)
+        body = f"(written by `analysis/publish.py` from `{out.name}/records/`; accuracy in %)\n\n{markdown_table(table)}"
     else:
         sys.path.insert(0, str(REPO / "analysis"))
         from pool_aware_long import tables
