@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # publish.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # blocks.py, beside this script
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # raymix, for the figure, from a checkout
 
 LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at eval_every 100)
@@ -224,10 +224,11 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
     return out / "summary.md"
 
 
-def tables(out: Path) -> str:
-    """The summary's tables from ``out``'s published records (for a page quoting them)."""
+def block_body(out: Path) -> str:
+    """The summary's tables from ``out``'s published records, for a page quoting them."""
     _, _, trials, reference, _ = load_published(out)
-    return summarise(sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack"))), reference)
+    tables = summarise(sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack"))), reference)
+    return f"(written by `analysis/pool_aware_long.py` from `{out.name}/records/`)\n\n{tables}"
 
 
 def main(argv=None) -> int:
@@ -248,9 +249,9 @@ def main(argv=None) -> int:
         sweep_name, commit = args.sweep.name, args.commit
     print(write_summary(args.out, sweep_name, commit, trials, reference, patched))
     if args.into is not None:
-        from publish import write_block  # analysis/publish.py, beside this script
+        import blocks  # analysis/blocks.py, beside this script
 
-        write_block(args.into, args.out)
+        blocks.write(args.into, args.out.name, block_body(args.out))
         print(f"the block {args.out.name} in {args.into}")
     return 0
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "analysis"))  # blocks.py, pool_aware_long.py, beside this script
 
 
 def copy_records(sweep: Path, dest: Path) -> int:
@@ -65,37 +66,37 @@ SUMMARY_COLUMNS = ("attack", "aggregator", "seeds", "steps", "final_mean", "fina
                    "fooled_fraction_mean", "expected_inner_product_mean")
 
 
+def block_body(out: Path) -> str:
+    """What a page quotes of ``out``'s tables (Markdown): a worst-case sweep's table or a plain
+    sweep's summary (published by this script), or the pool-aware long runs' tables
+    (analysis/pool_aware_long.py), from the records published in ``out``."""
+    if not (out / "provenance.json").exists():
+        from pool_aware_long import block_body as long_run_body
+
+        return long_run_body(out)
+    from raymix.analysis.load import load_results
+    from raymix.analysis.plots import summary_table
+    from raymix.analysis.report import markdown_table, worst_case_table
+
+    table = worst_case_table(out / "records")
+    if table is None:  # a plain sweep: its summary, the columns a reading cites
+        table = summary_table(load_results(out / "records"))
+        table = table[[c for c in SUMMARY_COLUMNS if c in table.columns]].dropna(axis=1, how="all")  # (no std of one seed)
+    return f"(written by `analysis/publish.py` from `{out.name}/records/`; accuracy in %)\n\n{markdown_table(table)}"
+
+
 def block(out: Path) -> str:
-    """The generated block for a page quoting ``out``'s tables (Markdown): a worst-case sweep's
-    table, or the pool-aware long runs' tables (analysis/pool_aware_long.py), from the records
-    published in ``out``."""
-    if (out / "provenance.json").exists():
-        from raymix.analysis.load import load_results
-        from raymix.analysis.plots import summary_table
-        from raymix.analysis.report import markdown_table, worst_case_table
+    """The generated block NAME (``out``'s name) as a page holds it, markers included."""
+    import blocks
 
-        table = worst_case_table(out / "records")
-        if table is None:  # a plain sweep: its summary, the columns a reading cites
-            table = summary_table(load_results(out / "records"))
-            table = table[[c for c in SUMMARY_COLUMNS if c in table.columns]].dropna(axis=1, how="all")  # (no std of one seed)
-        body = f"(written by `analysis/publish.py` from `{out.name}/records/`; accuracy in %)\n\n{markdown_table(table)}"
-    else:
-        sys.path.insert(0, str(REPO / "analysis"))
-        from pool_aware_long import tables
-
-        body = f"(written by `analysis/pool_aware_long.py` from `{out.name}/records/`)\n\n{tables(out)}"
-    return f"<!-- BEGIN generated: {out.name} -->\n{body}\n<!-- END generated: {out.name} -->"
+    return blocks.render(out.name, block_body(out))
 
 
 def write_block(page: Path, out: Path) -> None:
     """Replace ``out``'s generated block in ``page`` (it must hold the two markers)."""
-    import re
+    import blocks
 
-    text = page.read_text()
-    pattern = re.compile(rf"<!-- BEGIN generated: {re.escape(out.name)} -->.*?<!-- END generated: {re.escape(out.name)} -->", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{page} has no block <!-- BEGIN generated: {out.name} --> ... <!-- END generated: {out.name} -->")
-    page.write_text(pattern.sub(lambda _: block(out), text))
+    blocks.write(page, out.name, block_body(out))
 
 
 def main(argv: "list[str] | None" = None) -> int:

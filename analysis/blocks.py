@@ -1,0 +1,21 @@
+"""Generated blocks in a docs page: the text between ``<!-- BEGIN generated: NAME -->`` and
+``<!-- END generated: NAME -->`` is written by a script from published records, never by
+hand (analysis/publish.py, analysis/pool_aware_long.py; tests/test_published.py checks it)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def render(name: str, body: str) -> str:
+    """The block NAME holding ``body``, markers included."""
+    return f"<!-- BEGIN generated: {name} -->\n{body}\n<!-- END generated: {name} -->"
+
+
+def write(page: Path, name: str, body: str) -> None:
+    """Replace the block NAME in ``page`` (it must hold the two markers) with ``body``."""
+    text = page.read_text()
+    pattern = re.compile(rf"<!-- BEGIN generated: {re.escape(name)} -->.*?<!-- END generated: {re.escape(name)} -->", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{page} has no block <!-- BEGIN generated: {name} --> ... <!-- END generated: {name} -->")
+    page.write_text(pattern.sub(lambda _: render(name, body), text))
