@@ -153,11 +153,19 @@ def figure(trials, reference, out: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
+    cfgs = [cfg for _, cfg, _, _ in trials]
     steps = max(int(cfg.get("steps", recs[-1]["step"])) for _, cfg, recs, _ in trials)
-    legend_below(fig, [ax], f"MNIST, n = 12, f = 2, {steps:,} steps: the full MixTailor pool under the pool-aware attack "
-                            "(3-point lambda grid), against omniscient")
+    setting = ", ".join(f"{k} = " + "/".join(sorted({str(c.get(k)) for c in cfgs})) for k in ("n", "f"))
+    attacks = "; ".join(sorted({str(c.get("attack")) for c in cfgs}))
+    legend_below(fig, [ax], f"{'/'.join(sorted({str(c.get('dataset', '?')) for c in cfgs}))}, {setting}, {steps:,} steps: "
+                            f"{attacks}, against omniscient")
     save(fig, out / "accuracy")
     plt.close(fig)
+
+
+def _ordered(trials: list) -> list:
+    """The trials as every table and the figure list them: by seed, then attack."""
+    return sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
 
 
 def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path) -> tuple[list, dict, list]:
@@ -182,7 +190,7 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path)
                 trials.append((name, cfg, recs, from_tune))
                 if from_tune:
                     patched.append(name)
-    return trials, reference, patched
+    return _ordered(trials), reference, patched
 
 
 def load_published(out: Path) -> tuple[str, str, list, dict, list]:
@@ -204,12 +212,11 @@ def load_published(out: Path) -> tuple[str, str, list, dict, list]:
                 patched.append(name)
     if len(names) != 1 or len(commits) != 1:
         raise SystemExit(f"{out / 'records'}: expected one sweep at one commit, found {sorted(names)} at {sorted(commits)}")
-    return names.pop(), commits.pop(), trials, reference, patched
+    return names.pop(), commits.pop(), _ordered(trials), reference, patched
 
 
 def write_summary(out: Path, sweep_name: str, commit: str, trials: list, reference: dict, patched: list) -> Path:
-    """summary.md and the figure, from the records only."""
-    trials = sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
+    """summary.md and the figure, from the records only (``trials`` in :func:`_ordered` order)."""
     figure(trials, reference, out)
     text = [f"# Pool-aware attack at length: `{sweep_name}` (generated)", "",
             f"Written by `python analysis/pool_aware_long.py` from the records in `records/` (runs at commit `{commit}`, "
@@ -227,7 +234,7 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
 def block_body(out: Path) -> str:
     """The summary's tables from ``out``'s published records, for a page quoting them."""
     _, _, trials, reference, _ = load_published(out)
-    tables = summarise(sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack"))), reference)
+    tables = summarise(trials, reference)
     return f"(written by `analysis/pool_aware_long.py` from `{out.name}/records/`)\n\n{tables}"
 
 

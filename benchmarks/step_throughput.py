@@ -54,12 +54,12 @@ def _kind(cmdline: list[str]) -> str:
         return first.split(".")[0].split("(")[0].split()[0]
     name = os.path.basename(first.split()[0])
     if name.startswith("python"):
-        rest = [a for a in cmdline[1:] if not a.startswith("-")]
         if "-c" in cmdline[1:3]:
             return "python -c"
         if "-m" in cmdline[1:3]:
             return "python -m " + cmdline[cmdline.index("-m") + 1]
-        return os.path.basename(rest[0]) if rest else name
+        script = next((a for a in cmdline[1:] if not a.startswith("-")), None)
+        return os.path.basename(script) if script else name
     return name
 
 

@@ -68,8 +68,9 @@ def _describe(config: dict[str, Any]) -> dict[str, Any]:
     agg = config.get("aggregator")
     if isinstance(agg, str):
         try:
-            extra["aggregator_name"] = parse_spec(agg).name
-            extra["pool"] = pool_of(agg)
+            spec = parse_spec(agg)
+            extra["aggregator_name"] = spec.name
+            extra["pool"] = _pool(spec)
         except SpecError:
             extra["aggregator_name"] = agg
     return extra
@@ -79,9 +80,12 @@ def pool_of(aggregator: str) -> str | None:
     """The pool composition a MixTailor aggregator spec names (``full``, ``no_bulyan``, ...;
     ``exclude=[a, b]`` reads ``no_a_b``), None for any other rule or an unreadable spec."""
     try:
-        spec = parse_spec(str(aggregator))
+        return _pool(parse_spec(str(aggregator)))
     except SpecError:
         return None
+
+
+def _pool(spec) -> str | None:
     if spec.name != "mixtailor":
         return None
     kw = spec.kwargs

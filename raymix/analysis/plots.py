@@ -78,7 +78,8 @@ def legend_below(fig, axes, title: str | None = None) -> None:
 
 def _grid(panels: list, width: float = 5.2, height: float = 3.8):
     """A figure with one panel per entry, at most four to a row (a worst-case sweep has a
-    panel per attack spec: dozens), unused cells hidden; returns (fig, the used axes)."""
+    panel per attack spec: dozens), unused cells hidden; returns (fig, the used axes, the first
+    axis of each row: those carry the y label)."""
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, sharey=True)
@@ -161,8 +162,8 @@ def gap_curves(df: pd.DataFrame, out=None, metric: str = ACC):
     # paper's "about 2 points" is read: the axis stops at the 90th percentile, above 5.
     top = max(5.0, float(np.nanpercentile(rest["_gap"], 90)) * 1.2)
     clipped = rest["_gap"].max() > top
-    for ax in axes:
-        if clipped:
+    if clipped:
+        for ax in axes:
             ax.set_ylim(top=top)
     for ax in left:
         ax.set_ylabel("gap to omniscient (points; early steps off the axis)" if clipped else "gap to omniscient (points)")
@@ -201,7 +202,7 @@ def ablation_bars_of(table: pd.DataFrame, out=None, title: str | None = None):
         stats = sub.set_index("pool").reindex(pools)
         x = np.arange(len(pools)) + (i - (len(groups) - 1) / 2) * width
         ax.bar(x, stats["final_mean"] - lo, width, bottom=lo, yerr=stats["final_std"].fillna(0), capsize=3,
-                      label=str(grp) if grp is not None else None)
+               label=str(grp) if grp is not None else None)
         for bx, m in zip(x, stats["final_mean"]):  # at the foot, clear of the error bars
             ax.text(bx, lo + 0.02 * (hi - lo), f"{m:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_ylim(lo, hi)
