@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from raymix.attacks import AdversaryView, build_attack
-from raymix.attacks.optimal import crafted_direction
+from raymix.attacks.optimal import crafted_direction, every, lambda_search
 from raymix.attacks.pool_values import PoolValues
 from raymix.pool import MixTailorPool
 from raymix.seeding import torch_generator
@@ -63,13 +63,82 @@ def test_the_fast_search_chooses_what_the_attack_chose_before(case, one_torch_th
     view = view_of(case)
     mm = float(view.honest.mean(0).double().square().sum())
     attack = build_attack(case["attack"])
-    lam, value, table = attack.optimise(view)
+    lam, value, table, bounds = attack.optimise(view)
     saved = dict((l, v) for l, v in case["table"])
     assert lam == case["lambda"] or saved[lam] - case["value"] <= 2e-5 * mm  # the same choice, or a tie
     assert value == pytest.approx(case["value"], rel=0, abs=2e-5 * mm)
-    assert sorted(table) == sorted(saved)  # the same lambdas were evaluated (the same refine rounds)
-    worst = max(abs(table[l] - saved[l]) for l in saved)
+    assert sorted([*table, *bounds]) == sorted(saved)  # the same lambdas were tried (the same refine rounds)
+    worst = max(abs(table[l] - saved[l]) for l in table)
     assert worst <= 2e-5 * mm, worst / mm
+    # a lambda ruled out by a bound: the bound is at most its value, and above the chosen one
+    assert all(b <= saved[l] + 2e-5 * mm and b > value for l, b in bounds.items())
+
+
+# Costly members with and without a floor (geomed p != 2 and Bulyan aggregating with mean: convex;
+# Bulyan aggregating with comed, centered clipping: not), cheap ones, one that ties across lambdas.
+MIXED = ("pool(members=[krum, comed, mean, geomed(p=3), bulyan(select=comed, agg=comed), bulyan(select=geomed, agg=mean), "
+         "centered_clipping, krum(p=1)], weights=[2, 3, 1, 1, 1, 1, 1, 2])")
+
+
+@pytest.mark.parametrize("objective", ["expected", "worst"])
+@pytest.mark.parametrize("search", ["epsilon", "sign", "alie"])
+def test_bounding_lambdas_chooses_what_evaluating_every_lambda_chooses(objective, search, one_torch_thread):
+    """The search skips a lambda's costly members once a bound shows it cannot be chosen; it
+    must choose the lambda, with the value, that evaluating every member at every lambda
+    chooses (ties to the smaller lambda included), and each skipped lambda's bound must be
+    at most its value and above the chosen one. Random rows, a view with a NaN entry (no fast
+    path, no floors), the paper pool on real gradients."""
+    g = torch.Generator().manual_seed(11)
+    views = []
+    for seed in range(4):
+        mu = torch.randn(200, generator=g)
+        H = (mu + (1.0 + seed) * torch.randn(10, 200, generator=g)).float()
+        if seed == 3:
+            H[4, 7] = float("nan")
+        pool = MixTailorPool.from_spec(MIXED, n=12, f=2)
+        views.append(AdversaryView(honest=H, n=12, f=2, step=0, pool=pool.public(), generator=torch_generator(0, "a", 0)))
+    views.append(view_of({"pool": "mixtailor", "honest": "trained", "rows": 10}))
+    bounded = 0
+    for v in views:
+        attack = build_attack(f"pool_aware(objective={objective}, search={search}, grid=[0.001, 0.01, 0.1, 0.3, 1, 3, 10, 100], refine=2, refine_points=3)")
+        got = attack.optimise(v)
+        members = attack.members_for(v)
+        probs = [p for _, p in members]
+        pv = PoolValues(v.honest, *crafted_direction(v, search), v.f, [r for r, _ in members])
+        values = {}
+
+        def objective_at(lam):
+            values[lam] = pv.values(lam)
+            return attack.reduce_values(values[lam], probs)
+
+        want = lambda_search(every(objective_at), attack.grid, attack.refine, attack.refine_points)
+        assert (got.lam, got.value) == (want.lam, want.value)
+        assert sorted([*got.table, *got.bounds]) == sorted(want.table)
+        assert all(got.table[lam] == want.table[lam] for lam in got.table)
+        assert all(b <= want.table[lam] and b > got.value for lam, b in got.bounds.items())
+        assert attack.last_choice["worst"] * float(pv.mu64 @ pv.mu64) == pytest.approx(float(values[got.lam].max()), rel=1e-12, nan_ok=True)
+        bounded += len(got.bounds)
+    assert bounded > 0  # the bound did skip lambdas on these views
+
+
+def test_a_floor_is_below_the_member_s_value(one_torch_thread):
+    """PoolValues.floor: the least row's inner product, less a margin, for the rules whose
+    output is a convex combination of the rows; at lambdas where the crafted rows sit inside
+    the honest cloud, at its edge and far outside it."""
+    members = [r for r, _ in build_attack("pool_aware").members_for(view_of({"pool": "mixtailor", "honest": "trained", "rows": 10}))]
+    H = HONEST["trained"][:10]
+    for search in ("epsilon", "alie"):
+        a, v = crafted_direction(view_of({"pool": "mixtailor", "honest": "trained", "rows": 10}), search)
+        pv = PoolValues(H, a, v, 2, members)
+        convex = 0
+        for lam in (0.001, 0.5, 1.5, 1000.0):
+            pt = pv.point(lam)
+            for i, rule in enumerate(members):
+                fl = pv.floor(i, pt)
+                if fl > -float("inf"):
+                    convex += 1
+                    assert fl <= pv.value(i, pt), (rule.spec, lam)
+        assert convex >= 4 * 30  # krum, geomed and Bulyan's mean, krum and geomed aggregations
 
 
 def test_every_member_s_fast_value_equals_the_rule_run_on_g(one_torch_thread):

@@ -16,12 +16,14 @@ against the least-hurt member).
 Grid: the given list, or log-spaced points from 1e-3 to 1e3 (all powers of ten included), then
 ``refine`` rounds of ``refine_points`` log-spaced points between the best point's grid
 neighbours. A non-finite objective value counts as +inf (never chosen); ties go to the
-smaller lambda.
+smaller lambda. A lambda whose cheap members already bound its value above the least value
+found skips its costly members (branch and bound, ``_Searching._evaluator``): the choice is
+that of evaluating every member at every lambda, at a fraction of the cost for ``worst``.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from raymix.attacks.pool_values import PoolValues
 from raymix.rules.base import as_rule, build_rule
 from raymix.spec import parse_spec
 
-__all__ = ["Optimal", "PoolAware", "crafted_direction", "lambda_search", "default_grid"]
+__all__ = ["Optimal", "PoolAware", "Search", "crafted_direction", "lambda_search", "every", "default_grid"]
 
 SEARCHES = ("epsilon", "sign", "alie")
 
@@ -71,35 +73,59 @@ def _refine_points(grid: tuple[float, ...], i: int, points: int) -> list[float]:
     return [float(x) for x in pts]
 
 
-def lambda_search(
-    objective: Callable[[float], float],
-    grid: tuple[float, ...],
-    refine: int,
-    refine_points: int,
-) -> tuple[float, float, dict[float, float]]:
-    """Minimise ``objective`` over ``grid`` then ``refine`` rounds around the best point.
-    Returns (best lambda, best value, every evaluated value)."""
-    table: dict[float, float] = {}
+class Search(NamedTuple):
+    """A search's result: the chosen lambda, its objective value, every lambda's exact value
+    (``table``), and the lambdas ruled out by a lower bound on their value (``bounds``: each
+    bound above ``value``, so none of them could have been chosen)."""
 
-    def value(lam: float) -> float:
-        if lam not in table:
-            v = objective(lam)
-            table[lam] = v if math.isfinite(v) else math.inf
-        return table[lam]
+    lam: float
+    value: float
+    table: dict
+    bounds: dict
+
+
+# evaluate(lams, best) -> (exact, bounds): the objective at each of ``lams``, exact, except
+# that a lambda may get a lower bound on its value instead, one strictly above ``best`` (the
+# least value found so far) or above an exact value of the same call.
+Evaluate = Callable[[list, float], "tuple[dict[float, float], dict[float, float]]"]
+
+
+def every(objective: Callable[[float], float]) -> Evaluate:
+    """An ``Evaluate`` that computes ``objective`` at every lambda (no bound)."""
+    return lambda lams, best: ({lam: objective(lam) for lam in lams}, {})
+
+
+def lambda_search(evaluate: Evaluate, grid: tuple[float, ...], refine: int, refine_points: int) -> Search:
+    """Minimise the objective over ``grid`` then ``refine`` rounds around the best point.
+
+    Each round's new lambdas go to ``evaluate`` in one call, with the least value so far; a
+    lambda it bounds instead of evaluating has a value above that least value, so the choice,
+    its value and the refine rounds (around the least value, whose neighbours are the grid's)
+    are those of evaluating every lambda."""
+    table: dict[float, float] = {}
+    bounds: dict[float, float] = {}
+
+    def run(lams) -> None:
+        new = [lam for lam in lams if lam not in table and lam not in bounds]
+        if new:
+            exact, bound = evaluate(new, min(table.values(), default=math.inf))
+            table.update((lam, v if math.isfinite(v) else math.inf) for lam, v in exact.items())
+            bounds.update(bound)
+
+    def key(x: float) -> tuple[float, float]:
+        return (table[x], x) if x in table else (bounds[x], x)
 
     current = tuple(sorted(set(grid)))
-    for lam in current:
-        value(lam)
+    run(current)
     for _ in range(refine):
-        best = min(current, key=lambda x: (table[x], x))
+        best = min(current, key=key)
         i = current.index(best)
         pts = _refine_points(current, i, refine_points)
-        for lam in pts:
-            value(lam)
+        run(pts)
         lo, hi = current[max(i - 1, 0)], current[min(i + 1, len(current) - 1)]
         current = tuple(sorted({lo, hi, best, *pts}))
     best = min(table, key=lambda x: (table[x], x))
-    return best, table[best], table
+    return Search(best, table[best], table, bounds)
 
 
 def _rows(a: torch.Tensor, v: torch.Tensor, lam: float, f: int) -> torch.Tensor:
@@ -129,23 +155,39 @@ class _Searching(Attack):
         """The objective from the members' inner products: their expectation (default)."""
         return math.fsum(float(x) * p for x, p in zip(vals, probs))
 
-    def optimise(self, view: AdversaryView) -> tuple[float, float, dict[float, float]]:
-        """(best lambda, its objective value, every evaluated (lambda, value)) for this view.
-        Sets ``last_choice``: the chosen lambda, the expected and the worst member inner
-        product there (relative to ||mu||^2, mu the visible honest mean, as the records'
-        ``diag_expected_inner_product``) and the probability of the members it fools
-        (inner product < 0 or not finite), all as the attacker computes them."""
+    def lower_bound(self, vals: np.ndarray, known: np.ndarray, floors: np.ndarray, probs: list[float]) -> float:
+        """A lower bound on ``reduce_values`` from the members ``known`` so far and a lower
+        bound (``floors``) on each of the others: the expectation with floors in place of the
+        unknown values; +inf where a known value is NaN (the objective is then NaN, counted
+        +inf), -inf where a term is not finite otherwise (no bound)."""
+        if np.isnan(vals[known]).any():
+            return math.inf
+        terms = np.where(known, vals, floors)
+        if not np.isfinite(terms).all():
+            return -math.inf
+        return math.fsum(float(x) * p for x, p in zip(terms, probs))
+
+    def gain(self, hint: np.ndarray, floors: np.ndarray, probs: list[float]) -> np.ndarray:
+        """How much knowing each member would raise ``lower_bound``, guessed from its value
+        at the last lambda evaluated (``hint``): members without a floor first (no bound
+        without them), then the largest p_i (hint_i - floor_i)."""
+        with np.errstate(invalid="ignore"):
+            g = np.asarray(probs) * (hint - floors)
+        return np.where(np.isfinite(floors), np.nan_to_num(g, nan=math.inf), math.inf)
+
+    def optimise(self, view: AdversaryView) -> Search:
+        """The search for this view: the chosen lambda, its objective value, every evaluated
+        lambda's value and the lambdas ruled out by a bound (:class:`Search`). Sets
+        ``last_choice``: the chosen lambda, the expected and the worst member inner product
+        there (relative to ||mu||^2, mu the visible honest mean, as the records'
+        ``diag_expected_inner_product``) and the probability of the members it fools (inner
+        product < 0 or not finite), all as the attacker computes them."""
         members = self._members(view)
         probs = [p for _, p in members]
         values = PoolValues(view.honest, *crafted_direction(view, self.search), view.f, [r for r, _ in members])
         seen: dict[float, np.ndarray] = {}
-
-        def objective(lam: float) -> float:
-            seen[lam] = values.values(lam)
-            return self.reduce_values(seen[lam], probs)
-
-        lam, val, table = lambda_search(objective, self.grid, self.refine, self.refine_points)
-        vals, mm = seen[lam], float(values.mu64 @ values.mu64)
+        found = lambda_search(self._evaluator(values, probs, seen), self.grid, self.refine, self.refine_points)
+        lam, val, vals, mm = found.lam, found.value, seen[found.lam], float(values.mu64 @ values.mu64)
         rel = (lambda x: x / mm) if mm > 0 else (lambda x: float("nan"))
         self.last_lambda, self.last_value = lam, val
         self.last_choice = {
@@ -154,10 +196,59 @@ class _Searching(Attack):
             "worst": rel(float(vals.max())),
             "fooled": math.fsum(p for x, p in zip(vals, probs) if not (math.isfinite(x) and x >= 0)),
         }
-        return lam, val, table
+        return found
+
+    def _evaluator(self, values: PoolValues, probs: list[float], seen: dict) -> Evaluate:
+        """Branch and bound over a batch of lambdas: every member but the costly ones
+        (``values.costly``: the l^p Weiszfeld, Bulyan's comed and geomed selections, rules
+        without a fast path) at every lambda; then the lambdas in the order of their
+        ``lower_bound``, each one's costly members one at a time until the bound exceeds the
+        least value found (the lambda is then bounded, not evaluated) or all are known (its
+        value exact, by ``reduce_values`` on all members as without the bound). The values of
+        the lambdas evaluated are those of evaluating every member; ``seen`` gets them."""
+        costly = [i for i, c in enumerate(values.costly) if c]
+        cheap = [i for i, c in enumerate(values.costly) if not c]
+        m = len(values.rules)
+        hint = np.zeros(m)  # the members' values at the last lambda evaluated: bound the likely-high first
+
+        def evaluate(lams: list, best: float) -> tuple[dict, dict]:
+            pts, vals, known, floors = {}, {}, {}, {}
+            for lam in lams:
+                pt = pts[lam] = values.point(lam)
+                vals[lam], known[lam] = np.full(m, np.nan), np.zeros(m, dtype=bool)
+                for i in cheap:
+                    vals[lam][i] = values.value(i, pt)
+                known[lam][cheap] = True
+                floors[lam] = np.array([values.floor(i, pt) if values.costly[i] else 0.0 for i in range(m)])
+                pt.release()
+            bound = {lam: self.lower_bound(vals[lam], known[lam], floors[lam], probs) for lam in lams}
+            exact, bounded = {}, {}
+            for lam in sorted(lams, key=lambda x: (bound[x], x)):
+                b = bound[lam]
+                gain = self.gain(hint, floors[lam], probs)
+                order = sorted(costly, key=lambda i: -gain[i])
+                for i in order:
+                    if b > best:
+                        break
+                    vals[lam][i] = values.value(i, pts[lam])
+                    known[lam][i] = True
+                    b = self.lower_bound(vals[lam], known[lam], floors[lam], probs)
+                pts.pop(lam).release()
+                if not known[lam].all():
+                    bounded[lam] = b
+                    continue
+                v = self.reduce_values(vals[lam], probs)
+                exact[lam] = v
+                seen[lam] = vals[lam]
+                hint[:] = np.nan_to_num(vals[lam], nan=math.inf, posinf=math.inf, neginf=-math.inf)
+                if math.isfinite(v) and v < best:
+                    best = v
+            return exact, bounded
+
+        return evaluate
 
     def craft(self, view: AdversaryView) -> torch.Tensor:
-        lam, _, _ = self.optimise(view)
+        lam = self.optimise(view).lam
         a, v = crafted_direction(view, self.search)
         return _rows(a, v, lam, view.f).clone()
 
@@ -218,8 +309,8 @@ class PoolAware(_Searching):
 
     Each DISTINCT member is evaluated once per lambda and weighted by its total probability
     (the paper pool's 16 comed entries are one evaluation). Members that cannot run on the
-    simulated (k + f) rows are left out and the rest renormalised. Cost per step:
-    (#lambda) x (#distinct members) rule calls: 25 + 6 * refine = 43 lambdas with the default grid
+    simulated (k + f) rows are left out and the rest renormalised. Cost per step: at most
+    (#lambda) x (#distinct members) rule calls (fewer where a bound rules a lambda out): 25 + 6 * refine = 43 lambdas with the default grid
     (4 points a decade), times 49 for the paper pool.
     """
 
@@ -267,6 +358,19 @@ class PoolAware(_Searching):
 
     def reduce_values(self, vals: np.ndarray, probs: list[float]) -> float:
         return float(vals.max()) if self.objective == "worst" else super().reduce_values(vals, probs)
+
+    def gain(self, hint: np.ndarray, floors: np.ndarray, probs: list[float]) -> np.ndarray:
+        """``worst``: the members likely highest first."""
+        return hint if self.objective == "worst" else super().gain(hint, floors, probs)
+
+    def lower_bound(self, vals: np.ndarray, known: np.ndarray, floors: np.ndarray, probs: list[float]) -> float:
+        """``worst``: the largest known value (NaN: +inf, as the objective counts it)."""
+        if self.objective != "worst":
+            return super().lower_bound(vals, known, floors, probs)
+        if not known.any():
+            return -math.inf
+        got = vals[known]
+        return math.inf if np.isnan(got).any() else float(got.max())
 
     def pool_values(self, view: AdversaryView, lam: float, fast: bool = True) -> dict[str, float]:
         """<rule(G(lambda)), mu> for each distinct member (diagnostics and tests); ``fast=False``:

@@ -106,6 +106,33 @@ def _lp_norms(A: torch.Tensor, ia, B: torch.Tensor, ib, ps: Sequence[float]) -> 
     return out
 
 
+def _costly(rule: Rule) -> bool:
+    """Whether the rule costs more than its share of a lambda (milliseconds, where the rest of
+    the pool takes tens of microseconds each): the l^p Weiszfeld, Bulyan's comed and geomed
+    selection rounds, and every rule without a fast path. A search evaluates the others first
+    and skips these where the others already rule the lambda out."""
+    t = type(rule)
+    if t in (Mean, CoordinateMedian, TrimmedMean):
+        return False
+    if t is Krum:
+        return _chain_p(rule) is None
+    if t is GeometricMedian:
+        return rule.p != 2
+    if t is Bulyan:
+        sel = rule.select
+        return not ((type(sel) is Krum and _chain_p(sel) is not None) or type(sel) is Mean)
+    return True
+
+
+def _convex(rule: Rule) -> bool:
+    """Whether the rule's output is a convex combination of its input rows (then its inner
+    product with mu is at least the least row's)."""
+    t = type(rule)
+    if t in (Mean, Krum, GeometricMedian):
+        return True
+    return t is Bulyan and type(rule.agg) in (Mean, Krum, GeometricMedian)
+
+
 class _Lambda:
     """The parts of one lambda's G shared by the rules (computed on first use; the (m, m)
     matrices as float64 numpy arrays, for the kernels' small-matrix paths)."""
@@ -118,6 +145,12 @@ class _Lambda:
         self._G = self._gram = self.sorted_g = self._distinct = None
         self._d2: dict[float, np.ndarray] = {}
         self.picks: dict[Rule, list[int]] = {}
+
+    def release(self) -> None:
+        """Drop the (m, d) parts (G, its sorted columns, the scaled distinct rows); they are
+        made again on next use. The small parts (Gram and distance matrices, Bulyan's picks)
+        stay: a search holds every lambda of a batch at once."""
+        self._G = self.sorted_g = self._distinct = None
 
     @property
     def G(self) -> torch.Tensor:
@@ -197,6 +230,10 @@ class PoolValues:
         self._hh: dict[float, np.ndarray] = {}
         self._sorted: "torch.Tensor | None" = None
         self._no_bad = torch.zeros(self.k + self.f, dtype=torch.bool)  # a fast view has only finite rows
+        self.costly = [_costly(r) for r in self.rules]
+        self._convex = [self.fast and _convex(r) for r in self.rules]
+        self._hnorm = float(np.sqrt(np.clip(np.diagonal(self.KH), 0, None)).sum())
+        self._munorm = float(torch.linalg.vector_norm(self.mu64))
 
     # -- parts shared by every lambda -------------------------------------------------------
     def hh(self, p: float) -> np.ndarray:
@@ -221,12 +258,30 @@ class PoolValues:
     # -- per lambda --------------------------------------------------------------------------
     def values(self, lam: float) -> np.ndarray:
         """(len(rules),) float64: each rule's <rule(G(lambda)), mu>."""
-        pt = _Lambda(self, float(lam))
-        out = np.empty(len(self.rules))
-        for i, rule in enumerate(self.rules):
-            v = self._fast(rule, pt) if self.fast else None
-            out[i] = self._reference(rule, pt) if v is None else v
-        return out
+        pt = self.point(lam)
+        return np.array([self.value(i, pt) for i in range(len(self.rules))], dtype=np.float64)
+
+    def point(self, lam: float) -> _Lambda:
+        """The shared parts of G(lambda), for :meth:`value` and :meth:`floor`."""
+        return _Lambda(self, float(lam))
+
+    def value(self, i: int, pt: _Lambda) -> float:
+        """Rule i's <rule(G(lambda)), mu> at ``pt``."""
+        rule = self.rules[i]
+        v = self._fast(rule, pt) if self.fast else None
+        return self._reference(rule, pt) if v is None else v
+
+    def floor(self, i: int, pt: _Lambda) -> float:
+        """A lower bound on :meth:`value` without computing it: for a rule whose output is a
+        convex combination of G's rows (mean, Krum, geomed, Bulyan aggregating with one of
+        them), the least row's <x_i, mu>, less a margin for the float32 combination (its
+        rounding moves the value by at most ~m 2^-24 max_i ||x_i|| ||mu||; the margin is 1e-5
+        of sum_i ||x_i|| ||mu|| + max_i |<x_i, mu>|); -inf for any other rule."""
+        if not self._convex[i]:
+            return -_INF
+        bnorm = float(torch.linalg.vector_norm(pt.b.double()))
+        margin = 1e-5 * (self._munorm * (self._hnorm + self.f * bnorm) + float(np.abs(pt.vals).max()))
+        return float(pt.vals.min()) - margin
 
     def _reference(self, rule: Rule, pt: _Lambda) -> float:
         return float(rule(pt.G, self.f).double() @ self.mu64)
