@@ -87,23 +87,24 @@ def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[
         first80 = next((r["step"] for r in recs if r["test_accuracy"] >= 0.8), None)
         lines.append(f"| {label(cfg)} | {last['step']:,} of {cfg['steps']:,} | {fmt(last['test_accuracy'])} | {fmt(mean(r['test_accuracy'] for r in tail))} "
                      f"| {ref_txt} | {fmt(low['test_accuracy'])} ({low['step']:,}) | {first80 if first80 is None else f'{first80:,}'} |")
+    chosen = [r["attack"]["lambda"] for _, _, recs, _ in trials for r in recs if isinstance(r.get("attack"), dict)]
+    grid3 = bool(chosen) and all(lam in GRID3 for lam in chosen)
+    lam_head = ("lambda = 0.1 / 1 / 10 (share of evaluations)" if grid3
+                else "chosen lambda: median (10th-90th percentile)")
     lines += ["", "What the attacker chose, and what the server saw (at the evaluation steps: the attack's choice there, "
               "relative to ||mu||^2; the server's pool diagnostics of that step):", "",
-              "| trial | lambda = 0.1 / 1 / 10 (share of evaluations), first half | same, second half | attacker's expected inner product, last 10 | attacker's fooled share, last 10 | server's expected inner product, last 10 | server's fooled share, last 10 |",
-              "|---|---|---|---|---|---|---|"]
+              f"| trial | {lam_head}, first half | same, second half | attacker's expected inner product, last 10 | "
+              "attacker's worst-case (P3) inner product, last 10 | attacker's fooled share, last 10 | "
+              "server's expected inner product, last 10 | server's fooled share, last 10 |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, cfg, recs, _ in trials:
         with_choice = [r for r in recs if isinstance(r.get("attack"), dict)]
         half = len(with_choice) // 2
-
-        def shares(rs):
-            if not rs:
-                return "n/a"
-            return " / ".join(f"{sum(1 for r in rs if r['attack']['lambda'] == lam) / len(rs):.2f}" for lam in (0.1, 1.0, 10.0))
-
         tail = with_choice[-LAST:]
         rtail = recs[-LAST:]
-        lines.append(f"| {label(cfg)} | {shares(with_choice[:half])} | {shares(with_choice[half:])} "
-                     f"| {fmt(mean(r['attack']['expected'] for r in tail), 3, 1)} | {fmt(mean(r['attack']['fooled'] for r in tail), 2, 1)} "
+        lines.append(f"| {label(cfg)} | {lambdas(with_choice[:half], grid3)} | {lambdas(with_choice[half:], grid3)} "
+                     f"| {fmt(mean(r['attack']['expected'] for r in tail), 3, 1)} | {fmt(mean(r['attack']['worst'] for r in tail), 3, 1)} "
+                     f"| {fmt(mean(r['attack']['fooled'] for r in tail), 2, 1)} "
                      f"| {fmt(mean(r.get('diag_expected_inner_product') for r in rtail), 3, 1)} | {fmt(mean(r.get('diag_fooled_fraction') for r in rtail), 2, 1)} |")
     gaps = gap_rows(trials, reference)
     if gaps:
@@ -114,6 +115,21 @@ def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[
                   "| trial | steps compared | gap at 1,000 / 5,000 / 10,000 | mean gap, last 10 evals | below 2 from S on |",
                   "|---|---|---|---|---|"] + gaps
     return "\n".join(lines)
+
+
+GRID3 = (0.1, 1.0, 10.0)  # the 3-point grid's lambdas: their shares are shown as such
+
+
+def lambdas(rs: list[dict], grid3: bool) -> str:
+    """The attacker's chosen lambdas at these evaluations: each grid point's share (the 3-point
+    grid), else their median and 10th-90th percentiles (a continuous search)."""
+    if not rs:
+        return "n/a"
+    xs = [r["attack"]["lambda"] for r in rs]
+    if grid3:
+        return " / ".join(f"{sum(1 for x in xs if x == lam) / len(xs):.2f}" for lam in GRID3)
+    q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) > 1 else [xs[0]] * 9
+    return f"{statistics.median(xs):.3g} ({q[0]:.3g}-{q[-1]:.3g})"
 
 
 def gap_rows(trials, reference) -> list[str]:
@@ -163,13 +179,43 @@ def figure(trials, reference, out: Path) -> None:
     plt.close(fig)
 
 
+def attacker_figure(trials, out: Path) -> None:
+    """The attacker's choice over steps: its lambda (log scale) and the inner products it
+    computed there, expected and worst case (relative to ||mu||^2), one line per trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raymix.analysis.plots import legend_below, save
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for name, cfg, recs, _ in trials:
+        rs = [r for r in recs if isinstance(r.get("attack"), dict)]
+        steps = [r["step"] for r in rs]
+        for ax, key in zip(axes, ("lambda", "expected", "worst")):
+            ax.plot(steps, [r["attack"][key] for r in rs], marker=".", ms=3, lw=0.4, label=label(cfg))
+    axes[0].set_yscale("log")
+    for ax, title in zip(axes, ("chosen lambda", "expected inner product at it", "worst-case (P3) inner product at it")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in axes[1:]:
+        ax.axhline(0, color="0.3", lw=0.8)
+    legend_below(fig, list(axes), "the attacker at each evaluation step (inner products relative to ||mu||^2)")
+    save(fig, out / "attacker")
+    plt.close(fig)
+
+
 def _ordered(trials: list) -> list:
     """The trials as every table and the figure list them: by seed, then attack."""
     return sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
 
 
-def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path) -> tuple[list, dict, list]:
-    """Copy the trials' records into ``out/records``; return (trials, reference, patched)."""
+def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
+            reference_commit: "str | None" = None) -> tuple[list, dict, list]:
+    """Copy the trials' records into ``out/records``, each with the commit it was run at (the
+    reference's ``reference_commit``, default ``commit``); return (trials, reference, patched)."""
     (out / "records").mkdir(parents=True, exist_ok=True)
     trials, reference, patched = [], {}, []
     for source, is_ref in [(sweep, False)] + ([(reference_sweep, True)] if reference_sweep else []):
@@ -181,7 +227,8 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path)
             text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs)
             with gzip.GzipFile(out / "records" / f"{name}.jsonl.gz", "wb", mtime=0) as fh:  # mtime 0: the same records, the same bytes
                 fh.write(text.encode())
-            meta = {"commit": commit, "sweep": source.name, "config": cfg, "role": "reference" if is_ref else "trial",
+            meta = {"commit": (reference_commit or commit) if is_ref else commit, "sweep": source.name, "config": cfg,
+                    "role": "reference" if is_ref else "trial",
                     "choice_from_result_json": from_tune}
             (out / "records" / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             if is_ref:
@@ -193,37 +240,42 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path)
     return _ordered(trials), reference, patched
 
 
-def load_published(out: Path) -> tuple[str, str, list, dict, list]:
-    """(sweep name, commit, trials, reference, patched) from ``out/records`` alone, as
-    :func:`publish` wrote them."""
-    trials, reference, patched, names, commits = [], {}, [], set(), set()
+def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None"]:
+    """(sweep name, the trials' commit, trials, reference, patched, the reference's commit)
+    from ``out/records`` alone, as :func:`publish` wrote them."""
+    trials, reference, patched, names, commits, ref_commits = [], {}, [], set(), set(), set()
     for meta_path in sorted((out / "records").glob("*.json")):
         meta = json.loads(meta_path.read_text())
         name = meta_path.name[: -len(".json")]
         with gzip.open(out / "records" / f"{name}.jsonl.gz", "rt") as fh:
             recs = [json.loads(line) for line in fh if line.strip()]
-        commits.add(meta["commit"])
         if meta["role"] == "reference":
+            ref_commits.add(meta["commit"])
             reference[meta["config"].get("seed")] = recs
         else:
+            commits.add(meta["commit"])
             names.add(meta["sweep"])
             trials.append((name, meta["config"], recs, meta["choice_from_result_json"]))
             if meta["choice_from_result_json"]:
                 patched.append(name)
-    if len(names) != 1 or len(commits) != 1:
-        raise SystemExit(f"{out / 'records'}: expected one sweep at one commit, found {sorted(names)} at {sorted(commits)}")
-    return names.pop(), commits.pop(), _ordered(trials), reference, patched
+    if len(names) != 1 or len(commits) != 1 or len(ref_commits) > 1:
+        raise SystemExit(f"{out / 'records'}: expected one sweep at one commit and one reference commit, found "
+                         f"{sorted(names)} at {sorted(commits)}, reference at {sorted(ref_commits)}")
+    return names.pop(), commits.pop(), _ordered(trials), reference, patched, (ref_commits.pop() if ref_commits else None)
 
 
-def write_summary(out: Path, sweep_name: str, commit: str, trials: list, reference: dict, patched: list) -> Path:
+def write_summary(out: Path, sweep_name: str, commit: str, trials: list, reference: dict, patched: list,
+                  reference_commit: "str | None" = None) -> Path:
     """summary.md and the figure, from the records only (``trials`` in :func:`_ordered` order)."""
     figure(trials, reference, out)
+    attacker_figure(trials, out)
+    ref_at = f"; the omniscient reference at `{reference_commit}`" if reference_commit not in (None, commit) else ""
     text = [f"# Pool-aware attack at length: `{sweep_name}` (generated)", "",
             f"Written by `python analysis/pool_aware_long.py` from the records in `records/` (runs at commit `{commit}`, "
-            "a frozen worktree); rerun it to regenerate. Accuracies in %; inner products relative to ||mu||^2, mu the "
+            f"a frozen worktree{ref_at}); rerun it to regenerate. Accuracies in %; inner products relative to ||mu||^2, mu the "
             "honest mean. A run listed with fewer steps than its configuration is still going, or was stopped and "
             "will be resumed: its numbers are at the step it reached, not final.", "",
-            summarise(trials, reference), "", "![accuracy](accuracy.png)", ""]
+            summarise(trials, reference), "", "![accuracy](accuracy.png)", "", "![the attacker's choice](attacker.png)", ""]
     if patched:
         text += ["The attack's recorded choice of " + ", ".join(f"`{p}`" for p in sorted(patched)) + " comes from the trial's Tune "
                  "`result.json` (its `records.jsonl` was written by a raymix that dropped the key; fixed at 9ed0a2f).", ""]
@@ -233,7 +285,7 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
 
 def block_body(out: Path) -> str:
     """The summary's tables from ``out``'s published records, for a page quoting them."""
-    _, _, trials, reference, _ = load_published(out)
+    _, _, trials, reference, _, _ = load_published(out)
     tables = summarise(trials, reference)
     return f"(written by `analysis/pool_aware_long.py` from `{out.name}/records/`)\n\n{tables}"
 
@@ -243,18 +295,20 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", type=Path, help="the pool-aware sweep directory")
     ap.add_argument("--reference", type=Path, help="the omniscient sweep directory (same seeds)")
     ap.add_argument("--commit", help="the commit the runs were made at (a frozen worktree)")
+    ap.add_argument("--reference-commit", help="the commit the omniscient reference was run at (default: --commit)")
     ap.add_argument("--out", type=Path, required=True, help="the docs directory to (re)write")
     ap.add_argument("--from-published", action="store_true", help="regenerate summary.md and the figure from OUT/records alone")
     ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the summary's tables")
     args = ap.parse_args(argv)
     if args.from_published:
-        sweep_name, commit, trials, reference, patched = load_published(args.out)
+        sweep_name, commit, trials, reference, patched, ref_commit = load_published(args.out)
     else:
         if args.sweep is None or args.commit is None:
             ap.error("--sweep and --commit are required (unless --from-published)")
-        trials, reference, patched = publish(args.sweep, args.reference, args.commit, args.out)
+        ref_commit = args.reference_commit or args.commit
+        trials, reference, patched = publish(args.sweep, args.reference, args.commit, args.out, ref_commit)
         sweep_name, commit = args.sweep.name, args.commit
-    print(write_summary(args.out, sweep_name, commit, trials, reference, patched))
+    print(write_summary(args.out, sweep_name, commit, trials, reference, patched, ref_commit))
     if args.into is not None:
         import blocks  # analysis/blocks.py, beside this script
 

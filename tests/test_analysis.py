@@ -268,11 +268,24 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     row = next(x for x in text.splitlines() if x.startswith("| mixtailor(composition=full) / expected / seed 0 | 400 of 400"))
     assert "| 95.0 | 72.5 | 97.0 | 20.0 (100) | 200 |" in row  # final, mean of all 4 (< 10 evals), omniscient, lowest, first >= 80%
     row2 = [x for x in text.splitlines() if x.startswith("| mixtailor(composition=full) / expected / seed 0 |")][1]
-    assert "| 0.50 / 0.50 / 0.00 | 0.00 / 0.50 / 0.50 | -0.500 | 0.50 | 0.250 | 0.25 |" in row2
+    assert "| 0.50 / 0.50 / 0.00 | 0.00 / 0.50 / 0.50 | -0.500 | 0.100 | 0.50 | 0.250 | 0.25 |" in row2  # shares, expected, worst, fooled
     # gaps 77, 12, 7, 2 points: never below 2 (the last is not); at 1,000 / 5,000 / 10,000 not evaluated
     row3 = [x for x in text.splitlines() if x.startswith("| mixtailor(composition=full) / expected / seed 0 |")][2]
     assert row3 == "| mixtailor(composition=full) / expected / seed 0 | 4 evals, to step 400 | n/a / n/a / n/a | 24.5 | never |"
     assert "result.json" in text.strip().splitlines()[-1]
+    # a continuous search: the chosen lambdas' median and 10th-90th percentiles per half; the
+    # reference published with its own commit, and said so
+    trial("pb", "00000", {**cfg, "attack": "pool_aware(objective=worst)"},
+          [{**r, "attack": {"lambda": lam, "expected": -0.5, "worst": 0.1, "fooled": 0.5}} for r, lam in zip(recs, (0.5, 1.2, 2.0, 3.0))])
+    out2 = tmp_path / "docs2"
+    assert mod.main(["--sweep", str(tmp_path / "pb"), "--reference", str(tmp_path / "ref"), "--commit", "abc1234",
+                     "--reference-commit", "def5678", "--out", str(out2)]) == 0
+    text2 = (out2 / "summary.md").read_text()
+    assert "| chosen lambda: median (10th-90th percentile), first half |" in text2
+    assert "| mixtailor(composition=full) / worst (P3) / seed 0 | 0.85 (0.57-1.13) | 2.5 (2.1-2.9) | -0.500 | 0.100 |" in text2
+    assert json.loads((out2 / "records" / "ref__00000_seed0.json").read_text())["commit"] == "def5678"
+    assert "the omniscient reference at `def5678`" in text2 and (out2 / "attacker.png").exists()
+    assert mod.load_published(out2)[1::4] == ("abc1234", "def5678")
 
 
 def test_figures_name_their_setting_and_keep_legends_off_the_curves(tmp_path):
