@@ -30,6 +30,10 @@ Per rule (exact type and arguments, never spec text):
   the paths above (anything else: ``agg`` on those rows).
 - anything else, and any view with a non-finite entry: the rule on ``G(lambda)``.
 
+For the search's branch and bound (raymix/attacks/optimal.py): ``costly`` says which rules to
+leave until the others are known, ``floor`` gives a lower bound on a rule's value without
+computing it (the least row's, for the rules whose output is a convex combination of rows).
+
 What differs from the reference, and why it is within tolerance: products accumulated in
 float64 where the rule accumulates float32 products in float64 (Gram matrices, l^p sums; the
 relative difference is ~1e-7, below the rules' float32 inputs' own rounding), and sums over
