@@ -86,7 +86,7 @@ def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[
         low = min(recs, key=lambda r: r["test_accuracy"])
         first80 = next((r["step"] for r in recs if r["test_accuracy"] >= 0.8), None)
         lines.append(f"| {label(cfg)} | {last['step']:,} of {cfg['steps']:,} | {fmt(last['test_accuracy'])} | {fmt(mean(r['test_accuracy'] for r in tail))} "
-                     f"| {ref_txt} | {fmt(low['test_accuracy'])} ({low['step']:,}) | {first80 if first80 is None else f'{first80:,}'} |")
+                     f"| {ref_txt} | {fmt(low['test_accuracy'])} ({low['step']:,}) | {'not reached' if first80 is None else f'{first80:,}'} |")
     chosen = [r["attack"]["lambda"] for _, _, recs, _ in trials for r in recs if isinstance(r.get("attack"), dict)]
     grid3 = bool(chosen) and all(lam in GRID3 for lam in chosen)
     lam_head = ("lambda = 0.1 / 1 / 10 (share of evaluations)" if grid3
