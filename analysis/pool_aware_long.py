@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     else:
         if args.sweep is None or args.commit is None:
             ap.error("--sweep and --commit are required (unless --from-published)")
-        ref_commit = args.reference_commit or args.commit
+        ref_commit = args.reference_commit
         trials, reference, patched = publish(args.sweep, args.reference, args.commit, args.out, ref_commit)
         sweep_name, commit = args.sweep.name, args.commit
     print(write_summary(args.out, sweep_name, commit, trials, reference, patched, ref_commit))

@@ -200,8 +200,7 @@ class _Searching(Attack):
 
     def _evaluator(self, values: PoolValues, probs: list[float], seen: dict) -> Evaluate:
         """Branch and bound over a batch of lambdas: every member but the costly ones
-        (``values.costly``: the l^p Weiszfeld, Bulyan's comed and geomed selections, rules
-        without a fast path) at every lambda; then the lambdas in the order of their
+        (``values.costly``) at every lambda; then the lambdas in the order of their
         ``lower_bound``, each one's costly members one at a time until the bound exceeds the
         least value found (the lambda is then bounded, not evaluated) or all are known (its
         value exact, by ``reduce_values`` on all members as without the bound). The values of

@@ -148,6 +148,7 @@ class _Lambda:
         self._G = self._gram = self.sorted_g = self._distinct = None
         self._d2: dict[float, np.ndarray] = {}
         self.picks: dict[Rule, list[int]] = {}
+        self.least: "float | None" = None  # PoolValues.floor's bound, shared by the convex rules
 
     def release(self) -> None:
         """Drop the (m, d) parts (G, its sorted columns, the scaled distinct rows); they are
@@ -282,9 +283,11 @@ class PoolValues:
         of sum_i ||x_i|| ||mu|| + max_i |<x_i, mu>|); -inf for any other rule."""
         if not self._convex[i]:
             return -_INF
-        bnorm = float(torch.linalg.vector_norm(pt.b.double()))
-        margin = 1e-5 * (self._munorm * (self._hnorm + self.f * bnorm) + float(np.abs(pt.vals).max()))
-        return float(pt.vals.min()) - margin
+        if pt.least is None:  # once per lambda: the same bound for every convex rule
+            bnorm = float(torch.linalg.vector_norm(pt.b.double()))
+            margin = 1e-5 * (self._munorm * (self._hnorm + self.f * bnorm) + float(np.abs(pt.vals).max()))
+            pt.least = float(pt.vals.min()) - margin
+        return pt.least
 
     def _reference(self, rule: Rule, pt: _Lambda) -> float:
         return float(rule(pt.G, self.f).double() @ self.mu64)
