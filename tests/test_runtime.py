@@ -23,6 +23,9 @@ from raymix.runtime import Hook, reaper, run_experiment
 from raymix.runtime.checkpoint import CorruptCheckpoint, UnsafeCheckpoint, latest_checkpoint, load_checkpoint, load_latest
 from raymix.records import read_records, strip_timings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runs"))
+import carry  # noqa: E402  (runs/carry.py: long runs carried across machines)
+
 # Every test here but one runs real Ray actors (the shared base run alone is ~25 s, each other
 # run 8-70 s on 2 cores): the module is in the slow tier, `pytest -m "not slow"` leaves it out.
 pytestmark = pytest.mark.slow
@@ -166,18 +169,33 @@ def test_resume_matches_uninterrupted(base_run, tmp_path):
         if step == 6:
             raise Interrupt("simulated preemption")
 
-    c = cfg(tmp_path)
+    run_dir = tmp_path / "run"
+    c = cfg(run_dir)
     with pytest.raises(Interrupt):
         run_experiment(c, hooks=[stop])
-    written = read_records(tmp_path)
+    written = read_records(run_dir)
     assert len(written) >= 4  # records after the step-3 checkpoint exist and must be truncated
-    assert latest_checkpoint(tmp_path).name == "step_000003"
+    assert latest_checkpoint(run_dir).name == "step_000003"
+    # runs/carry.py carries the interrupted run through the repository to another machine's
+    # directory: the latest checkpoint, the records it counts and the config, nothing more.
+    carried = carry.pack_trial(run_dir, tmp_path / "carried")
+    assert (carried["step"], carried["records"]) == (3, 3)
     resumed = run_experiment(c, resume=True)
     assert resumed.resumed_from == 3
-    same_records(base_run[0].records, read_records(tmp_path))
+    same_records(base_run[0].records, read_records(run_dir))
     same_records(base_run[0].records, resumed.records)
-    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    rows = list(csv.DictReader(open(run_dir / "progress.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+    elsewhere = tmp_path / "elsewhere"
+    assert carry.unpack_trial(tmp_path / "carried", elsewhere, carried["sha256"]) == 3
+    again = run_experiment(cfg(elsewhere), resume=True)  # output_dir differs: a resume may move
+    assert again.resumed_from == 3
+    same_records(base_run[0].records, read_records(elsewhere))
+    state = tmp_path / "carried" / "checkpoint" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-1] + b"x")  # a file that is not the one carry.json names
+    with pytest.raises(carry.Refused, match="sha256 differs"):
+        carry.unpack_trial(tmp_path / "carried", tmp_path / "third", carried["sha256"])
 
 
 def test_resume_refuses_a_different_config(base_run, tmp_path):
