@@ -31,14 +31,47 @@ LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at
 
 
 def trial_dirs(sweep: Path) -> list[Path]:
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "params.json").exists())
+    """A sweep's trial directories (params.json), or a carried run's (runs/carry.py: a
+    ``raymix run`` directory per trial, config.json and records.jsonl)."""
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and ((p / "params.json").exists() or _is_run(p)))
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.json").exists() and (path / "records.jsonl").exists()
+
+
+def trial_name(source: Path, path: Path, cfg: dict) -> str:
+    """The published name: the sweep and the trial's index (Tune's) or its name (a carried run's)."""
+    if _is_run(path) and not (path / "params.json").exists():
+        return f"{source.name}__{path.name.replace('=', '').replace(',', '_')}"
+    return f"{source.name}__{path.name.split('_')[2]}_seed{cfg.get('seed')}"
+
+
+def machines(source: Path, given: "str | None") -> dict:
+    """Where each trial of ``source`` ran, as text: a carried run's pieces (carry.json: which
+    steps on which CPU), else ``given`` for every trial (None: not said)."""
+    carry = source / "carry.json"
+    if not carry.exists():
+        return {} if given is None else {None: given}
+    where: dict = {}
+    for piece in json.loads(carry.read_text())["pieces"]:
+        m = piece["machine"]
+        for trial, (a, b) in piece["steps"].items():
+            where.setdefault(trial, []).append(f"steps {a:,}-{b:,} on {m['cores']}-core {m['cpu']} ({m['isa']}, torch {m['torch']})")
+    return {k: "; ".join(v) for k, v in where.items()}
 
 
 def read_trial(path: Path) -> tuple[dict, list[dict], bool]:
     """(config, records in step order, whether the attack's choice came from result.json)."""
-    config = json.loads((path / "params.json").read_text())
+    if _is_run(path) and not (path / "params.json").exists():
+        config = json.loads((path / "config.json").read_text())
+        config = {k: v for k, v in config.items() if k not in ("output_dir", "data_dir")}  # this machine's paths
+        lines = (path / "records.jsonl").read_text().splitlines()
+    else:
+        config = json.loads((path / "params.json").read_text())
+        lines = (path / "raymix" / "records.jsonl").read_text().splitlines()
     records = {}
-    for line in (path / "raymix" / "records.jsonl").read_text().splitlines():
+    for line in lines:
         try:
             r = json.loads(line)
         except json.JSONDecodeError:  # a last line cut by an interruption
@@ -213,23 +246,28 @@ def _ordered(trials: list) -> list:
 
 
 def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
-            reference_commit: "str | None" = None) -> tuple[list, dict, list]:
+            reference_commit: "str | None" = None, machine: "str | None" = None,
+            reference_machine: "str | None" = None) -> tuple[list, dict, list, dict]:
     """Copy the trials' records into ``out/records``, each with the commit it was run at (the
-    reference's ``reference_commit``, default ``commit``); return (trials, reference, patched)."""
+    reference's ``reference_commit``, default ``commit``) and where it ran (a carried run's
+    pieces, else ``machine`` / ``reference_machine``); return (trials, reference, patched, where)."""
     (out / "records").mkdir(parents=True, exist_ok=True)
-    trials, reference, patched = [], {}, []
+    trials, reference, patched, where = [], {}, [], {"trials": set(), "reference": set()}
     for source, is_ref in [(sweep, False)] + ([(reference_sweep, True)] if reference_sweep else []):
+        ran = machines(source, reference_machine if is_ref else machine)
         for path in trial_dirs(source):
             cfg, recs, from_tune = read_trial(path)
             if not recs:
                 continue
-            name = f"{source.name}__{path.name.split('_')[2]}_seed{cfg.get('seed')}"
+            name = trial_name(source, path, cfg)
             text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs)
             with gzip.GzipFile(out / "records" / f"{name}.jsonl.gz", "wb", mtime=0) as fh:  # mtime 0: the same records, the same bytes
                 fh.write(text.encode())
             meta = {"commit": (reference_commit or commit) if is_ref else commit, "sweep": source.name, "config": cfg,
                     "role": "reference" if is_ref else "trial",
-                    "choice_from_result_json": from_tune}
+                    "choice_from_result_json": from_tune, "machine": ran.get(path.name, ran.get(None))}
+            if meta["machine"]:
+                where["reference" if is_ref else "trials"].add(meta["machine"])
             (out / "records" / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             if is_ref:
                 reference[cfg.get("seed")] = recs
@@ -237,15 +275,18 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
                 trials.append((name, cfg, recs, from_tune))
                 if from_tune:
                     patched.append(name)
-    return _ordered(trials), reference, patched
+    return _ordered(trials), reference, patched, where
 
 
-def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None"]:
-    """(sweep name, the trials' commit, trials, reference, patched, the reference's commit)
-    from ``out/records`` alone, as :func:`publish` wrote them."""
+def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None", dict]:
+    """(sweep name, the trials' commit, trials, reference, patched, the reference's commit,
+    where they ran) from ``out/records`` alone, as :func:`publish` wrote them."""
     trials, reference, patched, names, commits, ref_commits = [], {}, [], set(), set(), set()
+    where: dict = {"trials": set(), "reference": set()}
     for meta_path in sorted((out / "records").glob("*.json")):
         meta = json.loads(meta_path.read_text())
+        if meta.get("machine"):
+            where["reference" if meta["role"] == "reference" else "trials"].add(meta["machine"])
         name = meta_path.name[: -len(".json")]
         with gzip.open(out / "records" / f"{name}.jsonl.gz", "rt") as fh:
             recs = [json.loads(line) for line in fh if line.strip()]
@@ -261,11 +302,11 @@ def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None"]
     if len(names) != 1 or len(commits) != 1 or len(ref_commits) > 1:
         raise SystemExit(f"{out / 'records'}: expected one sweep at one commit and one reference commit, found "
                          f"{sorted(names)} at {sorted(commits)}, reference at {sorted(ref_commits)}")
-    return names.pop(), commits.pop(), _ordered(trials), reference, patched, (ref_commits.pop() if ref_commits else None)
+    return names.pop(), commits.pop(), _ordered(trials), reference, patched, (ref_commits.pop() if ref_commits else None), where
 
 
 def write_summary(out: Path, sweep_name: str, commit: str, trials: list, reference: dict, patched: list,
-                  reference_commit: "str | None" = None) -> Path:
+                  reference_commit: "str | None" = None, where: "dict | None" = None) -> Path:
     """summary.md and the figure, from the records only (``trials`` in :func:`_ordered` order)."""
     figure(trials, reference, out)
     attacker_figure(trials, out)
@@ -274,8 +315,13 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
             f"Written by `python analysis/pool_aware_long.py` from the records in `records/` (runs at commit `{commit}`, "
             f"a frozen worktree{ref_at}); rerun it to regenerate. Accuracies in %; inner products relative to ||mu||^2, mu the "
             "honest mean. A run listed with fewer steps than its configuration is still going, or was stopped and "
-            "will be resumed: its numbers are at the step it reached, not final.", "",
-            summarise(trials, reference), "", "![accuracy](accuracy.png)", "", "![the attacker's choice](attacker.png)", ""]
+            "will be resumed: its numbers are at the step it reached, not final.", ""]
+    if where and (where["trials"] or where["reference"]):
+        said = [f"the trials: {'; '.join(sorted(where['trials']))}" if where["trials"] else "",
+                f"the reference: {'; '.join(sorted(where['reference']))}" if where["reference"] else ""]
+        text += ["Where they ran (" + "; ".join(x for x in said if x) + "). The same seed gives the same records only on "
+                 "the same machine and thread count: another instruction set rounds otherwise.", ""]
+    text += [summarise(trials, reference), "", "![accuracy](accuracy.png)", "", "![the attacker's choice](attacker.png)", ""]
     if patched:
         text += ["The attack's recorded choice of " + ", ".join(f"`{p}`" for p in sorted(patched)) + " comes from the trial's Tune "
                  "`result.json` (its `records.jsonl` was written by a raymix that dropped the key; fixed at 9ed0a2f).", ""]
@@ -285,30 +331,33 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
 
 def block_body(out: Path) -> str:
     """The summary's tables from ``out``'s published records, for a page quoting them."""
-    _, _, trials, reference, _, _ = load_published(out)
+    _, _, trials, reference, _, _, _ = load_published(out)
     tables = summarise(trials, reference)
     return f"(written by `analysis/pool_aware_long.py` from `{out.name}/records/`)\n\n{tables}"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", type=Path, help="the pool-aware sweep directory")
-    ap.add_argument("--reference", type=Path, help="the omniscient sweep directory (same seeds)")
+    ap.add_argument("--sweep", type=Path, help="the pool-aware sweep directory, or a carried run's (runs/NAME)")
+    ap.add_argument("--reference", type=Path, help="the omniscient sweep directory (same seeds), or a carried run's")
     ap.add_argument("--commit", help="the commit the runs were made at (a frozen worktree)")
     ap.add_argument("--reference-commit", help="the commit the omniscient reference was run at (default: --commit)")
+    ap.add_argument("--machine", help="where the sweep's trials ran, as text (a carried run's carry.json says it itself)")
+    ap.add_argument("--reference-machine", help="where the reference ran, as text (likewise)")
     ap.add_argument("--out", type=Path, required=True, help="the docs directory to (re)write")
     ap.add_argument("--from-published", action="store_true", help="regenerate summary.md and the figure from OUT/records alone")
     ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the summary's tables")
     args = ap.parse_args(argv)
     if args.from_published:
-        sweep_name, commit, trials, reference, patched, ref_commit = load_published(args.out)
+        sweep_name, commit, trials, reference, patched, ref_commit, where = load_published(args.out)
     else:
         if args.sweep is None or args.commit is None:
             ap.error("--sweep and --commit are required (unless --from-published)")
         ref_commit = args.reference_commit
-        trials, reference, patched = publish(args.sweep, args.reference, args.commit, args.out, ref_commit)
+        trials, reference, patched, where = publish(args.sweep, args.reference, args.commit, args.out, ref_commit,
+                                                    args.machine, args.reference_machine)
         sweep_name, commit = args.sweep.name, args.commit
-    print(write_summary(args.out, sweep_name, commit, trials, reference, patched, ref_commit))
+    print(write_summary(args.out, sweep_name, commit, trials, reference, patched, ref_commit, where))
     if args.into is not None:
         import blocks  # analysis/blocks.py, beside this script
 

@@ -203,7 +203,7 @@ def resume(name: str) -> None:
 
 def pack(name: str) -> None:
     plan = _read(name)
-    piece = {"packed": _now(), "machine": machine(worktree(plan)), "commit": plan["commit"], "steps": {}}
+    piece = {"packed": _now(), "machine": machine(worktree(plan)), "commit": plan["commit"], "parallel": plan["parallel"], "steps": {}}
     for t in plan["trials"]:
         out = output_dir(plan, t["name"])
         if latest(out) is None:
@@ -242,6 +242,12 @@ def stop(name: str) -> None:
 
 
 # ---------------------------------------------------------------------------- the driver
+def cpu_share(config: dict, parallel: int) -> float:
+    """CPUs per logical worker when ``parallel`` trials share this machine's cores evenly."""
+    return (os.cpu_count() or 1) / parallel / int(config.get("n", 12))
+
+
+
 def _pid_file(plan: dict) -> Path:
     return worktree(plan) / "results" / f"{plan['name']}.driver.pid"
 
@@ -290,9 +296,17 @@ def drive(name: str) -> None:
                 out.mkdir(parents=True, exist_ok=True)
                 spec = out.parent / f"{t['name']}.json"
                 spec.write_text(json.dumps(t["config"], indent=1))
-                cmd = [str(wt / ".venv" / "bin" / "raymix"), "run", "--config", str(spec), "--output-dir", str(out)]
-                cmd += ["--resume"] if found else []
-                print(f"{_now()} {t['name']}: {'resumes at step ' + str(found[1]['step']) if found else 'starts'}", flush=True)
+                # Each trial its share of the cores, so that its actors compute on one thread each
+                # (two intra-op threads per actor on a shared 2-core machine ran 7x slower).
+                share = f"{cpu_share(t['config'], int(plan['parallel'])):.4f}"
+                cmd = [str(wt / ".venv" / "bin" / "raymix"), "run", "--config", str(spec), "--output-dir", str(out),
+                       "--num-cpus-per-worker", share]
+                if found:
+                    cmd.append("--resume")
+                elif (out / "records.jsonl").exists():  # stopped before its first checkpoint: nothing to resume
+                    cmd.append("--overwrite")
+                print(f"{_now()} {t['name']}: {'resumes at step ' + str(found[1]['step']) if found else 'starts'}, "
+                      f"{share} CPU per worker", flush=True)
                 running[t["name"]] = subprocess.Popen(cmd, cwd=wt, env=env, stdin=subprocess.DEVNULL)
             time.sleep(2)
             for trial, proc in list(running.items()):

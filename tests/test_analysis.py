@@ -286,6 +286,27 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     assert json.loads((out2 / "records" / "ref__00000_seed0.json").read_text())["commit"] == "def5678"
     assert "the omniscient reference at `def5678`" in text2 and (out2 / "attacker.png").exists()
     assert mod.load_published(out2)[1::4] == ("abc1234", "def5678")
+    # a reference carried across machines (runs/carry.py's layout): a raymix run directory per
+    # trial, and carry.json's pieces saying which steps ran where; the summary says it too
+    carried = tmp_path / "carried_ref"
+    (carried / "seed=0").mkdir(parents=True)
+    (carried / "seed=0" / "config.json").write_text(json.dumps({"aggregator": "omniscient", "attack": "none", "seed": 0,
+                                                                 "steps": 400, "output_dir": "/elsewhere"}))
+    (carried / "seed=0" / "records.jsonl").write_text("".join(json.dumps({"step": 100 * i, "test_accuracy": 0.96}) + "\n"
+                                                              for i in range(1, 5)))
+    box = {"cpu": "Some CPU", "isa": "avx2", "cores": 2, "torch": "2.9"}
+    (carried / "carry.json").write_text(json.dumps({"pieces": [
+        {"machine": box, "steps": {"seed=0": [0, 200]}}, {"machine": {**box, "isa": "avx512f"}, "steps": {"seed=0": [200, 400]}}]}))
+    out3 = tmp_path / "docs3"
+    assert mod.main(["--sweep", str(tmp_path / "pb"), "--reference", str(carried), "--commit", "abc1234",
+                     "--machine", "the trials' box", "--out", str(out3)]) == 0
+    ref_meta = json.loads((out3 / "records" / "carried_ref__seed0.json").read_text())
+    assert "output_dir" not in ref_meta["config"] and ref_meta["machine"] == (
+        "steps 0-200 on 2-core Some CPU (avx2, torch 2.9); steps 200-400 on 2-core Some CPU (avx512f, torch 2.9)")
+    text3 = (out3 / "summary.md").read_text()
+    assert f"Where they ran (the trials: the trials' box; the reference: {ref_meta['machine']})" in text3
+    assert "| mixtailor(composition=full) / worst (P3) / seed 0 | 400 of 400 | 95.0 | 72.5 | 96.0 |" in text3
+    assert mod.load_published(out3)[6] == {"trials": {"the trials' box"}, "reference": {ref_meta["machine"]}}
 
 
 def test_figures_name_their_setting_and_keep_legends_off_the_curves(tmp_path):

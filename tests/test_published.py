@@ -57,7 +57,7 @@ def test_long_run_summaries_are_what_their_records_give(out, tmp_path):
     sys.path.insert(0, str(REPO / "analysis"))
     import pool_aware_long
 
-    name, commit, trials, reference, patched, ref_commit = pool_aware_long.load_published(out)
-    pool_aware_long.write_summary(tmp_path, name, commit, trials, reference, patched, ref_commit)
+    name, commit, trials, reference, patched, ref_commit, where = pool_aware_long.load_published(out)
+    pool_aware_long.write_summary(tmp_path, name, commit, trials, reference, patched, ref_commit, where)
     assert (tmp_path / "summary.md").read_text() == (out / "summary.md").read_text(), \
         f"{out / 'summary.md'} disagrees with its records: rerun analysis/pool_aware_long.py"
