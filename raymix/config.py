@@ -493,7 +493,7 @@ def _check_fields(c: ExperimentConfig) -> None:
 
 
 def _check_scalars(c: ExperimentConfig) -> None:
-    """Each scalar field's type and range, and the combinations of scalars."""
+    """Each scalar field's type and range (the combinations: :func:`_check_combinations`)."""
     _need_known(c, "dataset", "datasets")
     _need_choice(c, "partition", PARTITIONS)
     _need_num(c, "dirichlet_alpha", 0.0, True)
@@ -502,14 +502,8 @@ def _check_scalars(c: ExperimentConfig) -> None:
     _need_int(c, "n", 1)
     _need_int(c, "f", 0)
     _need_int(c, "assumed_f", 0, optional=True)
-    if c.assumed_f is not None and c.assumed_f >= c.n:
-        raise checks.fail(_OWNER, "assumed_f", f"none or an integer in 0..n-1={c.n - 1}", c.assumed_f)
     _need_int(c, "participation", 1, optional=True)
-    if c.participation is not None and not c.f < c.participation <= c.n:
-        raise checks.fail(_OWNER, "participation", f"none or an integer in f+1..n={c.f + 1}..{c.n} (at least one honest worker takes part)", c.participation)
     _need_choice(c, "byzantine_sampling", BYZANTINE_SAMPLING)
-    if 2 * c.f >= c.n:
-        raise _err(f"f={c.f} Byzantine workers out of n={c.n}: f must be < n/2")
     _need_bool(c, "drop_invalid")
     _need_choice(c, "mode", MODES)
     _need_choice(c, "device", DEVICES)
@@ -519,8 +513,6 @@ def _check_scalars(c: ExperimentConfig) -> None:
     _need_num(c, "lr", 0.0, True)
     _need_num(c, "momentum", 0.0, False)
     _need_num(c, "worker_momentum", 0.0, False)
-    if c.worker_momentum >= 1.0:
-        raise checks.fail(_OWNER, "worker_momentum", "a number in [0, 1)", c.worker_momentum)
     _need_num(c, "weight_decay", 0.0, False)
     _need_int(c, "resampling", 0)
     _need_choice(c, "on_divergence", DIVERGENCE)
@@ -548,6 +540,19 @@ def _check_scalars(c: ExperimentConfig) -> None:
         _set(c, "data_dir", str(c.data_dir))
     if c.output_dir is not None and not isinstance(c.output_dir, str):
         _set(c, "output_dir", str(c.output_dir))
+    _check_combinations(c)
+
+
+def _check_combinations(c: ExperimentConfig) -> None:
+    """The scalars' bounds that depend on another field (each field's own type checked first)."""
+    if c.assumed_f is not None and c.assumed_f >= c.n:
+        raise checks.fail(_OWNER, "assumed_f", f"none or an integer in 0..n-1={c.n - 1}", c.assumed_f)
+    if c.participation is not None and not c.f < c.participation <= c.n:
+        raise checks.fail(_OWNER, "participation", f"none or an integer in f+1..n={c.f + 1}..{c.n} (at least one honest worker takes part)", c.participation)
+    if 2 * c.f >= c.n:
+        raise _err(f"f={c.f} Byzantine workers out of n={c.n}: f must be < n/2")
+    if c.worker_momentum >= 1.0:
+        raise checks.fail(_OWNER, "worker_momentum", "a number in [0, 1)", c.worker_momentum)
     if c.checkpoint_every % c.eval_every and c.checkpoint_every < c.steps:
         # A checkpoint is the state after an evaluation: nothing between two records is saved.
         raise _err(f"checkpoint_every={c.checkpoint_every} must be a multiple of eval_every={c.eval_every}")

@@ -130,24 +130,28 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(attack, "data_attack", False):
             continue  # data attacks act through training, not on one step's gradients
         view = AdversaryView(honest=honest, n=args.n, f=args.f, step=0, pool=pool.public(), generator=torch_generator(gen_seed))
-        t0 = time.perf_counter()
-        byz = attack(view)
-        res = evaluate(pool, honest, byz, args.f)
-        by_spec = {spec: ip for spec, _, _, ip in res["rows"]}
-        fooled = {}
-        for c in classes:
-            members = [(p, ip) for _, fam, p, ip in res["rows"] if fam == c]
-            total = sum(p for p, _ in members)
-            fooled[c] = sum(p for p, ip in members if ip < 0) / total if total else float("nan")
-        krum = by_spec.get("krum(p=2)", float("nan"))
-        comed = by_spec.get("comed", float("nan"))
-        worst = min(ip for *_, ip in res["rows"])
-        print(f"{attack.spec[:40]:40s}" + "".join(f"{fooled[c]:9.2f}" for c in classes)
-              + f"{krum:9.3f}{comed:9.3f}{res['expected']:9.3f}{worst:9.3f}   ({time.perf_counter() - t0:.1f} s)")
-        if args.verbose:
-            for spec, fam, p, ip in res["rows"]:
-                print(f"    {spec:45s} {fam:8s} p={p:.4f} ip={ip:9.3f}{'  FOOLED' if ip < 0 else ''}")
+        _print_row(attack, view, pool, classes, args.verbose)
     return 0
+
+
+def _print_row(attack, view: AdversaryView, pool: MixTailorPool, classes: list, verbose: bool) -> None:
+    """One attack's line of the table: its crafted rows against every member of the pool."""
+    t0 = time.perf_counter()
+    res = evaluate(pool, view.honest, attack(view), view.f)
+    by_spec = {spec: ip for spec, _, _, ip in res["rows"]}
+    fooled = {}
+    for c in classes:
+        members = [(p, ip) for _, fam, p, ip in res["rows"] if fam == c]
+        total = sum(p for p, _ in members)
+        fooled[c] = sum(p for p, ip in members if ip < 0) / total if total else float("nan")
+    krum = by_spec.get("krum(p=2)", float("nan"))
+    comed = by_spec.get("comed", float("nan"))
+    worst = min(ip for *_, ip in res["rows"])
+    print(f"{attack.spec[:40]:40s}" + "".join(f"{fooled[c]:9.2f}" for c in classes)
+          + f"{krum:9.3f}{comed:9.3f}{res['expected']:9.3f}{worst:9.3f}   ({time.perf_counter() - t0:.1f} s)")
+    if verbose:
+        for spec, fam, p, ip in res["rows"]:
+            print(f"    {spec:45s} {fam:8s} p={p:.4f} ip={ip:9.3f}{'  FOOLED' if ip < 0 else ''}")
 
 
 if __name__ == "__main__":
