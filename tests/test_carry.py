@@ -1,0 +1,34 @@
+"""runs/carry.py's plan (no Ray): a sweep file's grid points become the carried trials, each
+named by its search values, each given its share of the cores. The carry itself (pack, unpack,
+resume to the uninterrupted records) is tested with real actors in test_runtime.py."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "runs"))
+import carry  # noqa: E402
+
+
+def test_a_sweep_file_s_grid_points_are_the_carried_trials():
+    trials = carry.trials_of(REPO / "tune_configs" / "pool_aware_long_loco.yaml")
+    assert len(trials) == 2 * 5 * 2 and len({t["name"] for t in trials}) == 20
+    first = trials[0]
+    assert first["name"] == "seed=0,aggregator=omniscient,attack=pool_aware"
+    assert first["config"]["steps"] == 10000 and first["config"]["aggregator"] == "omniscient"
+    assert {t["config"]["attack"] for t in trials} == {"pool_aware", "pool_aware(objective=worst)"}
+    assert "attack=pool_aware_objective=worst_" in {t["name"].split(",")[-1] for t in trials}  # a spec, as a safe name
+    # two trials at once on this machine: each its half of the cores, over its n workers
+    assert carry.cpu_share(first["config"], 2) == pytest.approx((carry.os.cpu_count() or 1) / 2 / 12)
+
+
+def test_only_grid_sweeps_are_carried(tmp_path):
+    (tmp_path / "tune_configs").mkdir()
+    sweep = tmp_path / "tune_configs" / "s.yaml"
+    sweep.write_text("name: s\nexperiment: {steps: 10}\nsearch: {seed: {grid_search: [0, 1]}}\nrun: {num_samples: 2}\n")
+    with pytest.raises(carry.Refused, match="only grid sweeps are carried"):
+        carry.trials_of(sweep)
+    assert carry.main(["status", "no_such_run"]) == 2  # a one-line refusal, no traceback
