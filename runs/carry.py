@@ -178,7 +178,10 @@ def unpack_trial(src: Path, out: Path, sha256: str) -> int:
 
 
 # ---------------------------------------------------------------------------- commands
-def start(name: str, sweep_file: str, commit: str, parallel: int) -> None:
+def start(name: str, sweep_file: str, commit: str, parallel: int, steps: "int | None" = None,
+          tune_dir: "Path | None" = None) -> None:
+    """A new carried run: ``steps`` replaces the sweep file's; ``tune_dir`` (a Tune sweep of the
+    same file at the same commit) gives each trial the state its Tune trial reached."""
     if (CARRIED / name).exists():
         raise Refused(f"runs/{name} exists: continue it, or choose another name")
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{commit}^{{commit}}"], check=True,
@@ -186,8 +189,49 @@ def start(name: str, sweep_file: str, commit: str, parallel: int) -> None:
     plan = {"name": name, "sweep": sweep_file, "commit": sha, "parallel": parallel, "trials": [], "carried": {}, "pieces": []}
     wt = ensure_worktree(plan)
     plan["trials"] = trials_of(wt / sweep_file)
+    for t in plan["trials"]:
+        t["config"]["steps"] = steps or t["config"]["steps"]
+        if tune_dir is not None:
+            step = from_tune_trial(tune_trial(tune_dir, t["config"], wt / sweep_file), output_dir(plan, t["name"]))
+            print(f"{t['name']}: from its Tune trial's checkpoint at step {step}")
     _write(plan)
     _launch(plan)
+
+
+def tune_trial(tune_dir: Path, config: dict, sweep_file: Path) -> Path:
+    """The trial directory of ``tune_dir`` whose search values are ``config``'s."""
+    sys.path.insert(0, str(sweep_file.parents[1]))
+    from raymix.sweep import load_sweep
+
+    keys = list(load_sweep(sweep_file).search)
+    found = [p.parent for p in sorted(tune_dir.glob("*/params.json"))
+             if all(json.loads(p.read_text()).get(k) == config.get(k) for k in keys)]
+    if len(found) != 1:
+        raise Refused(f"{tune_dir}: {len(found)} Tune trials have the search values "
+                      f"{ {k: config.get(k) for k in keys} } (one expected)")
+    return found[0]
+
+
+def from_tune_trial(trial: Path, out: Path) -> int:
+    """Lay a Tune trial's last checkpoint and the records up to it out as a ``raymix run``
+    directory that ``--resume`` continues. A Tune checkpoint does not count the records (Tune
+    keeps them), so the count is added to its state, saved again in the one format."""
+    import torch  # the state is read and written as runtime/checkpoint.py does: tensors and plain values
+
+    found = sorted(trial.glob("checkpoint_*/meta.json"), key=lambda p: json.loads(p.read_text())["step"])
+    if not found:
+        raise Refused(f"{trial} holds no checkpoint")
+    state = torch.load(found[-1].parent / "state.pt", map_location="cpu", weights_only=True)
+    lines = [x for x in (trial / "raymix" / "records.jsonl").read_text().splitlines()
+             if x.strip() and json.loads(x)["step"] <= int(state["step"])]
+    state["records"] = len(lines)
+    ckpt = out / "checkpoints" / f"step_{int(state['step']):06d}"
+    ckpt.mkdir(parents=True)
+    torch.save(state, ckpt / "state.pt")
+    (ckpt / "meta.json").write_text(json.dumps({"step": int(state["step"]), "records": len(lines), "format": state["format"]}))
+    (out / "records.jsonl").write_text("".join(x + "\n" for x in lines))
+    (out / "config.json").write_text(json.dumps(state["config"], indent=2))
+    return int(state["step"])
 
 
 def resume(name: str) -> None:
@@ -331,6 +375,9 @@ def main(argv: "list[str] | None" = None) -> int:
     s.add_argument("sweep", help="the sweep file, relative to the repository (read at the commit)")
     s.add_argument("--commit", default="HEAD", help="the commit the run is frozen at (default: HEAD)")
     s.add_argument("--parallel", type=int, default=2, help="trials at once (default: 2)")
+    s.add_argument("--steps", type=int, help="each trial's steps (default: the sweep file's)")
+    s.add_argument("--from", dest="tune_dir", type=Path,
+                   help="a Tune sweep of the same file at the same commit: each trial continues from its Tune trial")
     for cmd in ("continue", "pack", "status", "stop", "drive"):
         sub.add_parser(cmd).add_argument("name")
     args = ap.parse_args(argv)
@@ -338,7 +385,9 @@ def main(argv: "list[str] | None" = None) -> int:
         if args.command == "start":
             if args.parallel < 1:
                 raise Refused("--parallel must be at least 1")
-            start(args.name, args.sweep, args.commit, args.parallel)
+            if args.steps is not None and args.steps < 1:
+                raise Refused("--steps must be at least 1")
+            start(args.name, args.sweep, args.commit, args.parallel, args.steps, args.tune_dir)
         else:
             {"continue": resume, "pack": pack, "status": status, "stop": stop, "drive": drive}[args.command](args.name)
     except (Refused, ValueError, subprocess.CalledProcessError) as exc:

@@ -8,6 +8,7 @@ from that checkpoint), one made to fail until the test lifts the block (it error
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,6 +254,17 @@ def test_raymix_run_and_a_one_trial_sweep_of_the_same_config_write_the_same_reco
     ckpts = sorted(trial.glob("checkpoint_*"))
     assert ckpts and load_checkpoint(ckpts[-1])["step"] == 4  # Tune's checkpoint, raymix's format
     assert list(trial.glob("events.out.tfevents.*"))  # TensorBoard-readable, by Tune
+    # runs/carry.py lengthens a finished Tune trial as a `raymix run` (the P3 runs to 50,000
+    # steps): it continues as the run that ran to step 4 continues, record for record
+    sys.path.insert(0, str(REPO / "runs"))
+    import carry
+
+    assert carry.from_tune_trial(trial, tmp_path / "longer") == 4
+    assert main(args[:2] + [str(tmp_path / "longer")] + args[3:] + ["--steps", "6", "--resume"]) == 0
+    assert main(args + ["--steps", "6", "--resume"]) == 0
+    longer = read_records(tmp_path / "longer")
+    assert [r["step"] for r in longer] == [2, 4, 6]
+    same_curve(read_records(tmp_path / "run"), longer)
 
 
 @pytest.mark.parametrize("flags, message", [(["--steps", "0"], "--steps must be an integer >= 1"),
