@@ -43,7 +43,7 @@ def _is_run(path: Path) -> bool:
 def trial_name(source: Path, path: Path, cfg: dict) -> str:
     """The published name: the sweep and the trial's index (Tune's) or its name (a carried run's)."""
     if _is_run(path) and not (path / "params.json").exists():
-        return f"{source.name}__{path.name.replace('=', '').replace(',', '_')}"
+        return f"{source.name}__{path.name}"
     return f"{source.name}__{path.name.split('_')[2]}_seed{cfg.get('seed')}"
 
 

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -48,7 +49,7 @@ class Refused(Exception):
 # ---------------------------------------------------------------------------- the plan
 def trials_of(sweep_file: Path) -> list[dict]:
     """The sweep file's grid points as ``[{"name", "config"}]``: the name is the point's search
-    values (``seed=0``), the config the whole experiment ``raymix run`` is given."""
+    values (``seed-0__attack-pool_aware``), the config the whole experiment ``raymix run`` is given."""
     sys.path.insert(0, str(sweep_file.parents[1]))  # the worktree's raymix, not this checkout's
     from raymix.sweep import expand_grid, load_sweep
 
@@ -57,8 +58,8 @@ def trials_of(sweep_file: Path) -> list[dict]:
         raise Refused(f"{sweep_file}: only grid sweeps are carried (no search_alg, scheduler, worst_case or num_samples)")
     trials = []
     for point in expand_grid(sweep.experiment, sweep.search):
-        name = ",".join(f"{k}={_flat(point, k)}" for k in sweep.search) or "trial"
-        trials.append({"name": "".join(c if c.isalnum() or c in "_.=,-" else "_" for c in name), "config": point})
+        name = "__".join(f"{k}-{_flat(point, k)}" for k in sweep.search) or "trial"  # plain: [A-Za-z0-9_.-]
+        trials.append({"name": re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_"), "config": point})
     if len({t["name"] for t in trials}) != len(trials):
         raise Refused(f"{sweep_file}: two grid points have the same name")
     return trials

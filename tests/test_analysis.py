@@ -289,18 +289,18 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     # a reference carried across machines (runs/carry.py's layout): a raymix run directory per
     # trial, and carry.json's pieces saying which steps ran where; the summary says it too
     carried = tmp_path / "carried_ref"
-    (carried / "seed=0").mkdir(parents=True)
-    (carried / "seed=0" / "config.json").write_text(json.dumps({"aggregator": "omniscient", "attack": "none", "seed": 0,
+    (carried / "seed-0").mkdir(parents=True)
+    (carried / "seed-0" / "config.json").write_text(json.dumps({"aggregator": "omniscient", "attack": "none", "seed": 0,
                                                                  "steps": 400, "output_dir": "/elsewhere"}))
-    (carried / "seed=0" / "records.jsonl").write_text("".join(json.dumps({"step": 100 * i, "test_accuracy": 0.96}) + "\n"
+    (carried / "seed-0" / "records.jsonl").write_text("".join(json.dumps({"step": 100 * i, "test_accuracy": 0.96}) + "\n"
                                                               for i in range(1, 5)))
     box = {"cpu": "Some CPU", "isa": "avx2", "cores": 2, "torch": "2.9"}
     (carried / "carry.json").write_text(json.dumps({"pieces": [
-        {"machine": box, "steps": {"seed=0": [0, 200]}}, {"machine": {**box, "isa": "avx512f"}, "steps": {"seed=0": [200, 400]}}]}))
+        {"machine": box, "steps": {"seed-0": [0, 200]}}, {"machine": {**box, "isa": "avx512f"}, "steps": {"seed-0": [200, 400]}}]}))
     out3 = tmp_path / "docs3"
     assert mod.main(["--sweep", str(tmp_path / "pb"), "--reference", str(carried), "--commit", "abc1234",
                      "--machine", "the trials' box", "--out", str(out3)]) == 0
-    ref_meta = json.loads((out3 / "records" / "carried_ref__seed0.json").read_text())
+    ref_meta = json.loads((out3 / "records" / "carried_ref__seed-0.json").read_text())
     assert "output_dir" not in ref_meta["config"] and ref_meta["machine"] == (
         "steps 0-200 on 2-core Some CPU (avx2, torch 2.9); steps 200-400 on 2-core Some CPU (avx512f, torch 2.9)")
     text3 = (out3 / "summary.md").read_text()

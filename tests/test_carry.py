@@ -3,6 +3,7 @@ named by its search values, each given its share of the cores. The carry itself 
 resume to the uninterrupted records) is tested with real actors in test_runtime.py."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -17,10 +18,11 @@ def test_a_sweep_file_s_grid_points_are_the_carried_trials():
     trials = carry.trials_of(REPO / "tune_configs" / "pool_aware_long_loco.yaml")
     assert len(trials) == 2 * 5 * 2 and len({t["name"] for t in trials}) == 20
     first = trials[0]
-    assert first["name"] == "seed=0,aggregator=omniscient,attack=pool_aware"
+    assert first["name"] == "seed-0__aggregator-omniscient__attack-pool_aware"
     assert first["config"]["steps"] == 10000 and first["config"]["aggregator"] == "omniscient"
     assert {t["config"]["attack"] for t in trials} == {"pool_aware", "pool_aware(objective=worst)"}
-    assert "attack=pool_aware_objective=worst_" in {t["name"].split(",")[-1] for t in trials}  # a spec, as a safe name
+    assert "attack-pool_aware_objective_worst" in {t["name"].split("__")[-1] for t in trials}  # a spec, as a plain name
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", t["name"]) for t in trials)
     # two trials at once on this machine: each its half of the cores, over its n workers
     assert carry.cpu_share(first["config"], 2) == pytest.approx((carry.os.cpu_count() or 1) / 2 / 12)
 
