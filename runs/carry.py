@@ -50,10 +50,9 @@ class Refused(Exception):
 def trials_of(sweep_file: Path) -> list[dict]:
     """The sweep file's grid points as ``[{"name", "config"}]``: the name is the point's search
     values (``seed-0__attack-pool_aware``), the config the whole experiment ``raymix run`` is given."""
-    sys.path.insert(0, str(sweep_file.parents[1]))  # the worktree's raymix, not this checkout's
-    from raymix.sweep import expand_grid, load_sweep
+    from raymix.sweep import expand_grid
 
-    sweep = load_sweep(sweep_file)
+    sweep = _load_sweep(sweep_file)
     if sweep.search_alg or sweep.scheduler or sweep.worst_case or int(sweep.run.get("num_samples", 1)) != 1:
         raise Refused(f"{sweep_file}: only grid sweeps are carried (no search_alg, scheduler, worst_case or num_samples)")
     trials = []
@@ -63,6 +62,14 @@ def trials_of(sweep_file: Path) -> list[dict]:
     if len({t["name"] for t in trials}) != len(trials):
         raise Refused(f"{sweep_file}: two grid points have the same name")
     return trials
+
+
+def _load_sweep(sweep_file: Path):
+    """The sweep file, read by the raymix of the worktree it lies in (not this checkout's)."""
+    sys.path.insert(0, str(sweep_file.parents[1]))
+    from raymix.sweep import load_sweep
+
+    return load_sweep(sweep_file)
 
 
 def _flat(point: dict, key: str):
@@ -201,10 +208,7 @@ def start(name: str, sweep_file: str, commit: str, parallel: int, steps: "int | 
 
 def tune_trial(tune_dir: Path, config: dict, sweep_file: Path) -> Path:
     """The trial directory of ``tune_dir`` whose search values are ``config``'s."""
-    sys.path.insert(0, str(sweep_file.parents[1]))
-    from raymix.sweep import load_sweep
-
-    keys = list(load_sweep(sweep_file).search)
+    keys = list(_load_sweep(sweep_file).search)
     found = [p.parent for p in sorted(tune_dir.glob("*/params.json"))
              if all(json.loads(p.read_text()).get(k) == config.get(k) for k in keys)]
     if len(found) != 1:
