@@ -145,9 +145,11 @@ def ensure_worktree(plan: dict) -> Path:
 
 # ---------------------------------------------------------------------------- pack, unpack
 def latest(out: Path) -> "tuple[Path, dict] | None":
-    """The newest checkpoint directory under a run's ``out`` and its ``meta.json``."""
-    found = sorted((out / "checkpoints").glob("step_*/meta.json"))
-    return (found[-1].parent, json.loads(found[-1].read_text())) if found else None
+    """The newest checkpoint directory under a run's ``out`` (raymix's own choice of it) and its ``meta.json``."""
+    from raymix.runtime.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(out)
+    return (found, json.loads((found / "meta.json").read_text())) if found else None
 
 
 def pack_trial(out: Path, dest: Path) -> dict:
@@ -221,7 +223,9 @@ def from_tune_trial(trial: Path, out: Path) -> int:
     """Lay a Tune trial's last checkpoint and the records up to it out as a ``raymix run``
     directory that ``--resume`` continues. A Tune checkpoint does not count the records (Tune
     keeps them), so the count is added to its state, saved again in the one format."""
-    import torch  # the state is read and written as runtime/checkpoint.py does: tensors and plain values
+    import torch  # read as runtime/checkpoint.py reads it: tensors and plain values
+
+    from raymix.runtime.checkpoint import write_checkpoint
 
     found = sorted(trial.glob("checkpoint_*/meta.json"), key=lambda p: json.loads(p.read_text())["step"])
     if not found:
@@ -230,10 +234,7 @@ def from_tune_trial(trial: Path, out: Path) -> int:
     lines = [x for x in (trial / "raymix" / "records.jsonl").read_text().splitlines()
              if x.strip() and json.loads(x)["step"] <= int(state["step"])]
     state["records"] = len(lines)
-    ckpt = out / "checkpoints" / f"step_{int(state['step']):06d}"
-    ckpt.mkdir(parents=True)
-    torch.save(state, ckpt / "state.pt")
-    (ckpt / "meta.json").write_text(json.dumps({"step": int(state["step"]), "records": len(lines), "format": state["format"]}))
+    write_checkpoint(out / "checkpoints" / f"step_{int(state['step']):06d}", state)
     (out / "records.jsonl").write_text("".join(x + "\n" for x in lines))
     (out / "config.json").write_text(json.dumps(state["config"], indent=2))
     return int(state["step"])
