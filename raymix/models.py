@@ -248,14 +248,16 @@ class GradientComputer:
         logits = functional_call(self.model, self._params(flat), (x,), kwargs)
         return F.cross_entropy(logits, y)
 
-    def masks(self, seeds: Sequence[int], batch: int) -> tuple[torch.Tensor, ...]:
-        """Per worker, its dropout masks (pre-scaled by 1/(1-p)); stacked: one (W, ...) tensor per dropout site."""
+    def masks(self, seeds: Sequence[int], batch: int, device: "str | None" = None) -> tuple[torch.Tensor, ...]:
+        """Per worker, its dropout masks (pre-scaled by 1/(1-p)); stacked: one (W, ...) tensor
+        per dropout site. Drawn on the host from each worker's own stream (the same masks on
+        every device), then moved to ``device`` (default: the computer's)."""
         specs = self.model.mask_specs(batch) if self.uses_masks else []
         per_worker = []
         for s in seeds:
             g = torch_generator(int(s), "dropout")
             per_worker.append([(torch.rand(shape, generator=g) >= p).to(torch.float32) / (1.0 - p) for shape, p in specs])
-        return tuple(torch.stack([w[k] for w in per_worker]).to(self.device) for k in range(len(specs)))
+        return tuple(torch.stack([w[k] for w in per_worker]).to(device or self.device) for k in range(len(specs)))
 
     def _check(self, flat_weights, xs, ys, seeds):
         flat = torch.as_tensor(flat_weights).reshape(-1).to(self.device, torch.float32)
@@ -270,17 +272,19 @@ class GradientComputer:
         return flat, xs, ys
 
     # -- API
-    def gradients(self, flat_weights: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """((W, d) flat gradients, (W,) mean losses); xs (W, B, C, H, W_), ys (W, B), one dropout seed per worker."""
+    def gradients(self, flat_weights: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, seeds: Sequence[int],
+                  masks: "tuple[torch.Tensor, ...] | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """((W, d) flat gradients, (W,) mean losses); xs (W, B, C, H, W_), ys (W, B), one dropout
+        seed per worker; ``masks``: ``self.masks(seeds, B)`` drawn ahead (vmap only)."""
         if self.method == "loop":
             return self.gradients_loop(flat_weights, xs, ys, seeds)
-        return self._vmap_gradients(flat_weights, xs, ys, seeds)
+        return self._vmap_gradients(flat_weights, xs, ys, seeds, masks)
 
-    def _vmap_gradients(self, flat_weights, xs, ys, seeds):
+    def _vmap_gradients(self, flat_weights, xs, ys, seeds, masks=None):
         flat, xs, ys = self._check(flat_weights, xs, ys, seeds)
         if xs.shape[0] == 0:
             return torch.empty(0, self.d, device=self.device), torch.empty(0, device=self.device)
-        masks = self.masks(seeds, xs.shape[1])
+        masks = self.masks(seeds, xs.shape[1]) if masks is None else tuple(m.to(self.device, non_blocking=True) for m in masks)
         self.model.train()
         g, loss = self._vgrad(flat.detach(), xs, ys, masks)
         return g.detach(), loss.detach()

@@ -118,6 +118,13 @@ class Workers:
         self.batch_size, self.mode, self.local_steps, self.lr = int(batch_size), mode, int(local_steps), float(lr)
         self.poison = poison
         self.computer = model.computer(device)
+        # On a GPU the host draws the next step's batch indices and dropout masks on a thread
+        # of its own while the device computes this step's (they are a pure function of the
+        # step, so nothing changes but when they are drawn; on the CPU it would only take
+        # cycles from the step itself).
+        self.prefetch = self.pin = torch.device(device).type == "cuda"
+        self._ahead: "tuple[int, Any] | None" = None  # (step, the future of its draws)
+        self._pool = None
 
     @classmethod
     def honest(cls, config, worker_ids: Sequence[int], shards, model: ModelSpec, device: str = "cpu", norm: tuple | None = None) -> "Workers":
@@ -128,27 +135,56 @@ class Workers:
         """The distinct labels each logical worker holds."""
         return [sorted(set(self.y[i].tolist())) for i in self.index]
 
-    def _batch(self, key: int):
-        from raymix.data import normalise, sample_batches
+    def _draw(self, key: int, masks: bool = False):
+        """The host's part of a batch: the (W, B) indices, the dropout seeds and (``masks``)
+        the masks themselves, in host memory (pinned on a GPU, for an asynchronous copy)."""
+        from raymix.data import sample_batches
 
         idx = sample_batches(self.index, self.batch_size, self.batch_key, key, self.ids)
-        xs, ys = normalise(self.x[idx.to(self.x.device)], self.norm), self.y[idx.to(self.y.device)]
+        seeds = [stream_seed(self.dropout_key, w, key) for w in self.ids]
+        drawn = self.computer.masks(seeds, self.batch_size, device="cpu") if masks else None
+        if self.pin:
+            idx = idx.pin_memory()
+            drawn = None if drawn is None else tuple(m.pin_memory() for m in drawn)
+        return idx, seeds, drawn
+
+    def _batch(self, key: int, ahead: bool = False):
+        """(xs, ys, dropout seeds, masks or None) of step ``key``; ``ahead``: with the masks,
+        drawn on the prefetch thread if it drew them, and the next step's draws started."""
+        from raymix.data import normalise
+
+        if ahead and self._ahead is not None and self._ahead[0] == key:
+            idx, seeds, masks = self._ahead[1].result()
+        else:
+            idx, seeds, masks = self._draw(key, masks=ahead)
+        self._ahead = None
+        if ahead:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="raymix-draws")
+            self._ahead = (key + 1, self._pool.submit(self._draw, key + 1, True))
+        idx_x = idx.to(self.x.device, non_blocking=True)
+        xs, ys = normalise(self.x[idx_x], self.norm), self.y[idx_x.to(self.y.device)]
         if self.poison is not None:
             xs, ys = self.poison(xs, ys)
-        return xs, ys, [stream_seed(self.dropout_key, w, key) for w in self.ids]
+        return xs, ys, seeds, masks
 
     def compute(self, weights: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """((W, d) rows, (W,) training losses at the broadcast weights)."""
+        """((W, d) rows, (W,) training losses at the broadcast weights), on the workers' device:
+        in one process they go on to the adversary and the server without leaving it (a pack
+        actor moves them to the CPU itself, for Ray's object store)."""
         weights = weights.to(self.device)
         if self.mode == "gradient":
-            xs, ys, seeds = self._batch(step)
-            grads, losses = self.computer.gradients(weights, xs, ys, seeds)
-            return grads.detach().cpu(), losses.detach().cpu()
+            ahead = self.prefetch and self.computer.method != "loop"
+            xs, ys, seeds, masks = self._batch(step, ahead)
+            grads, losses = self.computer.gradients(weights, xs, ys, seeds, masks)
+            return grads.detach(), losses.detach()
         # model mode: tau plain local SGD steps per worker from the broadcast weights
         local = [weights.clone() for _ in self.ids]
         first_losses = None
         for j in range(self.local_steps):
-            xs, ys, seeds = self._batch(step * self.local_steps + j)
+            xs, ys, seeds, _ = self._batch(step * self.local_steps + j)
             losses = []
             for i in range(len(self.ids)):
                 g, l = self.computer.gradients(local[i], xs[i : i + 1], ys[i : i + 1], [seeds[i]])
@@ -156,7 +192,7 @@ class Workers:
                 losses.append(l[0])
             if first_losses is None:
                 first_losses = torch.stack(losses)
-        return torch.stack([w - weights for w in local]).detach().cpu(), first_losses.detach().cpu()
+        return torch.stack([w - weights for w in local]).detach(), first_losses.detach()
 
 
 def knowledge_rows(config, step: int, honest: int | None = None) -> list[int] | None:
@@ -242,7 +278,7 @@ class Adversary:
         seen = honest if visible is None else honest[torch.as_tensor(visible, dtype=torch.long)]
         view = AdversaryView(honest=seen, n=n, f=f, step=int(step), pool=self.pool,
                              generator=torch_generator(self.key, int(step)))
-        rows = self.attack(view).detach().cpu()
+        rows = self.attack(view).detach()  # on the honest rows' device (Attack.__call__)
         self.choice = dict(self.attack.last_choice) if self.attack.reports_choice else None
         return rows
 
@@ -270,7 +306,8 @@ class WorkerMomentum:
         if index is None:  # every worker takes part
             index, size = slice(None), rows.shape[0]
         # a copy: the buffers stay apart from the rows handed on (an attack may not alter them)
-        buf = rows.new_zeros((size, rows.shape[1])) if prev is None else prev.clone()
+        # (a restored buffer is on the CPU: it joins the rows' device here)
+        buf = rows.new_zeros((size, rows.shape[1])) if prev is None else prev.to(rows.device, copy=True)
         sent = self.beta * buf[index] + (1.0 - self.beta) * rows
         buf[index] = sent
         self.buffers[who] = buf
@@ -287,6 +324,13 @@ class WorkerMomentum:
 
 
 # ---------------------------------------------------------------------------- the server's maths
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously): a step's timers then
+    measure the work done in their phase, not only its queueing. Nothing on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def update_stats(agg: torch.Tensor, honest_mean: torch.Tensor) -> dict[str, float]:
     """Cosine and inner product of the aggregate with the honest mean, and their norm ratio."""
     a, m = agg.double(), honest_mean.double()
@@ -365,11 +409,12 @@ def step_after_gradients(t: int, H: torch.Tensor, losses: torch.Tensor, server: 
     if adversary is not None and part is not None and len(part.byzantine) == 0:
         adversary.choice = None  # no Byzantine worker takes part: no rows, no choice
     elif adversary is not None:
-        w = server.weights() if adversary.workers is not None else None  # data attacks train at w
+        w = server.w.detach() if adversary.workers is not None else None  # data attacks train at w (on its device)
         byz = adversary.rows(t, H, w, knowledge_rows(config, t, None if part is None else H.shape[0]),
                              None if part is None else part.byzantine)
         if momentum is not None and adversary.workers is not None:  # Byzantine workers that train keep buffers too
             byz = momentum.apply(byz, "byzantine", None if part is None else part.byzantine, config.f)
+    synchronize(server.device)
     t1 = time.perf_counter()
     stats = server.step(t, H, byz, losses, evaluate, diagnose)
     if part is not None:  # the step's Byzantine rows (omniscient: the drawn Byzantine workers, none aggregated)
@@ -447,6 +492,7 @@ class Server:
             G = H if byz is None else torch.cat([H, byz.to(self.device, H.dtype)])
             agg, draw = aggregate(self.pool, G, self.f, self.key, step)
             stats["drawn"], stats["family"] = draw.spec, draw.family
+        synchronize(self.device)
         t1 = time.perf_counter()
         stats["time_aggregation"] = t1 - t0
         stats["nonfinite"] = not bool(torch.isfinite(agg).all())
@@ -460,6 +506,7 @@ class Server:
         elif self.on_divergence == "stop":
             stats["diverged"] = f"step {step}: {bad} is not finite (drawn rule {stats['drawn']}); the update was not applied"
             evaluate = True  # the run ends here: a record of it, with the state before the step
+        synchronize(self.device)
         t2 = time.perf_counter()
         stats["time_update"] = t2 - t1
         if evaluate:
@@ -509,7 +556,8 @@ class LocalSimulation:
                 hook(self.step + 1, self)
             t = self.step = self.step + 1
             t0 = time.perf_counter()
-            H, losses = self.workers.compute(self.server.weights(), t)
+            H, losses = self.workers.compute(self.server.w.detach(), t)  # the live weights: no copy, no host trip
+            synchronize(self.device)  # a GPU's work is timed when done, not when queued
             t1 = time.perf_counter()
             is_eval = self.config.is_eval_step(t)
             stats = step_after_gradients(t, H, losses, self.server, self.adversary, self.config, is_eval,

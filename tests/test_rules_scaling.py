@@ -2,6 +2,8 @@
 replace: Bulyan's incremental selection rounds (Krum, mean, geomed, comed), and comed /
 trimmed mean by counting for many rows. Random inputs, duplicated rows, NaN/Inf rows and
 heavily tied (integer) data; small sizes, the file runs in seconds."""
+import math
+
 import pytest
 import torch
 
@@ -178,6 +180,17 @@ def test_comed_rounds_match_rerunning_comed(n, f, d):
         assert same_rows(G, K.bulyan_comed_rounds(G, n - 2 * f), ref_comed_rounds(G, n - 2 * f))
 
 
+@pytest.mark.parametrize("n,f,d", SIZES + [(61, 2, 700)])
+def test_the_gpus_comed_rounds_match_rerunning_comed(n, f, d):
+    """The rounds a GPU runs (tensor ops only, no host sync; here on the CPU): the plain
+    loop's picks on random, duplicated, NaN/Inf and tied integer rows."""
+    for kind, G in enumerate(inputs(n, d, seed=5 * n + d)):
+        got = K.bulyan_comed_rounds_on_device(G, n - 2 * f)
+        assert got.dtype == torch.long and got.device == G.device
+        ref = ref_comed_rounds(G, n - 2 * f)
+        assert all(same_rows(G, a, b) for a, b in zip(got.tolist(), ref)), kind
+
+
 @pytest.mark.parametrize("select", ["krum", "krum(p=3)", "mean", "comed"])
 @pytest.mark.parametrize("agg", ["comed", "mean"])
 def test_bulyan_outputs_unchanged(select, agg):
@@ -238,13 +251,18 @@ def test_trimmed_mean_by_counting(n, dtype):
         assert torch.allclose(build_rule("trimmed_mean")(G, f), b, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
-@pytest.fixture(params=["chain", "compiled"])
+@pytest.fixture(params=["chain", "compiled", "batched"])
 def lp_path(request, monkeypatch):
-    """Runs a test on each of lp_pairwise's two paths: the torch chain, and the compiled loop
-    it takes for large matrices (here forced for any size). Where this machine cannot
-    compile (no C++ compiler), the compiled case is skipped with the compiler's error."""
+    """Runs a test on each of lp_pairwise's three paths: the torch chain, the compiled loop
+    it takes for large matrices (here forced for any size), and the broadcast a GPU takes
+    (here on the CPU, its column chunks made small so that a test's matrix spans several,
+    the last one ragged). Where this machine cannot compile (no C++ compiler), the compiled
+    case is skipped with the compiler's error."""
     monkeypatch.setattr(KD, "_fused_failed", [])
     monkeypatch.setattr(KD, "_FUSED_MIN_TERMS", 0 if request.param == "compiled" else 1 << 62)
+    if request.param == "batched":
+        monkeypatch.setattr(KD, "_lp_sums_chain", KD._lp_sums_batched)
+        monkeypatch.setattr(KD, "_BATCH_BUDGET", 40 * 40 * 700)  # 2,500 columns of 40 rows: 4 chunks
     monkeypatch.delenv("RAYMIX_COMPILE", raising=False)
     yield request.param
     if request.param == "compiled" and KD._fused_failed:
@@ -296,6 +314,31 @@ def test_compiled_lp_terms_equal_the_chains_and_krum_picks_the_same(monkeypatch)
             pytest.skip(f"no compiled l^p kernel on this machine: {KD._fused_failed[0]}")
         assert torch.allclose(fused, chain[p], rtol=2e-6, atol=0)
         assert torch.equal(build_rule(f"krum(p={int(p)})")(G, 10), picks[p])
+
+
+@pytest.mark.parametrize("p", [1.0, 3.0, 16.0, math.inf])
+def test_the_gpus_broadcast_sums_are_the_chains_and_krum_and_bulyan_pick_the_same(monkeypatch, p):
+    """The broadcast path a GPU takes (few large kernels) has the chain's terms: its sums
+    differ only by the float32 summation order within a column chunk (relative 2e-6: a few
+    ulps of float32 over sums of <= 500 positive terms, as the compiled loop's test), not at
+    all for p = inf (a max), and Krum and Bulyan pick the same workers from either."""
+    G = torch.randn(30, 1500, generator=torch.Generator().manual_seed(6)) * 1e-2
+    G[:12] += 0.05  # a cluster, so the picks are not near-ties
+    G[29, 5] = float("nan")  # a non-finite row stays at infinite distance
+    chain = KD.lp_pairwise(G, p)
+    rules = [f"krum(p={p})", f"bulyan(select=krum(p={p}))"]
+    outs = [build_rule(r)(G, 5) for r in rules]
+    monkeypatch.setattr(KD, "_lp_sums_chain", KD._lp_sums_batched)
+    monkeypatch.setattr(KD, "_BATCH_BUDGET", 30 * 30 * 400)  # 4 chunks, the last ragged
+    batched = KD.lp_pairwise(G, p)
+    assert torch.isinf(batched[29, :29]).all() and torch.equal(torch.isinf(batched), torch.isinf(chain))
+    fin = torch.isfinite(chain)
+    if math.isinf(p):
+        assert torch.equal(batched, chain)
+    else:
+        assert torch.allclose(batched[fin], chain[fin], rtol=2e-6, atol=0)
+    for r, out in zip(rules, outs):
+        assert torch.equal(build_rule(r)(G, 5), out), r
 
 
 def test_a_failed_compile_falls_back_to_the_chain_once_and_says_so(monkeypatch, caplog):

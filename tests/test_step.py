@@ -104,6 +104,23 @@ def test_packed_workers_equal_single_workers(setup):
     torch.testing.assert_close(packed, single, rtol=1e-5, atol=1e-6)
 
 
+def test_draws_made_ahead_on_a_thread_give_the_same_rows(setup):
+    """On a GPU the host draws the next step's batches and dropout masks on a thread while the
+    device computes (``Workers.prefetch``); forced on here, on the CPU: every step's rows
+    are bit for bit those of drawing in place, in order, after a skipped step (a retry or a
+    resume asks for a step other than the one drawn ahead) and for a step asked twice."""
+    _, model, w0, shards = setup
+    keys = keys_for(0)
+    plain = Workers([0, 1, 2], shards[:3], model, keys, 8)
+    ahead = Workers([0, 1, 2], shards[:3], model, keys, 8)
+    ahead.prefetch = True
+    assert model.computer("cpu").uses_masks  # the masks travel too
+    for step in (3, 4, 7, 8, 8):
+        torch.testing.assert_close(ahead.compute(w0, step), plain.compute(w0, step), rtol=0, atol=0)
+        assert ahead._ahead is not None and ahead._ahead[0] == step + 1
+    assert not plain.prefetch and plain._ahead is None  # the CPU draws in place
+
+
 def test_label_flip_trains_on_the_byzantine_shards(setup):
     _, model, w0, shards = setup
     cfg = ExperimentConfig(n=7, f=1, aggregator="comed", attack="label_flip(num_classes=10)", batch_size=8)
@@ -111,7 +128,7 @@ def test_label_flip_trains_on_the_byzantine_shards(setup):
     rows = adv.rows(4, torch.empty(0, w0.numel()), w0)
     # the same worker id, shard and step with the labels flipped by hand
     plain = Workers([6], shards[5:6], model, keys_for(0), 8)
-    xs, ys, seeds = plain._batch(4)
+    xs, ys, seeds, _ = plain._batch(4)
     ref, _ = GradientComputer("mlp", model.input_shape, 10).gradients(w0, xs, 9 - ys, seeds)
     torch.testing.assert_close(rows, ref)
 

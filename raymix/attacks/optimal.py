@@ -22,6 +22,7 @@ that of evaluating every member at every lambda, at a fraction of the cost for `
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, NamedTuple
 
@@ -132,6 +133,13 @@ def _rows(a: torch.Tensor, v: torch.Tensor, lam: float, f: int) -> torch.Tensor:
     return (a + lam * v).unsqueeze(0).expand(f, -1)
 
 
+def on_cpu(view: AdversaryView) -> AdversaryView:
+    """The view with its honest rows in host memory: the searches' fast paths are numpy and C
+    (raymix/attacks/pool_values.py), so on a GPU the rows cross once per step, and the crafted
+    rows go back to the honest rows' device (``Attack.__call__``)."""
+    return view if view.honest.device.type == "cpu" else dataclasses.replace(view, honest=view.honest.cpu())
+
+
 class _Searching(Attack):
     per_decade = 10
     reports_choice = True
@@ -182,6 +190,7 @@ class _Searching(Attack):
         there (relative to ||mu||^2, mu the visible honest mean, as the records'
         ``diag_expected_inner_product``) and the probability of the members it fools (inner
         product < 0 or not finite), all as the attacker computes them."""
+        view = on_cpu(view)
         members = self._members(view)
         probs = [p for _, p in members]
         values = PoolValues(view.honest, *crafted_direction(view, self.search), view.f, [r for r, _ in members])
@@ -247,6 +256,7 @@ class _Searching(Attack):
         return evaluate
 
     def craft(self, view: AdversaryView) -> torch.Tensor:
+        view = on_cpu(view)
         lam = self.optimise(view).lam
         a, v = crafted_direction(view, self.search)
         return _rows(a, v, lam, view.f).clone()
@@ -374,6 +384,7 @@ class PoolAware(_Searching):
     def pool_values(self, view: AdversaryView, lam: float, fast: bool = True) -> dict[str, float]:
         """<rule(G(lambda)), mu> for each distinct member (diagnostics and tests); ``fast=False``:
         each member run on the materialised G(lambda)."""
+        view = on_cpu(view)
         members = [r for r, _ in self.members_for(view)]
         vals = PoolValues(view.honest, *crafted_direction(view, self.search), view.f, members, fast=fast).values(lam)
         return {rule.spec: float(x) for rule, x in zip(members, vals)}

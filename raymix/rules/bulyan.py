@@ -26,23 +26,30 @@ def bulyan_select(G: torch.Tensor, f: int, select: Rule, generator=None) -> torc
     Krum, mean, l2 geomed and comed have incremental paths (the same picks as the rounds
     below, at the cost of about one round); the path is chosen by the rule's exact type and
     arguments, so a subclass or a wrapper (bucketing, whose family is its inner rule's) runs
-    its own ``aggregate`` each round."""
+    its own ``aggregate`` each round.
+
+    On a GPU the (n, n) matrix of the Krum and Gram paths is computed there and its rounds run
+    on the CPU: one copy of n^2 floats, where each round on the GPU would be a dozen small
+    kernels and a host sync for its pick; comed's rounds stay on the GPU, without a sync."""
     n = G.shape[0]
     theta = n - 2 * f
     kind = type(select)
     if kind is Krum:
         # One distance matrix; the rounds update each row's neighbour sum in O(n)
         # (the same picks as krum_scores(D2[rem][:, rem], f, shrinking=True) per round).
-        return torch.tensor(K.bulyan_krum_rounds(K.pairwise_sq_dists(G, float(select.p)), f, theta))
+        D2 = K.pairwise_sq_dists(G, float(select.p)).cpu()
+        return torch.tensor(K.bulyan_krum_rounds(D2, f, theta), device=G.device)
     if kind is Mean or (kind is GeometricMedian and float(select.p) == 2):
         # One Gram matrix; mean: row sums updated per round; geomed: Weiszfeld warm-started
         # from the previous round (more than f bad rows: they come last, in order).
         Kf, bad = K.gram(G)
         wz = None if kind is Mean else (float(select.nu), int(select.iters), float(select.tol))
-        return torch.tensor(K.bulyan_gram_rounds(Kf, bad, theta, wz))
+        return torch.tensor(K.bulyan_gram_rounds(Kf.cpu(), bad.cpu(), theta, wz), device=G.device)
     if kind is CoordinateMedian:
         # Per-column sorted lists with a moving median pointer; distances screened by one
         # matrix-vector product per round, candidates measured exactly.
+        if G.device.type != "cpu":  # every round as tensor ops, no host sync
+            return K.bulyan_comed_rounds_on_device(G, theta)
         return torch.tensor(K.bulyan_comed_rounds(G, theta))
     picked: list[int] = []
     rem_t = torch.arange(n)
@@ -52,7 +59,7 @@ def bulyan_select(G: torch.Tensor, f: int, select: Rule, generator=None) -> torc
         i = int(torch.argmin(K.lp_dist_to(sub, z, 2.0)))
         picked.append(int(rem_t[i]))
         rem_t = torch.cat([rem_t[:i], rem_t[i + 1:]])
-    return torch.tensor(picked)
+    return torch.tensor(picked, device=G.device)
 
 
 def bulyan_classic_agg(G: torch.Tensor, f: int, rows: torch.Tensor | None = None) -> torch.Tensor:

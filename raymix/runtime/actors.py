@@ -24,7 +24,7 @@ import torch
 
 from raymix.plugins import load_plugins
 from raymix.runtime.resources import actor_device, actor_placement, actor_sizes, actor_threads, deterministic_cuda
-from raymix.step import Adversary, Server, Workers, step_after_gradients
+from raymix.step import Adversary, Server, Workers, step_after_gradients, synchronize
 
 __all__ = ["WorkerActor", "ServerActor"]
 
@@ -44,10 +44,15 @@ def _device(config, workers: int) -> tuple[str, "str | None"]:
     return device, problem
 
 
-def _timed(workers: Workers, weights: torch.Tensor, step: int):
-    """A pack's (rows, (losses, seconds)) at ``weights``: what the server's step receives."""
+def _timed(workers: Workers, weights: torch.Tensor, step: int, to_cpu: bool = False):
+    """A pack's (rows, (losses, seconds)) at ``weights``: what the server's step receives.
+    ``to_cpu``: for another process (Ray's object store holds host memory); the server's own
+    pack keeps its rows on its device."""
     t0 = time.perf_counter()
     rows, losses = workers.compute(weights, step)
+    if to_cpu:
+        rows, losses = rows.cpu(), losses.cpu()
+    synchronize(workers.device)
     return rows, (losses, time.perf_counter() - t0)
 
 
@@ -70,7 +75,7 @@ class WorkerActor(_OnDevice):
         self.workers = Workers.honest(config, worker_ids, shards, model, self.device, norm)
 
     def compute(self, weights: torch.Tensor, step: int):
-        return _timed(self.workers, weights, step)
+        return _timed(self.workers, weights, step, to_cpu=True)
 
     def labels(self) -> list[list[int]]:
         return self.workers.labels()
@@ -115,8 +120,10 @@ class ServerActor(_OnDevice):
             self.compute(step)
         own_rows, own_aux = self.rows.pop(step)
         rows, aux = (own_rows,) + blocks[:num_blocks], (own_aux,) + blocks[num_blocks:]
-        losses = torch.cat([l.reshape(-1) for l, _ in aux])
-        stats = step_after_gradients(step, torch.cat(rows), losses, self.server, self.adversary, self.config, evaluate, diagnose)
+        # the other packs' rows arrive in host memory; the server's own are on its device already
+        losses = torch.cat([l.reshape(-1).to(self.device) for l, _ in aux])
+        H = torch.cat([r.to(self.device) for r in rows])
+        stats = step_after_gradients(step, H, losses, self.server, self.adversary, self.config, evaluate, diagnose)
         stats["time_gradients"] = max(s for _, s in aux)
         return (self.server.weights() if send_weights else None), stats
 

@@ -27,12 +27,12 @@ from raymix.rules._kernels.distances import (
 )
 from raymix.rules._kernels.networks import NETWORK_MAX_ROWS, median_reduce, order_statistics, selection_network
 from raymix.rules._kernels.rounds import (
-    SMALL_ROWS, bulyan_comed_rounds, bulyan_gram_rounds, bulyan_krum_rounds, small_krum_scores, small_weiszfeld,
+    SMALL_ROWS, bulyan_comed_rounds, bulyan_comed_rounds_on_device, bulyan_gram_rounds, bulyan_krum_rounds, small_krum_scores, small_weiszfeld,
 )
 
 __all__ = [
     "INF", "column_chunks", "coordinate_median_rows", "counting_ok", "median_by_counting", "sorted_columns", "trimmed_mean_by_counting", "trimmed_mean_rows",
     "bad_rows", "combine_rows", "compile_enabled", "gram", "ipow_", "lp_dist_to", "lp_pairwise", "pairwise_sq_dists",
     "pow2_scale", "sq_dists_from_gram", "NETWORK_MAX_ROWS", "median_reduce", "order_statistics", "selection_network",
-    "SMALL_ROWS", "bulyan_comed_rounds", "bulyan_gram_rounds", "bulyan_krum_rounds", "small_krum_scores", "small_weiszfeld",
+    "SMALL_ROWS", "bulyan_comed_rounds", "bulyan_comed_rounds_on_device", "bulyan_gram_rounds", "bulyan_krum_rounds", "small_krum_scores", "small_weiszfeld",
 ]

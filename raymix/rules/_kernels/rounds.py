@@ -256,6 +256,93 @@ def bulyan_gram_rounds(Kf: torch.Tensor, bad: torch.Tensor, theta: int, geomed: 
     return picked
 
 
+class _ColumnLists:
+    """Per column of G, the rows in sorted order (stable, NaN as +inf) as a doubly linked list
+    over slots (slot = row + 1; 0 the head, n + 1 the tail) and a pointer ``P`` to the lower
+    median's slot, which moves by at most one live step per removal: the state of Bulyan's
+    comed rounds. Every update is a tensor op on G's device (``remove`` takes the row as an
+    int or a 0-d tensor, so a GPU's rounds need no host sync)."""
+
+    def __init__(self, G: torch.Tensor):
+        n, d = G.shape
+        dev = G.device
+        self.d, self.idt = d, torch.int16 if n + 2 <= 32767 else torch.int32
+        self.NX = torch.empty(n + 2, d, dtype=self.idt, device=dev)  # slot of the next row
+        self.PV = torch.empty(n + 2, d, dtype=self.idt, device=dev)  # slot of the previous row
+        self.P = torch.empty(d, dtype=torch.long, device=dev)  # slot of the lower median
+        for a, b in column_chunks(d, max(64, (1 << 20) // n)):
+            X = torch.nan_to_num(G[:, a:b], nan=INF, posinf=INF, neginf=-INF)
+            order = torch.sort(X, dim=0, stable=True).indices + 1  # (n, c) slots in sorted order
+            c = b - a
+            head = torch.zeros(1, c, dtype=order.dtype, device=dev)
+            end = torch.full((1, c), n + 1, dtype=order.dtype, device=dev)
+            seq = torch.cat([head, order, end])  # (n+2, c): the list from head to tail
+            self.NX[:, a:b].scatter_(0, seq[:-1], seq[1:].to(self.idt))
+            self.PV[:, a:b].scatter_(0, seq[1:], seq[:-1].to(self.idt))
+            self.P[a:b] = order[(n - 1) // 2]
+        self.NXf, self.PVf = self.NX.view(-1), self.PV.view(-1)
+        self.cols = torch.arange(d, device=dev)
+        self.G = G
+        self.Gf = G.reshape(-1) if G.is_contiguous() else G.contiguous().view(-1)
+
+    def value(self, slots: torch.Tensor) -> torch.Tensor:
+        """G[slot-1, j] per column j, NaN as +inf."""
+        return torch.nan_to_num(self.Gf[(slots - 1) * self.d + self.cols], nan=INF, posinf=INF, neginf=-INF)
+
+    def median(self, m: int) -> torch.Tensor:
+        """The coordinate-wise median of the m rows left (midpoint for even m)."""
+        lo = self.value(self.P)
+        if m % 2:
+            return lo
+        return (lo + self.value(self.NXf[self.P * self.d + self.cols].long())) * 0.5
+
+    def remove(self, r, m: int) -> None:
+        """Remove row r of the m left: move the median pointer (reading the neighbours before
+        unlinking), then unlink r from every column's list."""
+        d, cols, P = self.d, self.cols, self.P
+        s = r + 1
+        xr = torch.nan_to_num(self.G[r], nan=INF, posinf=INF, neginf=-INF)
+        xp = self.value(P)
+        below = (xr < xp) | ((xr == xp) & (s < P))
+        if m % 2:  # odd -> even: the lower median moves down unless r was below it
+            self.P = torch.where(below, P, self.PVf[P * d + cols].long())
+        else:  # even -> odd: the median moves up if r was below it or was the lower median
+            self.P = torch.where(below | (P == s), self.NXf[P * d + cols].long(), P)
+        a_, b_ = self.PV[s].long(), self.NX[s].long()
+        self.NXf[a_ * d + cols] = b_.to(self.idt)
+        self.PVf[b_ * d + cols] = a_.to(self.idt)
+
+
+def bulyan_comed_rounds_on_device(G: torch.Tensor, theta: int) -> torch.Tensor:
+    """:func:`bulyan_comed_rounds` for a GPU: the same rounds (the median of the remaining
+    rows, then the remaining row closest to it in l2; rows at infinite distance last, ties to
+    the lowest index) as tensor ops only, with no host sync: every remaining row is measured
+    each round (float64 norms of the float32 differences; a GPU does n x d in microseconds),
+    instead of the CPU's screening, whose candidate sets have data-dependent sizes. Returns
+    the (theta,) picks on G's device. The distances are more precise than the CPU path's
+    float32 ones, so a pick can differ where two rows tie to float32 rounding."""
+    n, _ = G.shape
+    picked = torch.empty(max(theta, 0), dtype=torch.long, device=G.device)
+    if theta <= 0:
+        return picked
+    lists = _ColumnLists(G)
+    alive = torch.ones(n, dtype=torch.bool, device=G.device)
+    # finite distances < BIG < inf: non-finite rows after every finite one, removed rows never
+    big = torch.tensor(torch.finfo(torch.float64).max, dtype=torch.float64, device=G.device)
+    z = lists.median(n)
+    for t in range(theta):
+        dist = torch.linalg.vector_norm((G - z).to(torch.float64), dim=1)
+        score = torch.where(alive, torch.where(torch.isfinite(dist), dist, big), INF)
+        r = torch.argmin(score)  # the first minimum: the lowest index among ties
+        picked[t] = r
+        if t == theta - 1:
+            break
+        lists.remove(r, n - t)
+        alive[r] = False
+        z = lists.median(n - t - 1)
+    return picked
+
+
 def bulyan_comed_rounds(G: torch.Tensor, theta: int) -> list[int]:
     """Bulyan's theta rounds with ``select=comed``: each round takes the coordinate-wise
     median z of the remaining rows (NaN as +inf, midpoint for an even count) and removes the
@@ -275,35 +362,8 @@ def bulyan_comed_rounds(G: torch.Tensor, theta: int) -> list[int]:
     dev = G.device
     if theta <= 0:
         return []
-    idt = torch.int16 if n + 2 <= 32767 else torch.int32
-    NX = torch.empty(n + 2, d, dtype=idt, device=dev)  # slot of the next row (slot = row+1)
-    PV = torch.empty(n + 2, d, dtype=idt, device=dev)
-    P = torch.empty(d, dtype=torch.long, device=dev)  # slot of the lower median
-    csize = max(64, (1 << 20) // n)
-    for a, b in column_chunks(d, csize):
-        X = torch.nan_to_num(G[:, a:b], nan=INF, posinf=INF, neginf=-INF)
-        order = torch.sort(X, dim=0, stable=True).indices + 1  # (n, c) slots in sorted order
-        c = b - a
-        head = torch.zeros(1, c, dtype=order.dtype, device=dev)
-        end = torch.full((1, c), n + 1, dtype=order.dtype, device=dev)
-        seq = torch.cat([head, order, end])  # (n+2, c): the list from head to tail
-        NX[:, a:b].scatter_(0, seq[:-1], seq[1:].to(idt))
-        PV[:, a:b].scatter_(0, seq[1:], seq[:-1].to(idt))
-        P[a:b] = order[(n - 1) // 2]
-    NXf, PVf = NX.view(-1), PV.view(-1)
-    cols = torch.arange(d, device=dev)
-    Gf = G.reshape(-1) if G.is_contiguous() else G.contiguous().view(-1)
-
-    def value(slots):  # G[slot-1, j] per column j, NaN as +inf
-        v = Gf[(slots - 1) * d + cols]
-        return torch.nan_to_num(v, nan=INF, posinf=INF, neginf=-INF)
-
-    def median(m):
-        lo = value(P)
-        if m % 2:
-            return lo
-        return (lo + value(NXf[P * d + cols].long())) * 0.5
-
+    lists = _ColumnLists(G)
+    median, remove = lists.median, lists.remove
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     picked: list[int] = []
     m = n
@@ -342,18 +402,7 @@ def bulyan_comed_rounds(G: torch.Tensor, theta: int) -> list[int]:
         picked.append(r)
         if t == theta - 1:
             break
-        # remove r: move the median pointer (read neighbours before unlinking), then unlink
-        s = r + 1
-        xr = torch.nan_to_num(G[r], nan=INF, posinf=INF, neginf=-INF)
-        xp = value(P)
-        below = (xr < xp) | ((xr == xp) & (s < P))
-        if m % 2:  # odd -> even: the lower median moves down unless r was below it
-            P = torch.where(below, P, PVf[P * d + cols].long())
-        else:  # even -> odd: the median moves up if r was below it or was the lower median
-            P = torch.where(below | (P == s), NXf[P * d + cols].long(), P)
-        a_, b_ = PV[s].long(), NX[s].long()
-        NXf[a_ * d + cols] = b_.to(idt)
-        PVf[b_ * d + cols] = a_.to(idt)
+        remove(r, m)
         alive[r] = False
         m -= 1
         z = median(m)
