@@ -109,7 +109,7 @@ def main(argv: "list[str] | None" = None) -> int:
     ap.add_argument("--wall-clock", help="how long it ran")
     ap.add_argument("--machine", help="where it ran")
     ap.add_argument("--title", help="the report's title (default: OUT's name)")
-    ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the worst-case table")
+    ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the table, and whose readings (analysis/readings.py) are rewritten")
     args = ap.parse_args(argv)
     from raymix.analysis.report import write_report
 
@@ -125,6 +125,9 @@ def main(argv: "list[str] | None" = None) -> int:
     if args.into is not None:
         write_block(args.into, args.out)
         print(f"the block {args.out.name} in {args.into}")
+        import readings  # and the numbers its sentences cite (analysis/readings.py)
+
+        args.into.write_text(readings.rewrite(args.into.read_text()))
     return 0
 
 

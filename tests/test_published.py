@@ -44,6 +44,37 @@ def test_pages_quote_the_tables_their_records_give():
         assert page[start:end] == block(REPO / "docs" / "results" / name), f"rerun analysis/publish.py ... --into docs/results/README.md for {name}"
 
 
+def test_numbers_in_sentences_are_what_their_records_give():
+    """Every reading (``<!-- r: NAME COLUMN ... -->TEXT<!-- /r -->``) in docs/results/README.md
+    is what analysis/readings.py computes from docs/results/NAME/records/ now."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    import readings
+
+    page = (REPO / "docs" / "results" / "README.md").read_text()
+    found = list(readings.MARK.finditer(page))
+    assert found, "docs/results/README.md cites no reading"
+    for m in found:
+        assert m["text"] == readings.reading(m["spec"]), f"rerun analysis/readings.py docs/results/README.md: {m['spec']}"
+
+
+def test_a_reading_names_one_row_or_a_range(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    import readings
+
+    assert readings.reading("fig6_alie final_mean aggregator=krum .2f") == "64.78"
+    assert readings.reading("fig6_alie gap_to_omniscient range") == "-3.6 to 0.0"
+    with pytest.raises(ValueError, match="4 rows, not one"):
+        readings.reading("fig6_alie final_mean")
+    with pytest.raises(ValueError, match="no column 'accuracy'"):
+        readings.reading("fig6_alie accuracy aggregator=krum")
+    with pytest.raises(ValueError, match="holds no published records"):
+        readings.reading("no_such_sweep final_mean")
+
+
 LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")
                    if p.read_text().startswith("# Pool-aware attack at length"))
 
