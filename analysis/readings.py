@@ -2,18 +2,24 @@
 
 A page cites a number of a published sweep as
 
-    <!-- r: NAME COLUMN [KEY=VALUE ...] [range] [.Nf] -->TEXT<!-- /r -->
+    <!-- r: NAME COLUMN [KEY=VALUE ...] [range] [%] [.Nf] -->TEXT<!-- /r -->
 
-and this script rewrites TEXT from ``docs/results/NAME/records/``: the sweep's summary table
-(``raymix report``'s ``summary.csv``: one row per attack and aggregator, over the seeds),
-restricted to the rows whose KEY column equals VALUE (quote a VALUE holding spaces:
+and this script rewrites TEXT from ``docs/results/NAME/records/``. Where COLUMN is one of the
+sweep's summary table (``raymix report``'s ``summary.csv``: one row per attack and
+aggregator, over the seeds), the rows are the table's; otherwise they are the evaluation
+records themselves (``raymix.analysis.load_results``: one row per trial and evaluation, with
+``step``, ``seed``, ``test_accuracy``, ``cosine``, ``diag_fooled_family.krum``, ...). Only the
+rows whose KEY column equals VALUE are kept (quote a VALUE holding spaces:
 ``aggregator="mixtailor(exclude=[bulyan], geomed_iters=20)"``), then
 
-- COLUMN's value in the one row left (anything else is an error: say which row), or
-- ``range``: its least and largest value over the rows left, as ``LOW-HIGH`` (``LOW to
+- a summary column: its value in the one row left (anything else is an error);
+- a records column: its mean over the rows left (over seeds and evaluations; ``step=S`` keeps
+  one evaluation, ``seed=K`` one seed);
+- ``range``: the least and largest value over the rows left, as ``LOW-HIGH`` (``LOW to
   HIGH`` when LOW is negative; NaN rows, such as omniscient's fooled fraction, left out);
 
-written with the format ``.Nf`` (default ``.1f``). The columns' definitions are the report's
+times 100 with ``%`` (a record's accuracy is a fraction), written with the format ``.Nf``
+(default ``.1f``). The summary columns' definitions are the report's
 (docs/analysis.md): ``final_mean`` and ``final_std`` the last evaluation's test accuracy in %
 (mean and sample std over the seeds), ``gap_to_omniscient`` omniscient's ``final_mean`` minus
 the row's, under the same attack, ``fooled_fraction_mean`` the mean over evaluations of the
@@ -39,11 +45,13 @@ MARK = re.compile(r"<!-- r: (?P<spec>.*?) -->(?P<text>.*?)<!-- /r -->", re.S)
 
 
 @lru_cache(maxsize=None)
-def _table(records: Path):
+def _frames(records: Path):
+    """(summary table, evaluation records) of the published records."""
     from raymix.analysis.load import load_results
     from raymix.analysis.plots import summary_table
 
-    return summary_table(load_results(records))
+    frame = load_results(records)
+    return summary_table(frame), frame
 
 
 def reading(spec: str, results: Path = RESULTS) -> str:
@@ -55,13 +63,17 @@ def reading(spec: str, results: Path = RESULTS) -> str:
     records = results / name / "records"
     if not records.is_dir():
         raise ValueError(f"reading {spec!r}: {records} holds no published records")
-    table = _table(records)
+    summary, frame = _frames(records)
+    from_records = column not in summary.columns
+    table = frame if from_records else summary
     if column not in table.columns:
-        raise ValueError(f"reading {spec!r}: no column {column!r} (the table has {', '.join(table.columns)})")
-    fmt, want_range = ".1f", False
+        raise ValueError(f"reading {spec!r}: no column {column!r} in the summary ({', '.join(summary.columns)}) nor the records")
+    fmt, want_range, scale = ".1f", False, 1.0
     for word in rest:
         if word == "range":
             want_range = True
+        elif word == "%":
+            scale = 100.0
         elif re.fullmatch(r"\.\d+f", word):
             fmt = word
         elif "=" in word:
@@ -70,8 +82,12 @@ def reading(spec: str, results: Path = RESULTS) -> str:
                 raise ValueError(f"reading {spec!r}: no column {key!r} to select rows by")
             table = table[table[key].astype(str) == value]
         else:
-            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, range nor a format like .1f")
-    values = [float(v) for v in table[column] if not (want_range and math.isnan(float(v)))]
+            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, range, % nor a format like .1f")
+    values = [scale * float(v) for v in table[column] if not (want_range and math.isnan(float(v)))]
+    if from_records and not want_range:  # the records' mean over the rows selected
+        if not values:
+            raise ValueError(f"reading {spec!r}: no evaluation records left")
+        values = [math.fsum(values) / len(values)]
     if want_range:
         if not values:
             raise ValueError(f"reading {spec!r}: no rows left")

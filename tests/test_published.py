@@ -67,7 +67,12 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
 
     assert readings.reading("fig6_alie final_mean aggregator=krum .2f") == "64.78"
     assert readings.reading("fig6_alie gap_to_omniscient range") == "-3.6 to 0.0"
+    # the records themselves: one evaluation of one seed, and a mean over evaluations and seeds
+    assert readings.reading("fig6_alie test_accuracy aggregator=krum seed=1 step=1500 % .2f") == "66.63"
+    assert readings.reading("fig6_alie test_accuracy aggregator=krum step=1500 % .3f") == readings.reading("fig6_alie final_mean aggregator=krum .3f")
+    assert readings.reading("fig6_alie diag_fooled_fraction aggregator=mixtailor .3f") == "0.000"
     with pytest.raises(ValueError, match="4 rows, not one"):
+
         readings.reading("fig6_alie final_mean")
     with pytest.raises(ValueError, match="no column 'accuracy'"):
         readings.reading("fig6_alie accuracy aggregator=krum")
