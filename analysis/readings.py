@@ -4,7 +4,9 @@ A page cites a number of a published sweep as
 
     <!-- r: NAME COLUMN [KEY=VALUE ...] [range] [%] [.Nf] -->TEXT<!-- /r -->
 
-and this script rewrites TEXT from ``docs/results/NAME/records/``. Where COLUMN is one of the
+and this script rewrites TEXT from ``docs/results/NAME/records/`` (or, for a sweep published
+before records were kept, from its published ``summary.csv``, which holds only the summary
+columns). Where COLUMN is one of the
 sweep's summary table (``raymix report``'s ``summary.csv``: one row per attack and
 aggregator, over the seeds), the rows are the table's; otherwise they are the evaluation
 records themselves (``raymix.analysis.load_results``: one row per trial and evaluation, with
@@ -45,6 +47,13 @@ MARK = re.compile(r"<!-- r: (?P<spec>.*?) -->(?P<text>.*?)<!-- /r -->", re.S)
 
 
 @lru_cache(maxsize=None)
+def _summary_csv(path: Path):
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+@lru_cache(maxsize=None)
 def _frames(records: Path):
     """(summary table, evaluation records) of the published records."""
     from raymix.analysis.load import load_results
@@ -61,10 +70,15 @@ def reading(spec: str, results: Path = RESULTS) -> str:
         raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range] [.Nf]")
     name, column, rest = words[0], words[1], words[2:]
     records = results / name / "records"
-    if not records.is_dir():
-        raise ValueError(f"reading {spec!r}: {records} holds no published records")
-    summary, frame = _frames(records)
+    if records.is_dir():
+        summary, frame = _frames(records)
+    elif (results / name / "summary.csv").is_file():  # published before records were kept
+        summary, frame = _summary_csv(results / name / "summary.csv"), None
+    else:
+        raise ValueError(f"reading {spec!r}: {results / name} holds no published records nor summary.csv")
     from_records = column not in summary.columns
+    if from_records and frame is None:
+        raise ValueError(f"reading {spec!r}: {name} ships only its summary.csv (no records): {column!r} is not one of its columns")
     table = frame if from_records else summary
     if column not in table.columns:
         raise ValueError(f"reading {spec!r}: no column {column!r} in the summary ({', '.join(summary.columns)}) nor the records")

@@ -76,8 +76,16 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
         readings.reading("fig6_alie final_mean")
     with pytest.raises(ValueError, match="no column 'accuracy'"):
         readings.reading("fig6_alie accuracy aggregator=krum")
-    with pytest.raises(ValueError, match="holds no published records"):
+    with pytest.raises(ValueError, match="holds no published records nor summary.csv"):
         readings.reading("no_such_sweep final_mean")
+    # a sweep published before records were kept: its summary.csv, summary columns only
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "summary.csv").write_text("attack,aggregator,final_mean,final_std\nipm(epsilon=0.1),omniscient,94.8,0.19\n"
+                                                  "ipm(epsilon=0.1),krum,9.9,0.3\n")
+    assert readings.reading("old final_mean aggregator=omniscient .2f", tmp_path) == "94.80"
+    assert readings.reading("old final_std range", tmp_path) == "0.2-0.3"
+    with pytest.raises(ValueError, match="ships only its summary.csv"):
+        readings.reading("old test_accuracy aggregator=omniscient", tmp_path)
 
 
 LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")
