@@ -2,7 +2,7 @@
 
 A page cites a number of a published sweep as
 
-    <!-- r: NAME COLUMN [KEY=VALUE ...] [range] [%] [.Nf] -->TEXT<!-- /r -->
+    <!-- r: NAME COLUMN [KEY=VALUE ...] [range|spread] [minus KEY=VALUE ...] [%] [.Nf] -->TEXT<!-- /r -->
 
 and this script rewrites TEXT from ``docs/results/NAME/records/`` (or, for a sweep published
 before records were kept, from its published ``summary.csv``, which holds only the summary
@@ -19,6 +19,10 @@ rows whose KEY column equals VALUE are kept (quote a VALUE holding spaces:
   one evaluation, ``seed=K`` one seed);
 - ``range``: the least and largest value over the rows left, as ``LOW-HIGH`` (``LOW to
   HIGH`` when LOW is negative; NaN rows, such as omniscient's fooled fraction, left out);
+- ``spread``: the largest minus the least;
+- ``minus KEY=VALUE ...``: the value above minus the value of the row selected by the same
+  filters with these ones changed (``final_mean aggregator=no_geomed minus
+  aggregator=full``: how far no_geomed is above the full pool);
 
 times 100 with ``%`` (a record's accuracy is a fraction), written with the format ``.Nf``
 (default ``.1f``). The summary columns' definitions are the report's
@@ -63,53 +67,79 @@ def _frames(records: Path):
     return summary_table(frame), frame
 
 
-def reading(spec: str, results: Path = RESULTS) -> str:
-    """The text of the reading ``spec`` (``NAME COLUMN [KEY=VALUE ...] [range] [.Nf]``)."""
-    words = shlex.split(spec)
-    if len(words) < 2:
-        raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range] [.Nf]")
-    name, column, rest = words[0], words[1], words[2:]
+def _tables(spec: str, name: str, results: Path):
+    """(summary table, evaluation records or None) of the sweep ``name``."""
     records = results / name / "records"
     if records.is_dir():
-        summary, frame = _frames(records)
-    elif (results / name / "summary.csv").is_file():  # published before records were kept
-        summary, frame = _summary_csv(results / name / "summary.csv"), None
-    else:
-        raise ValueError(f"reading {spec!r}: {results / name} holds no published records nor summary.csv")
+        return _frames(records)
+    if (results / name / "summary.csv").is_file():  # published before records were kept
+        return _summary_csv(results / name / "summary.csv"), None
+    raise ValueError(f"reading {spec!r}: {results / name} holds no published records nor summary.csv")
+
+
+def _values(spec: str, name: str, column: str, filters: dict, results: Path, keep_nan: bool) -> "tuple[list[float], bool]":
+    """COLUMN's values over the rows the filters keep, and whether they are evaluation records."""
+    summary, frame = _tables(spec, name, results)
     from_records = column not in summary.columns
     if from_records and frame is None:
         raise ValueError(f"reading {spec!r}: {name} ships only its summary.csv (no records): {column!r} is not one of its columns")
     table = frame if from_records else summary
     if column not in table.columns:
         raise ValueError(f"reading {spec!r}: no column {column!r} in the summary ({', '.join(summary.columns)}) nor the records")
-    fmt, want_range, scale = ".1f", False, 1.0
-    for word in rest:
-        if word == "range":
-            want_range = True
+    for key, value in filters.items():
+        if key not in table.columns:
+            raise ValueError(f"reading {spec!r}: no column {key!r} to select rows by")
+        table = table[table[key].astype(str) == value]
+    return [float(v) for v in table[column] if keep_nan or not math.isnan(float(v))], from_records
+
+
+def _one(spec: str, values: "list[float]", from_records: bool) -> float:
+    if from_records:  # the records' mean over the rows selected
+        if not values:
+            raise ValueError(f"reading {spec!r}: no evaluation records left")
+        return math.fsum(values) / len(values)
+    if len(values) != 1:
+        raise ValueError(f"reading {spec!r}: {len(values)} rows, not one: select by attack= and aggregator=")
+    return values[0]
+
+
+def reading(spec: str, results: Path = RESULTS) -> str:
+    """The text of the reading ``spec`` (module docstring)."""
+    words = shlex.split(spec)
+    if len(words) < 2:
+        raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range|spread] [minus KEY=VALUE ...] [%] [.Nf]")
+    name, column = words[0], words[1]
+    fmt, kind, scale = ".1f", "value", 1.0
+    filters: dict = {}
+    other: "dict | None" = None  # ``minus``: the filters of the row subtracted
+    for word in words[2:]:
+        if word in ("range", "spread"):
+            kind = word
+        elif word == "minus":
+            other = dict(filters)
         elif word == "%":
             scale = 100.0
         elif re.fullmatch(r"\.\d+f", word):
             fmt = word
         elif "=" in word:
             key, value = word.split("=", 1)
-            if key not in table.columns:
-                raise ValueError(f"reading {spec!r}: no column {key!r} to select rows by")
-            table = table[table[key].astype(str) == value]
+            (filters if other is None else other)[key] = value
         else:
-            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, range, % nor a format like .1f")
-    values = [scale * float(v) for v in table[column] if not (want_range and math.isnan(float(v)))]
-    if from_records and not want_range:  # the records' mean over the rows selected
-        if not values:
-            raise ValueError(f"reading {spec!r}: no evaluation records left")
-        values = [math.fsum(values) / len(values)]
-    if want_range:
+            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, range, spread, minus, % nor a format like .1f")
+    values, from_records = _values(spec, name, column, filters, results, keep_nan=kind == "value")
+    values = [scale * v for v in values]
+    if kind != "value":
         if not values:
             raise ValueError(f"reading {spec!r}: no rows left")
         lo, hi = min(values), max(values)
+        if kind == "spread":
+            return f"{hi - lo:{fmt}}"
         return f"{lo:{fmt}}{'-' if lo >= 0 else ' to '}{hi:{fmt}}"
-    if len(values) != 1:
-        raise ValueError(f"reading {spec!r}: {len(values)} rows, not one: select by attack= and aggregator=")
-    return f"{values[0]:{fmt}}"
+    value = _one(spec, values, from_records)
+    if other is not None:
+        theirs, their_kind = _values(spec, name, column, other, results, keep_nan=True)
+        value -= _one(spec, [scale * v for v in theirs], their_kind)
+    return f"{value:{fmt}}"
 
 
 def rewrite(text: str, results: Path = RESULTS) -> str:

@@ -86,6 +86,9 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
     assert readings.reading("old final_std range", tmp_path) == "0.2-0.3"
     with pytest.raises(ValueError, match="ships only its summary.csv"):
         readings.reading("old test_accuracy aggregator=omniscient", tmp_path)
+    # derived readings: the spread over rows, and one row minus another
+    assert readings.reading("old final_mean spread", tmp_path) == "84.9"
+    assert readings.reading("old final_mean aggregator=krum minus aggregator=omniscient", tmp_path) == "-84.9"
 
 
 LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")
