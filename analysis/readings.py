@@ -10,8 +10,11 @@ columns). Where COLUMN is one of the
 sweep's summary table (``raymix report``'s ``summary.csv``: one row per attack and
 aggregator, over the seeds), the rows are the table's; otherwise they are the evaluation
 records themselves (``raymix.analysis.load_results``: one row per trial and evaluation, with
-``step``, ``seed``, ``test_accuracy``, ``cosine``, ``diag_fooled_family.krum``, ...). Only the
-rows whose KEY column equals VALUE are kept (quote a VALUE holding spaces:
+``step``, ``seed``, ``test_accuracy``, ``cosine``, ``diag_fooled_family.krum``, ...; for a
+pool-aware long run, analysis/pool_aware_long.py's records, with ``role`` trial or
+reference and the attacker's ``attack.lambda``, ...). Only the
+rows whose KEY column equals VALUE are kept (``KEY<=X`` and ``KEY>=X`` bound a number, such
+as ``step<=9200``; quote a VALUE holding spaces:
 ``aggregator="mixtailor(exclude=[bulyan], geomed_iters=20)"``), then
 
 - a summary column: its value in the one row left (anything else is an error);
@@ -20,6 +23,8 @@ rows whose KEY column equals VALUE are kept (quote a VALUE holding spaces:
 - ``range``: the least and largest value over the rows left, as ``LOW-HIGH`` (``LOW to
   HIGH`` when LOW is negative; NaN rows, such as omniscient's fooled fraction, left out);
 - ``spread``: the largest minus the least;
+- ``first>=X``: the first evaluation's ``step`` at which COLUMN (times 100 with ``%``) is at
+  least X (``,.0f`` writes 4,100);
 - ``minus KEY=VALUE ...``: the value above minus the value of the row selected by the same
   filters with these ones changed (``final_mean aggregator=no_geomed minus
   aggregator=full``: how far no_geomed is above the full pool);
@@ -67,9 +72,39 @@ def _frames(records: Path):
     return summary_table(frame), frame
 
 
+@lru_cache(maxsize=None)
+def _long_run_frame(records: Path):
+    """The evaluation records of a pool-aware long run (analysis/pool_aware_long.py: one
+    ``NAME.json`` meta and ``NAME.jsonl.gz`` per trial, flat): one row per trial and
+    evaluation, with its ``role`` (``trial`` or ``reference``), the config's ``seed``,
+    ``aggregator`` and ``attack``, and the record's fields (the attacker's choice as
+    ``attack.lambda``, ``attack.expected``, ...); no summary table."""
+    import gzip
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for meta_path in sorted(records.glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        keys = {"role": meta["role"], **{k: meta["config"].get(k) for k in ("seed", "aggregator", "attack")}}
+        with gzip.open(meta_path.with_suffix(".jsonl.gz"), "rt") as fh:
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    choice = rec.pop("attack", None) or {}
+                    rows.append({**keys, **{k: v for k, v in rec.items() if not isinstance(v, (dict, list))},
+                                 **{f"attack.{k}": v for k, v in choice.items()}})
+    return pd.DataFrame(rows)
+
+
 def _tables(spec: str, name: str, results: Path):
     """(summary table, evaluation records or None) of the sweep ``name``."""
+    import pandas as pd
+
     records = results / name / "records"
+    if records.is_dir() and any(records.glob("*.jsonl.gz")):  # a pool-aware long run's records
+        return pd.DataFrame(), _long_run_frame(records)
     if records.is_dir():
         return _frames(records)
     if (results / name / "summary.csv").is_file():  # published before records were kept
@@ -86,11 +121,14 @@ def _values(spec: str, name: str, column: str, filters: dict, results: Path, kee
     table = frame if from_records else summary
     if column not in table.columns:
         raise ValueError(f"reading {spec!r}: no column {column!r} in the summary ({', '.join(summary.columns)}) nor the records")
-    for key, value in filters.items():
+    for (key, op), value in filters.items():
         if key not in table.columns:
             raise ValueError(f"reading {spec!r}: no column {key!r} to select rows by")
-        table = table[table[key].astype(str) == value]
-    return [float(v) for v in table[column] if keep_nan or not math.isnan(float(v))], from_records
+        if op == "=":
+            table = table[table[key].astype(str) == value]
+        else:  # a numeric bound, such as step<=9200
+            table = table[table[key] <= float(value)] if op == "<=" else table[table[key] >= float(value)]
+    return [float(v) for v in table[column] if keep_nan or not math.isnan(float(v))], from_records, table
 
 
 def _one(spec: str, values: "list[float]", from_records: bool) -> float:
@@ -109,7 +147,7 @@ def reading(spec: str, results: Path = RESULTS) -> str:
     if len(words) < 2:
         raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range|spread] [minus KEY=VALUE ...] [%] [.Nf]")
     name, column = words[0], words[1]
-    fmt, kind, scale = ".1f", "value", 1.0
+    fmt, kind, scale, first = ".1f", "value", 1.0, None
     filters: dict = {}
     other: "dict | None" = None  # ``minus``: the filters of the row subtracted
     for word in words[2:]:
@@ -119,14 +157,22 @@ def reading(spec: str, results: Path = RESULTS) -> str:
             other = dict(filters)
         elif word == "%":
             scale = 100.0
-        elif re.fullmatch(r"\.\d+f", word):
+        elif re.fullmatch(r",?\.\d+f", word):
             fmt = word
-        elif "=" in word:
-            key, value = word.split("=", 1)
-            (filters if other is None else other)[key] = value
+        elif word.startswith("first>="):
+            kind, first = "first", float(word[len("first>="):])
+        elif re.match(r"[^=<>]+(<=|>=|=)", word):
+            key, op, value = re.match(r"([^=<>]+)(<=|>=|=)(.*)", word, re.S).groups()
+            (filters if other is None else other)[(key, op)] = value
         else:
-            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, range, spread, minus, % nor a format like .1f")
-    values, from_records = _values(spec, name, column, filters, results, keep_nan=kind == "value")
+            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, KEY<=X, KEY>=X, range, spread, first>=X, "
+                             "minus, % nor a format like .1f")
+    values, from_records, rows = _values(spec, name, column, filters, results, keep_nan=kind == "value")
+    if kind == "first":  # the first evaluation (least step) at which COLUMN reaches the bound
+        steps = [float(s) for s, v in zip(rows["step"], rows[column]) if scale * float(v) >= first]
+        if not steps:
+            raise ValueError(f"reading {spec!r}: {column} never reaches {first}")
+        return f"{min(steps):{fmt}}"
     values = [scale * v for v in values]
     if kind != "value":
         if not values:
@@ -137,7 +183,7 @@ def reading(spec: str, results: Path = RESULTS) -> str:
         return f"{lo:{fmt}}{'-' if lo >= 0 else ' to '}{hi:{fmt}}"
     value = _one(spec, values, from_records)
     if other is not None:
-        theirs, their_kind = _values(spec, name, column, other, results, keep_nan=True)
+        theirs, their_kind, _ = _values(spec, name, column, other, results, keep_nan=True)
         value -= _one(spec, [scale * v for v in theirs], their_kind)
     return f"{value:{fmt}}"
 

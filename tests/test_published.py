@@ -89,6 +89,22 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
     # derived readings: the spread over rows, and one row minus another
     assert readings.reading("old final_mean spread", tmp_path) == "84.9"
     assert readings.reading("old final_mean aggregator=krum minus aggregator=omniscient", tmp_path) == "-84.9"
+    # a pool-aware long run's records (analysis/pool_aware_long.py): bounds on the step, the
+    # first step past a level, and one role minus the other
+    (tmp_path / "long" / "records").mkdir(parents=True)
+    import gzip
+    import json
+
+    for role, seed, accs in (("trial", 0, [0.1, 0.5, 0.85, 0.9]), ("reference", 0, [0.6, 0.9, 0.95, 0.97])):
+        stem = tmp_path / "long" / "records" / f"{role}_{seed}"
+        stem.with_suffix(".json").write_text(json.dumps({"role": role, "config": {"seed": seed, "aggregator": "a", "attack": "x"}}))
+        with gzip.open(stem.with_suffix(".jsonl.gz"), "wt") as fh:
+            for i, acc in enumerate(accs):
+                fh.write(json.dumps({"step": 100 * (i + 1), "test_accuracy": acc, "attack": {"lambda": 1.0 + i}}) + "\n")
+    assert readings.reading("long test_accuracy role=trial first>=80 % ,.0f", tmp_path) == "300"
+    assert readings.reading("long test_accuracy role=trial step<=200 range %", tmp_path) == "10.0-50.0"
+    assert readings.reading("long attack.lambda role=trial step>=300", tmp_path) == "3.5"
+    assert readings.reading("long test_accuracy role=reference step=400 minus role=trial %", tmp_path) == "7.0"
 
 
 LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")
