@@ -23,6 +23,8 @@ as ``step<=9200``; quote a VALUE holding spaces:
 - ``range``: the least and largest value over the rows left, as ``LOW-HIGH`` (``LOW to
   HIGH`` when LOW is negative; NaN rows, such as omniscient's fooled fraction, left out);
 - ``spread``: the largest minus the least;
+- ``count``: how many rows are left (NaN left out), such as the evaluations at which the
+  attacker chose lambda 1 (``attack.lambda attack.lambda=1.0 count``);
 - ``first>=X``: the first evaluation's ``step`` at which COLUMN (times 100 with ``%``) is at
   least X (``,.0f`` writes 4,100);
 - ``minus KEY=VALUE ...``: the value above minus the value of the row selected by the same
@@ -151,7 +153,7 @@ def reading(spec: str, results: Path = RESULTS) -> str:
     filters: dict = {}
     other: "dict | None" = None  # ``minus``: the filters of the row subtracted
     for word in words[2:]:
-        if word in ("range", "spread"):
+        if word in ("range", "spread", "count"):
             kind = word
         elif word == "minus":
             other = dict(filters)
@@ -174,6 +176,8 @@ def reading(spec: str, results: Path = RESULTS) -> str:
             raise ValueError(f"reading {spec!r}: {column} never reaches {first}")
         return f"{min(steps):{fmt}}"
     values = [scale * v for v in values]
+    if kind == "count":
+        return str(len(values))
     if kind != "value":
         if not values:
             raise ValueError(f"reading {spec!r}: no rows left")

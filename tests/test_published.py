@@ -104,6 +104,7 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
     assert readings.reading("long test_accuracy role=trial first>=80 % ,.0f", tmp_path) == "300"
     assert readings.reading("long test_accuracy role=trial step<=200 range %", tmp_path) == "10.0-50.0"
     assert readings.reading("long attack.lambda role=trial step>=300", tmp_path) == "3.5"
+    assert readings.reading("long attack.lambda role=trial attack.lambda=2.0 count", tmp_path) == "1"
     assert readings.reading("long test_accuracy role=reference step=400 minus role=trial %", tmp_path) == "7.0"
 
 
