@@ -30,7 +30,7 @@ suite covers every code path (``tests/test_gpu_check.py``). Phases that use Ray 
 is already initialised (the test suite's), else start one and shut it down. Only raymix's
 public API is used (``LocalSimulation``, ``Simulation``, ``run_sweep``): what is measured is
 what the product runs. Besides the JSON lines, ``--markdown`` writes the rows as a table for
-docs/measurements.md.
+docs/measurements.md and ``--figure`` draws them against the goal.
 
     python benchmarks/gpu_check.py env --device cuda
     python benchmarks/gpu_check.py packed --device cuda --budget 150 --ks 4,16,32
@@ -549,15 +549,22 @@ def phase_n1000(args, emit: Emit, budget: Budget) -> None:
 
 
 # ---------------------------------------------------------------------------- projection
+def _rated(rows: list[dict]) -> list[dict]:
+    """The rows with a finite trial-steps/s in Figure 1's setting (n1000 is another)."""
+    return [r for r in rows if isinstance(r.get("trial_steps_per_s"), (int, float)) and math.isfinite(r["trial_steps_per_s"])
+            and r.get("phase") != "n1000"]
+
+
+def label(r: dict) -> str:
+    """A row's configuration in words: phase, variant, K, aggregation, device."""
+    return " ".join(str(x) for x in (r.get("phase"), r.get("variant") or r.get("name") or "", f"K={r['K']}" if "K" in r else "",
+                                     r.get("aggregation", ""), r.get("device", "")) if x)
+
+
 def projection(rows: list[dict], emit: Emit) -> dict:
     """The best trial-steps/s measured, full steps (MixTailor, the adversary, SGD, evaluations)
     and overall (kernels included), against Figure 1's 1.2 M trial-steps in one hour."""
-    rated = [r for r in rows if isinstance(r.get("trial_steps_per_s"), (int, float)) and math.isfinite(r["trial_steps_per_s"])
-             and r.get("phase") != "n1000"]
-
-    def label(r):
-        return " ".join(str(x) for x in (r.get("phase"), r.get("variant") or r.get("name") or "", f"K={r['K']}" if "K" in r else "",
-                                         r.get("aggregation", ""), r.get("device", "")) if x)
+    rated = _rated(rows)
 
     out = {"goal_trial_steps_per_s": GOAL, "figure1_trial_steps": FIGURE1_TRIAL_STEPS}
     for kind, pick in (("full", [r for r in rated if r.get("full_step")]), ("any", rated)):
@@ -587,6 +594,34 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def figure(rows: list[dict], path: "str | Path") -> "Path | None":
+    """The projected rows' trial-steps/s as horizontal bars (full steps dark, kernels only
+    light) against the goal's line, for docs/runtime.md (``--figure``); None where matplotlib
+    is not installed (the lent machine has what gpu_check.sh brings, and the table then
+    stands alone)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rated = _rated(rows)
+    labels = [label(r) for r in rated]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rated) + 1.5), constrained_layout=True)
+    ax.barh(range(len(rated)), [r["trial_steps_per_s"] for r in rated],
+            color=["tab:blue" if r.get("full_step") else "lightsteelblue" for r in rated])
+    ax.set_yticks(range(len(rated)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(GOAL, color="tab:red", linestyle="--", label=f"goal: Figure 1 in one hour ({GOAL:.0f} trial-steps/s)")
+    ax.set_xlabel("trial-steps/s (dark: full steps; light: kernels only)")
+    ax.set_title("GPU check: throughput per configuration (benchmarks/gpu_check.sh)")
+    fig.legend(loc="outside lower center")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def read_jsonl(path: "str | Path") -> list[dict]:
     rows = []
     for line in Path(path).read_text().splitlines():
@@ -612,6 +647,7 @@ def parse(argv=None):
     ap.add_argument("--dataset", default="auto", choices=("auto", "mnist", "synthetic"), help="auto: MNIST when found, else synthetic")
     ap.add_argument("--jsonl", default=None, help="append every row here (default $OUT/gpu_check.jsonl when OUT is set)")
     ap.add_argument("--markdown", default=None, help="projection: write the rows of --jsonl as a markdown table here")
+    ap.add_argument("--figure", default=None, help="projection: draw the rows of --jsonl as bars against the goal here (PNG)")
     ap.add_argument("--ks", default=None, help="packed: trials sharing the device, e.g. 4,16,32")
     ap.add_argument("--n-big", type=int, default=None, help="n1000: n (default 1000; quick 11)")
     ap.add_argument("--f-big", default=None, help="n1000: f values (default 2,200; quick 1,2)")
@@ -638,6 +674,8 @@ def main(argv=None, emit: "Emit | None" = None) -> int:
         out = projection(rows, emit)
         if args.markdown:
             Path(args.markdown).write_text(markdown(rows))
+        if args.figure and figure(rows, args.figure) is None:
+            print("# no figure: matplotlib is not installed here (the table stands alone)", flush=True)
         for kind in ("full", "any"):
             if out[kind]:
                 b = out[kind]

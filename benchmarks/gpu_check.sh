@@ -181,6 +181,6 @@ for i in "${!LIST[@]}"; do
     [ $rc -eq 0 ] || note "phase $phase exited with status $rc$([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo ' (timed out)') after $((SECONDS - t)) s of its ${b} s"
 done
 MD="${OUT:-$(dirname "$JSONL")}/gpu_check.md"
-"$PY" benchmarks/gpu_check.py projection --jsonl "$JSONL" --markdown "$MD"
-note "the table for docs/measurements.md: $MD"
+"$PY" benchmarks/gpu_check.py projection --jsonl "$JSONL" --markdown "$MD" --figure "${MD%.md}.png"
+note "the table and the figure for docs/measurements.md: $MD, ${MD%.md}.png"
 note "gpu_check.sh: $((SECONDS - T0)) s in all (budget ${BUDGET} s)"

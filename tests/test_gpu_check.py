@@ -112,7 +112,9 @@ def test_projection(gc, tmp_path):
     ]
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
     emit = gc.Emit(None)
-    assert gc.main(["projection", "--jsonl", str(jsonl), "--markdown", str(tmp_path / "t.md")], emit=emit) == 0
+    assert gc.main(["projection", "--jsonl", str(jsonl), "--markdown", str(tmp_path / "t.md"), "--figure", str(tmp_path / "t.png")],
+                   emit=emit) == 0
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the figure beside the table
     (best,) = emit.rows
     assert best["full"]["trial_steps_per_s"] == 500.0 and best["full"]["meets_goal"]
     assert best["full"]["hours_for_figure1"] == pytest.approx(1.2e6 / 500 / 3600)
