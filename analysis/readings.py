@@ -75,28 +75,27 @@ def _frames(records: Path):
 
 
 @lru_cache(maxsize=None)
-def _long_run_frame(records: Path):
-    """The evaluation records of a pool-aware long run (analysis/pool_aware_long.py: one
-    ``NAME.json`` meta and ``NAME.jsonl.gz`` per trial, flat): one row per trial and
-    evaluation, with its ``role`` (``trial`` or ``reference``), the config's ``seed``,
-    ``aggregator`` and ``attack``, and the record's fields (the attacker's choice as
-    ``attack.lambda``, ``attack.expected``, ...); no summary table."""
-    import gzip
-    import json
-
+def _long_run_frame(out: Path):
+    """The evaluation records of a pool-aware long run published in ``out``, as
+    analysis/pool_aware_long.py reads them (``load_published``): one row per trial and
+    evaluation, with its ``role`` (``trial``, or ``reference`` for the omniscient run), the
+    trial's ``seed``, ``aggregator`` and ``attack`` (the reference's seed only), and the
+    record's fields (the attacker's choice as ``attack.lambda``, ``attack.expected``, ...);
+    no summary table."""
     import pandas as pd
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pool_aware_long import load_published
+
+    _, _, trials, reference, *_ = load_published(out)
+    runs = [({"role": "trial", **{k: config.get(k) for k in ("seed", "aggregator", "attack")}}, recs) for _, config, recs, _ in trials]
+    runs += [({"role": "reference", "seed": seed}, recs) for seed, recs in reference.items()]
     rows = []
-    for meta_path in sorted(records.glob("*.json")):
-        meta = json.loads(meta_path.read_text())
-        keys = {"role": meta["role"], **{k: meta["config"].get(k) for k in ("seed", "aggregator", "attack")}}
-        with gzip.open(meta_path.with_suffix(".jsonl.gz"), "rt") as fh:
-            for line in fh:
-                if line.strip():
-                    rec = json.loads(line)
-                    choice = rec.pop("attack", None) or {}
-                    rows.append({**keys, **{k: v for k, v in rec.items() if not isinstance(v, (dict, list))},
-                                 **{f"attack.{k}": v for k, v in choice.items()}})
+    for keys, recs in runs:
+        for rec in recs:
+            choice = rec.get("attack") or {}
+            rows.append({**keys, **{k: v for k, v in rec.items() if not isinstance(v, (dict, list))},
+                         **{f"attack.{k}": v for k, v in choice.items()}})
     return pd.DataFrame(rows)
 
 
@@ -106,7 +105,7 @@ def _tables(spec: str, name: str, results: Path):
 
     records = results / name / "records"
     if records.is_dir() and any(records.glob("*.jsonl.gz")):  # a pool-aware long run's records
-        return pd.DataFrame(), _long_run_frame(records)
+        return pd.DataFrame(), _long_run_frame(results / name)
     if records.is_dir():
         return _frames(records)
     if (results / name / "summary.csv").is_file():  # published before records were kept
@@ -114,8 +113,9 @@ def _tables(spec: str, name: str, results: Path):
     raise ValueError(f"reading {spec!r}: {results / name} holds no published records nor summary.csv")
 
 
-def _values(spec: str, name: str, column: str, filters: dict, results: Path, keep_nan: bool) -> "tuple[list[float], bool]":
-    """COLUMN's values over the rows the filters keep, and whether they are evaluation records."""
+def _values(spec: str, name: str, column: str, filters: dict, results: Path, keep_nan: bool):
+    """(COLUMN's values over the rows the filters keep, whether they are evaluation records,
+    those rows)."""
     summary, frame = _tables(spec, name, results)
     from_records = column not in summary.columns
     if from_records and frame is None:
@@ -209,9 +209,9 @@ def main(argv: "list[str] | None" = None) -> int:
     except ValueError as e:
         print(f"analysis/readings.py: {e}", file=sys.stderr)
         return 2
-    stale = [(m["spec"], m["text"]) for m, n in zip(MARK.finditer(text), MARK.finditer(new)) if m["text"] != n["text"]]
-    for spec, old in stale:
-        print(f"{args.page}: reading {spec!r} says {old!r}, its records give {reading(spec)!r}")
+    stale = [(m["spec"], m["text"], n["text"]) for m, n in zip(MARK.finditer(text), MARK.finditer(new)) if m["text"] != n["text"]]
+    for spec, old, now in stale:
+        print(f"{args.page}: reading {spec!r} says {old!r}, its records give {now!r}")
     if not args.check and new != text:
         args.page.write_text(new)
     print(f"{len(MARK.findall(text))} readings, {len(stale)} {'differ' if args.check else 'rewritten'}")

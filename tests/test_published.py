@@ -97,7 +97,8 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
 
     for role, seed, accs in (("trial", 0, [0.1, 0.5, 0.85, 0.9]), ("reference", 0, [0.6, 0.9, 0.95, 0.97])):
         stem = tmp_path / "long" / "records" / f"{role}_{seed}"
-        stem.with_suffix(".json").write_text(json.dumps({"role": role, "config": {"seed": seed, "aggregator": "a", "attack": "x"}}))
+        stem.with_suffix(".json").write_text(json.dumps({"role": role, "sweep": "long", "commit": "c", "choice_from_result_json": False,
+                                                          "config": {"seed": seed, "aggregator": "a", "attack": "x"}}))
         with gzip.open(stem.with_suffix(".jsonl.gz"), "wt") as fh:
             for i, acc in enumerate(accs):
                 fh.write(json.dumps({"step": 100 * (i + 1), "test_accuracy": acc, "attack": {"lambda": 1.0 + i}}) + "\n")
