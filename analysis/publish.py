@@ -127,7 +127,11 @@ def main(argv: "list[str] | None" = None) -> int:
         print(f"the block {args.out.name} in {args.into}")
         import readings  # and the numbers its sentences cite (analysis/readings.py)
 
-        args.into.write_text(readings.rewrite(args.into.read_text()))
+        try:
+            args.into.write_text(readings.rewrite(args.into.read_text()))
+        except ValueError as e:  # a reading the published data cannot give: one line, the page as the block left it
+            print(f"analysis/publish.py: {args.into}: {e}", file=sys.stderr)
+            return 2
     return 0
 
 
