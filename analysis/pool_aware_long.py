@@ -53,12 +53,17 @@ def machines(source: Path, given: "str | None") -> dict:
     carry = source / "carry.json"
     if not carry.exists():
         return {} if given is None else {None: given}
-    where: dict = {}
+    where: dict = {}  # trial -> [[first step, last step, machine], ...]
     for piece in json.loads(carry.read_text())["pieces"]:
         m = piece["machine"]
+        on = f"{m['cores']}-core {m['cpu']} ({m['isa']}, torch {m['torch']})"
         for trial, (a, b) in piece["steps"].items():
-            where.setdefault(trial, []).append(f"steps {a:,}-{b:,} on {m['cores']}-core {m['cpu']} ({m['isa']}, torch {m['torch']})")
-    return {k: "; ".join(v) for k, v in where.items()}
+            spans = where.setdefault(trial, [])
+            if spans and spans[-1][1] == a and spans[-1][2] == on:  # a session that went on where the last stopped, on the same kind of machine
+                spans[-1][1] = b
+            else:
+                spans.append([a, b, on])
+    return {k: "; ".join(f"steps {a:,}-{b:,} on {on}" for a, b, on in v) for k, v in where.items()}
 
 
 def read_trial(path: Path) -> tuple[dict, list[dict], bool]:

@@ -287,7 +287,8 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     assert "the omniscient reference at `def5678`" in text2 and (out2 / "attacker.png").exists()
     assert mod.load_published(out2)[1::4] == ("abc1234", "def5678")
     # a reference carried across machines (runs/carry.py's layout): a raymix run directory per
-    # trial, and carry.json's pieces saying which steps ran where; the summary says it too
+    # trial, and carry.json's pieces saying which steps ran where (one span per machine: two
+    # sessions in a row on the same kind of machine read as one); the summary says it too
     carried = tmp_path / "carried_ref"
     (carried / "seed-0").mkdir(parents=True)
     (carried / "seed-0" / "config.json").write_text(json.dumps({"aggregator": "omniscient", "attack": "none", "seed": 0,
@@ -296,7 +297,8 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
                                                               for i in range(1, 5)))
     box = {"cpu": "Some CPU", "isa": "avx2", "cores": 2, "torch": "2.9"}
     (carried / "carry.json").write_text(json.dumps({"pieces": [
-        {"machine": box, "steps": {"seed-0": [0, 200]}}, {"machine": {**box, "isa": "avx512f"}, "steps": {"seed-0": [200, 400]}}]}))
+        {"machine": box, "steps": {"seed-0": [0, 100]}}, {"machine": box, "steps": {"seed-0": [100, 200]}},
+        {"machine": {**box, "isa": "avx512f"}, "steps": {"seed-0": [200, 400]}}]}))
     out3 = tmp_path / "docs3"
     assert mod.main(["--sweep", str(tmp_path / "pb"), "--reference", str(carried), "--commit", "abc1234",
                      "--machine", "the trials' box", "--out", str(out3)]) == 0
