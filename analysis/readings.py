@@ -29,7 +29,11 @@ as ``step<=9200``; quote a VALUE holding spaces:
   least X (``,.0f`` writes 4,100);
 - ``minus KEY=VALUE ...``: the value above minus the value of the row selected by the same
   filters with these ones changed (``final_mean aggregator=no_geomed minus
-  aggregator=full``: how far no_geomed is above the full pool);
+  aggregator=full``: how far no_geomed is above the full pool); with ``range`` or
+  ``spread``, over evaluation records, the differences row by row, each row of the ``minus``
+  selection against the first selection's row at the same seed and step (``test_accuracy
+  role=reference step=10000 minus role=trial range``: the least and largest trial's gap to
+  omniscient);
 
 times 100 with ``%`` (a record's accuracy is a fraction), written with the format ``.Nf``
 (default ``.1f``). The summary columns' definitions are the report's
@@ -41,7 +45,9 @@ pool's probability on members the attack fooled, and so on.
     python analysis/readings.py docs/results/README.md          # rewrite the page's readings
     python analysis/readings.py docs/results/README.md --check  # exit 1 where a reading differs
 
-tests/test_published.py checks every reading of docs/results/README.md."""
+    python analysis/readings.py README.md                       # the README's results paragraph
+
+tests/test_published.py checks every reading of both pages."""
 from __future__ import annotations
 
 import argparse
@@ -175,6 +181,8 @@ def reading(spec: str, results: Path = RESULTS) -> str:
         if not steps:
             raise ValueError(f"reading {spec!r}: {column} never reaches {first}")
         return f"{min(steps):{fmt}}"
+    if other is not None and kind in ("range", "spread"):
+        values = _differences(spec, name, column, rows, other, results)
     values = [scale * v for v in values]
     if kind == "count":
         return str(len(values))
@@ -190,6 +198,27 @@ def reading(spec: str, results: Path = RESULTS) -> str:
         theirs, their_kind, _ = _values(spec, name, column, other, results, keep_nan=True)
         value -= _one(spec, [scale * v for v in theirs], their_kind)
     return f"{value:{fmt}}"
+
+
+def _differences(spec: str, name: str, column: str, rows, other: dict, results: Path) -> "list[float]":
+    """For ``range`` or ``spread`` with ``minus``: per row of the ``minus`` selection, the first
+    selection's COLUMN at the same seed and step minus the row's (a gap per trial, such as
+    omniscient's accuracy minus each pool-aware trial's at step 10,000)."""
+    theirs, from_records, their_rows = _values(spec, name, column, other, results, keep_nan=False)
+    keys = [k for k in ("seed", "step") if k in rows.columns and k in their_rows.columns]
+    if not from_records or not keys:
+        raise ValueError(f"reading {spec!r}: range or spread with minus pairs evaluation records by seed and step")
+    mine: dict = {}
+    for key, value in zip(zip(*(rows[k] for k in keys)), rows[column]):
+        if key in mine:
+            raise ValueError(f"reading {spec!r}: the first selection has two rows at {dict(zip(keys, key))}")
+        mine[key] = float(value)
+    out = []
+    for key, value in zip(zip(*(their_rows[k] for k in keys)), their_rows[column]):
+        if key not in mine:
+            raise ValueError(f"reading {spec!r}: no row of the first selection at {dict(zip(keys, key))}")
+        out.append(mine[key] - float(value))
+    return out
 
 
 def rewrite(text: str, results: Path = RESULTS) -> str:

@@ -44,19 +44,20 @@ def test_pages_quote_the_tables_their_records_give():
         assert page[start:end] == block(REPO / "docs" / "results" / name), f"rerun analysis/publish.py ... --into docs/results/README.md for {name}"
 
 
-def test_numbers_in_sentences_are_what_their_records_give():
-    """Every reading (``<!-- r: NAME COLUMN ... -->TEXT<!-- /r -->``) in docs/results/README.md
-    is what analysis/readings.py computes from docs/results/NAME/records/ now."""
+@pytest.mark.parametrize("page", ["docs/results/README.md", "README.md"])
+def test_numbers_in_sentences_are_what_their_records_give(page):
+    """Every reading (``<!-- r: NAME COLUMN ... -->TEXT<!-- /r -->``) in the results page and
+    the README's results paragraph is what analysis/readings.py computes from
+    docs/results/NAME/records/ now."""
     import sys
 
     sys.path.insert(0, str(REPO / "analysis"))
     import readings
 
-    page = (REPO / "docs" / "results" / "README.md").read_text()
-    found = list(readings.MARK.finditer(page))
-    assert found, "docs/results/README.md cites no reading"
+    found = list(readings.MARK.finditer((REPO / page).read_text()))
+    assert found, f"{page} cites no reading"
     for m in found:
-        assert m["text"] == readings.reading(m["spec"]), f"rerun analysis/readings.py docs/results/README.md: {m['spec']}"
+        assert m["text"] == readings.reading(m["spec"]), f"rerun analysis/readings.py {page}: {m['spec']}"
 
 
 def test_a_reading_names_one_row_or_a_range(tmp_path):
@@ -107,6 +108,11 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
     assert readings.reading("long attack.lambda role=trial step>=300", tmp_path) == "3.5"
     assert readings.reading("long attack.lambda role=trial attack.lambda=2.0 count", tmp_path) == "1"
     assert readings.reading("long test_accuracy role=reference step=400 minus role=trial %", tmp_path) == "7.0"
+    # the range of per-row differences (each step's gap), paired by seed and step
+    assert readings.reading("long test_accuracy role=reference minus role=trial range %", tmp_path) == "7.0-50.0"
+    assert readings.reading("long test_accuracy role=reference minus role=trial spread %", tmp_path) == "43.0"
+    with pytest.raises(ValueError, match="pairs evaluation records by seed and step"):
+        readings.reading("old final_mean range minus aggregator=krum", tmp_path)
 
 
 LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")
