@@ -57,8 +57,9 @@ def trials_of(sweep_file: Path) -> list[dict]:
         raise Refused(f"{sweep_file}: only grid sweeps are carried (no search_alg, scheduler, worst_case or num_samples)")
     trials = []
     for point in expand_grid(sweep.experiment, sweep.search):
-        name = "__".join(f"{k}-{_flat(point, k)}" for k in sweep.search) or "trial"  # plain: [A-Za-z0-9_.-]
-        trials.append({"name": re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_"), "config": point})
+        # plain: [A-Za-z0-9_.-], each part's own ends stripped (a spec's closing parenthesis)
+        name = "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{k}-{_flat(point, k)}").strip("_") for k in sweep.search) or "trial"
+        trials.append({"name": name, "config": point})
     if len({t["name"] for t in trials}) != len(trials):
         raise Refused(f"{sweep_file}: two grid points have the same name")
     return trials
