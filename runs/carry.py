@@ -400,6 +400,9 @@ def main(argv: "list[str] | None" = None) -> int:
     except (Refused, ValueError, subprocess.CalledProcessError) as exc:
         print(f"runs/carry.py {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `status NAME | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        return 0
     return 0
 
 
