@@ -167,7 +167,7 @@ def lambdas(rs: list[dict], grid3: bool) -> str:
     if grid3:
         return " / ".join(f"{sum(1 for x in xs if x == lam) / len(xs):.2f}" for lam in GRID3)
     q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) > 1 else [xs[0]] * 9
-    return f"{statistics.median(xs):.3g} ({q[0]:.3g}-{q[-1]:.3g})"
+    return f"{statistics.median(xs):#.3g} ({q[0]:#.3g}-{q[-1]:#.3g})"  # "#": 1.10, not 1.1 beside 0.621
 
 
 def gap_rows(trials, reference) -> list[str]:

@@ -282,7 +282,7 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
                      "--reference-commit", "def5678", "--out", str(out2)]) == 0
     text2 = (out2 / "summary.md").read_text()
     assert "| chosen lambda: median (10th-90th percentile), first half |" in text2
-    assert "| mixtailor(composition=full) / worst (P3) / seed 0 | 0.85 (0.57-1.13) | 2.5 (2.1-2.9) | -0.500 | 0.100 |" in text2
+    assert "| mixtailor(composition=full) / worst (P3) / seed 0 | 0.850 (0.570-1.13) | 2.50 (2.10-2.90) | -0.500 | 0.100 |" in text2
     assert json.loads((out2 / "records" / "ref__00000_seed0.json").read_text())["commit"] == "def5678"
     assert "the omniscient reference at `def5678`" in text2 and (out2 / "attacker.png").exists()
     assert mod.load_published(out2)[1::4] == ("abc1234", "def5678")
