@@ -175,6 +175,8 @@ def reading(spec: str, results: Path = RESULTS) -> str:
         else:
             raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, KEY<=X, KEY>=X, range, spread, first>=X, "
                              "minus, % nor a format like .1f")
+    if other is not None and kind in ("count", "first"):
+        raise ValueError(f"reading {spec!r}: minus goes with a value, range or spread, not {kind}")
     values, from_records, rows = _values(spec, name, column, filters, results, keep_nan=kind == "value")
     if kind == "first":  # the first evaluation (least step) at which COLUMN reaches the bound
         steps = [float(s) for s, v in zip(rows["step"], rows[column]) if scale * float(v) >= first]
@@ -204,7 +206,7 @@ def _differences(spec: str, name: str, column: str, rows, other: dict, results: 
     """For ``range`` or ``spread`` with ``minus``: per row of the ``minus`` selection, the first
     selection's COLUMN at the same seed and step minus the row's (a gap per trial, such as
     omniscient's accuracy minus each pool-aware trial's at step 10,000)."""
-    theirs, from_records, their_rows = _values(spec, name, column, other, results, keep_nan=False)
+    _, from_records, their_rows = _values(spec, name, column, other, results, keep_nan=False)
     keys = [k for k in ("seed", "step") if k in rows.columns and k in their_rows.columns]
     if not from_records or not keys:
         raise ValueError(f"reading {spec!r}: range or spread with minus pairs evaluation records by seed and step")

@@ -111,6 +111,8 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
     # the range of per-row differences (each step's gap), paired by seed and step
     assert readings.reading("long test_accuracy role=reference minus role=trial range %", tmp_path) == "7.0-50.0"
     assert readings.reading("long test_accuracy role=reference minus role=trial spread %", tmp_path) == "43.0"
+    with pytest.raises(ValueError, match="minus goes with a value, range or spread"):
+        readings.reading("long test_accuracy role=reference minus role=trial count", tmp_path)
     with pytest.raises(ValueError, match="pairs evaluation records by seed and step"):
         readings.reading("old final_mean range minus aggregator=krum", tmp_path)
 
