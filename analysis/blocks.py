@@ -1,6 +1,7 @@
 """Generated blocks in a docs page: the text between ``<!-- BEGIN generated: NAME -->`` and
 ``<!-- END generated: NAME -->`` is written by a script from published records, never by
-hand (analysis/publish.py, analysis/pool_aware_long.py; tests/test_published.py checks it)."""
+hand (analysis/publish.py, analysis/pool_aware_long.py; tests/test_published.py checks it).
+Writing a block also rewrites the page's readings, so the two never disagree."""
 from __future__ import annotations
 
 import re
@@ -13,9 +14,22 @@ def render(name: str, body: str) -> str:
 
 
 def write(page: Path, name: str, body: str) -> None:
-    """Replace the block NAME in ``page`` (it must hold the two markers) with ``body``."""
+    """Replace the block NAME in ``page`` (it must hold the two markers) with ``body``, then
+    rewrite the page's readings (analysis/readings.py: the numbers its sentences cite), which
+    the new records may change. A reading the published data cannot give is one line on
+    stderr and exit 2, the page as the block left it."""
+    import sys
+
+    import readings  # beside this file, as every script that writes blocks is
+
     text = page.read_text()
     pattern = re.compile(rf"<!-- BEGIN generated: {re.escape(name)} -->.*?<!-- END generated: {re.escape(name)} -->", re.S)
     if not pattern.search(text):
         raise SystemExit(f"{page} has no block <!-- BEGIN generated: {name} --> ... <!-- END generated: {name} -->")
-    page.write_text(pattern.sub(lambda _: render(name, body), text))
+    text = pattern.sub(lambda _: render(name, body), text)
+    page.write_text(text)
+    try:
+        page.write_text(readings.rewrite(text))
+    except ValueError as e:
+        print(f"{page}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

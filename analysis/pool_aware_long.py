@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-machine", help="where the reference ran, as text (likewise)")
     ap.add_argument("--out", type=Path, required=True, help="the docs directory to (re)write")
     ap.add_argument("--from-published", action="store_true", help="regenerate summary.md and the figure from OUT/records alone")
-    ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the summary's tables")
+    ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the summary's tables, and whose readings (analysis/readings.py) are rewritten")
     args = ap.parse_args(argv)
     if args.from_published:
         sweep_name, commit, trials, reference, patched, ref_commit, where = load_published(args.out)
@@ -366,8 +366,8 @@ def main(argv=None) -> int:
     if args.into is not None:
         import blocks  # analysis/blocks.py, beside this script
 
-        blocks.write(args.into, args.out.name, block_body(args.out))
-        print(f"the block {args.out.name} in {args.into}")
+        blocks.write(args.into, args.out.name, block_body(args.out))  # and the page's readings
+        print(f"the block {args.out.name} and the readings in {args.into}")
     return 0
 
 

@@ -123,15 +123,8 @@ def main(argv: "list[str] | None" = None) -> int:
         print(f"{n} trials' records into {records}")
     print(write_report(records, args.out, title=args.title or args.out.name))
     if args.into is not None:
-        write_block(args.into, args.out)
-        print(f"the block {args.out.name} in {args.into}")
-        import readings  # and the numbers its sentences cite (analysis/readings.py)
-
-        try:
-            args.into.write_text(readings.rewrite(args.into.read_text()))
-        except ValueError as e:  # a reading the published data cannot give: one line, the page as the block left it
-            print(f"analysis/publish.py: {args.into}: {e}", file=sys.stderr)
-            return 2
+        write_block(args.into, args.out)  # and the page's readings (analysis/blocks.py)
+        print(f"the block {args.out.name} and the readings in {args.into}")
     return 0
 
 

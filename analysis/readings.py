@@ -219,7 +219,8 @@ def _differences(spec: str, name: str, column: str, rows, other: dict, results: 
     for key, value in zip(zip(*(their_rows[k] for k in keys)), their_rows[column]):
         if key not in mine:
             raise ValueError(f"reading {spec!r}: no row of the first selection at {dict(zip(keys, key))}")
-        out.append(mine[key] - float(value))
+        if not (math.isnan(mine[key]) or math.isnan(float(value))):  # NaN rows left out, as range leaves them out
+            out.append(mine[key] - float(value))
     return out
 
 

@@ -117,6 +117,27 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
         readings.reading("old final_mean range minus aggregator=krum", tmp_path)
 
 
+def test_writing_a_block_rewrites_the_page_s_readings(tmp_path, capsys):
+    """analysis/blocks.write (publish.py --into, pool_aware_long.py --into): the block, then
+    every reading of the page; a reading the data cannot give is one line and exit 2."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    import blocks
+
+    page = tmp_path / "page.md"
+    page.write_text("<!-- BEGIN generated: b -->\nold\n<!-- END generated: b -->\n"
+                    "Krum: <!-- r: fig6_alie final_mean aggregator=krum .2f -->typed<!-- /r -->%.\n")
+    blocks.write(page, "b", "new")
+    assert page.read_text() == ("<!-- BEGIN generated: b -->\nnew\n<!-- END generated: b -->\n"
+                                "Krum: <!-- r: fig6_alie final_mean aggregator=krum .2f -->64.78<!-- /r -->%.\n")
+    page.write_text(page.read_text() + "<!-- r: fig6_alie no_such_column -->x<!-- /r -->\n")
+    with pytest.raises(SystemExit) as exc:
+        blocks.write(page, "b", "newer")
+    assert exc.value.code == 2 and "no column 'no_such_column'" in capsys.readouterr().err
+    assert "newer" in page.read_text()  # the block is written; the page as the block left it
+
+
 LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")
                    if p.read_text().startswith("# Pool-aware attack at length"))
 
