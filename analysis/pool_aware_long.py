@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # blocks.py, beside this script
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # raymix, for the figure, from a checkout
 
+from long_records import load_published, ordered  # noqa: E402  (the published records' one reader, shared with readings.py)
+
 LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at eval_every 100)
 
 
@@ -245,11 +247,6 @@ def attacker_figure(trials, out: Path) -> None:
     plt.close(fig)
 
 
-def _ordered(trials: list) -> list:
-    """The trials as every table and the figure list them: by seed, then attack."""
-    return sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
-
-
 def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
             reference_commit: "str | None" = None, machine: "str | None" = None,
             reference_machine: "str | None" = None) -> tuple[list, dict, list, dict]:
@@ -280,39 +277,12 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
                 trials.append((name, cfg, recs, from_tune))
                 if from_tune:
                     patched.append(name)
-    return _ordered(trials), reference, patched, where
-
-
-def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None", dict]:
-    """(sweep name, the trials' commit, trials, reference, patched, the reference's commit,
-    where they ran) from ``out/records`` alone, as :func:`publish` wrote them."""
-    trials, reference, patched, names, commits, ref_commits = [], {}, [], set(), set(), set()
-    where: dict = {"trials": set(), "reference": set()}
-    for meta_path in sorted((out / "records").glob("*.json")):
-        meta = json.loads(meta_path.read_text())
-        if meta.get("machine"):
-            where["reference" if meta["role"] == "reference" else "trials"].add(meta["machine"])
-        name = meta_path.name[: -len(".json")]
-        with gzip.open(out / "records" / f"{name}.jsonl.gz", "rt") as fh:
-            recs = [json.loads(line) for line in fh if line.strip()]
-        if meta["role"] == "reference":
-            ref_commits.add(meta["commit"])
-            reference[meta["config"].get("seed")] = recs
-        else:
-            commits.add(meta["commit"])
-            names.add(meta["sweep"])
-            trials.append((name, meta["config"], recs, meta["choice_from_result_json"]))
-            if meta["choice_from_result_json"]:
-                patched.append(name)
-    if len(names) != 1 or len(commits) != 1 or len(ref_commits) > 1:
-        raise SystemExit(f"{out / 'records'}: expected one sweep at one commit and one reference commit, found "
-                         f"{sorted(names)} at {sorted(commits)}, reference at {sorted(ref_commits)}")
-    return names.pop(), commits.pop(), _ordered(trials), reference, patched, (ref_commits.pop() if ref_commits else None), where
+    return ordered(trials), reference, patched, where
 
 
 def write_summary(out: Path, sweep_name: str, commit: str, trials: list, reference: dict, patched: list,
                   reference_commit: "str | None" = None, where: "dict | None" = None) -> Path:
-    """summary.md and the figure, from the records only (``trials`` in :func:`_ordered` order)."""
+    """summary.md and the figure, from the records only (``trials`` in :func:`long_records.ordered` order)."""
     figure(trials, reference, out)
     attacker_figure(trials, out)
     ref_at = f"; the omniscient reference at `{reference_commit}`" if reference_commit not in (None, commit) else ""

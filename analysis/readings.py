@@ -83,7 +83,7 @@ def _frames(records: Path):
 @lru_cache(maxsize=None)
 def _long_run_frame(out: Path):
     """The evaluation records of a pool-aware long run published in ``out``, as
-    analysis/pool_aware_long.py reads them (``load_published``): one row per trial and
+    analysis/pool_aware_long.py reads them (``long_records.load_published``): one row per trial and
     evaluation, with its ``role`` (``trial``, or ``reference`` for the omniscient run), the
     trial's ``seed``, ``aggregator`` and ``attack`` (the reference's seed only), and the
     record's fields (the attacker's choice as ``attack.lambda``, ``attack.expected``, ...);
@@ -91,7 +91,7 @@ def _long_run_frame(out: Path):
     import pandas as pd
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from pool_aware_long import load_published
+    from long_records import load_published
 
     _, _, trials, reference, *_ = load_published(out)
     runs = [({"role": "trial", **{k: config.get(k) for k in ("seed", "aggregator", "attack")}}, recs) for _, config, recs, _ in trials]

@@ -1,0 +1,41 @@
+"""The published records of a pool-aware long run (``docs/results/NAME/records/``: per trial a
+``NAME.json`` meta and its ``NAME.jsonl.gz`` evaluation records, as analysis/pool_aware_long.py
+writes them), read in one place: by pool_aware_long.py for its summaries and by readings.py for
+the numbers pages cite. A module of its own so that neither script imports the other."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+
+def ordered(trials: list) -> list:
+    """The trials as every table and the figure list them: by seed, then attack."""
+    return sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
+
+
+def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None", dict]:
+    """(sweep name, the trials' commit, trials, reference, patched, the reference's commit,
+    where they ran) from ``out/records`` alone, as analysis/pool_aware_long.py's ``publish`` wrote them."""
+    trials, reference, patched, names, commits, ref_commits = [], {}, [], set(), set(), set()
+    where: dict = {"trials": set(), "reference": set()}
+    for meta_path in sorted((out / "records").glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        if meta.get("machine"):
+            where["reference" if meta["role"] == "reference" else "trials"].add(meta["machine"])
+        name = meta_path.name[: -len(".json")]
+        with gzip.open(out / "records" / f"{name}.jsonl.gz", "rt") as fh:
+            recs = [json.loads(line) for line in fh if line.strip()]
+        if meta["role"] == "reference":
+            ref_commits.add(meta["commit"])
+            reference[meta["config"].get("seed")] = recs
+        else:
+            commits.add(meta["commit"])
+            names.add(meta["sweep"])
+            trials.append((name, meta["config"], recs, meta["choice_from_result_json"]))
+            if meta["choice_from_result_json"]:
+                patched.append(name)
+    if len(names) != 1 or len(commits) != 1 or len(ref_commits) > 1:
+        raise SystemExit(f"{out / 'records'}: expected one sweep at one commit and one reference commit, found "
+                         f"{sorted(names)} at {sorted(commits)}, reference at {sorted(ref_commits)}")
+    return names.pop(), commits.pop(), ordered(trials), reference, patched, (ref_commits.pop() if ref_commits else None), where
