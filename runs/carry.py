@@ -192,21 +192,49 @@ def unpack_trial(src: Path, out: Path, sha256: str) -> int:
 def start(name: str, sweep_file: str, commit: str, parallel: int, steps: "int | None" = None,
           tune_dir: "Path | None" = None) -> None:
     """A new carried run: ``steps`` replaces the sweep file's; ``tune_dir`` (a Tune sweep of the
-    same file at the same commit) gives each trial the state its Tune trial reached."""
+    same file at the same commit, or a carried run of them, ``runs/NAME``) gives each trial the
+    state its Tune or carried trial reached."""
     if (CARRIED / name).exists():
         raise Refused(f"runs/{name} exists: continue it, or choose another name")
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{commit}^{{commit}}"], check=True,
                          capture_output=True, text=True).stdout.strip()
     plan = {"name": name, "sweep": sweep_file, "commit": sha, "parallel": parallel, "trials": [], "carried": {}, "pieces": []}
+    source = _carried_source(tune_dir, plan) if tune_dir is not None and (tune_dir / "carry.json").exists() else None
     wt = ensure_worktree(plan)
     plan["trials"] = trials_of(wt / sweep_file)
     for t in plan["trials"]:
         t["config"]["steps"] = steps or t["config"]["steps"]
-        if tune_dir is not None:
+        if source is not None:
+            step = from_carried(tune_dir, source, t["name"], plan)
+            print(f"{t['name']}: from runs/{source['name']}'s carried state at step {step}")
+        elif tune_dir is not None:
             step = from_tune_trial(tune_trial(tune_dir, t["config"], wt / sweep_file), output_dir(plan, t["name"]))
             print(f"{t['name']}: from its Tune trial's checkpoint at step {step}")
     _write(plan)
     _launch(plan)
+
+
+def _carried_source(source: Path, plan: dict) -> dict:
+    """The plan of the carried run a new one lengthens: the same sweep file at the same commit
+    (else its states are not this run's), and finished where it is carried from."""
+    found = json.loads((source / "carry.json").read_text())
+    if (found["sweep"], found["commit"]) != (plan["sweep"], plan["commit"]):
+        raise Refused(f"{source} is {found['sweep']} at {found['commit'][:7]}, not {plan['sweep']} at "
+                      f"{plan['commit'][:7]}: a run continues only the same trials at the same commit")
+    plan["pieces"] = list(found["pieces"])  # the steps already run, and where: the new run's own history
+    return found
+
+
+def from_carried(source: Path, found: dict, trial: str, plan: dict) -> int:
+    """Start ``trial`` from its state in the carried run at ``source`` (checked against that run's
+    carry.json), carried here from the start so that ``continue`` works before the first pack."""
+    carried = found["carried"].get(trial)
+    if carried is None:
+        raise Refused(f"{source} carries no trial {trial!r}")
+    step = unpack_trial(source / trial, output_dir(plan, trial), carried["sha256"])
+    shutil.copytree(source / trial, CARRIED / plan["name"] / trial)
+    plan["carried"][trial] = {k: v for k, v in carried.items() if k != "done"}
+    return step
 
 
 def tune_trial(tune_dir: Path, config: dict, sweep_file: Path) -> Path:
@@ -384,7 +412,8 @@ def main(argv: "list[str] | None" = None) -> int:
     s.add_argument("--parallel", type=int, default=2, help="trials at once (default: 2)")
     s.add_argument("--steps", type=int, help="each trial's steps (default: the sweep file's)")
     s.add_argument("--from", dest="tune_dir", type=Path,
-                   help="a Tune sweep of the same file at the same commit: each trial continues from its Tune trial")
+                   help="a Tune sweep of the same file at the same commit, or a carried run of it (runs/NAME): "
+                        "each trial continues from its state there")
     for cmd in ("continue", "pack", "status", "stop", "drive"):
         sub.add_parser(cmd).add_argument("name")
     args = ap.parse_args(argv)

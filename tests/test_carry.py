@@ -35,3 +35,37 @@ def test_only_grid_sweeps_are_carried(tmp_path):
     with pytest.raises(carry.Refused, match="only grid sweeps are carried"):
         carry.trials_of(sweep)
     assert carry.main(["status", "no_such_run"]) == 2  # a one-line refusal, no traceback
+
+
+def test_a_finished_carried_run_is_lengthened_from_its_carried_state(tmp_path, monkeypatch):
+    # runs/NAME of omniscient at 10,000 steps, lengthened to 50,000 as a new run: each trial
+    # starts from its carried checkpoint (checked by sha256), the new run carries it from the
+    # start, and the steps already run stay in its pieces (what is published says where they ran)
+    monkeypatch.setattr(carry, "CARRIED", tmp_path / "runs")
+    monkeypatch.setattr(carry, "WORK", tmp_path / "work")
+    source = tmp_path / "runs" / "ref"
+    (source / "seed-0" / "checkpoint").mkdir(parents=True)
+    (source / "seed-0" / "checkpoint" / "state.pt").write_bytes(b"state at step 10")
+    (source / "seed-0" / "checkpoint" / "meta.json").write_text('{"step": 10, "records": 1}')
+    (source / "seed-0" / "records.jsonl").write_text('{"step": 10}\n')
+    (source / "seed-0" / "config.json").write_text('{"steps": 10}')
+    digest = carry._sha256(source / "seed-0" / "checkpoint" / "state.pt")
+    pieces = [{"machine": {"isa": "avx512f"}, "steps": {"seed-0": [0, 10]}}]
+    (source / "carry.json").write_text(carry.json.dumps({
+        "name": "ref", "sweep": "tune_configs/r.yaml", "commit": "a" * 40, "pieces": pieces,
+        "carried": {"seed-0": {"step": 10, "records": 1, "sha256": digest, "done": True}}}))
+
+    other = {"name": "long", "sweep": "tune_configs/r.yaml", "commit": "b" * 40, "pieces": [], "carried": {}}
+    with pytest.raises(carry.Refused, match="only the same trials at the same commit"):
+        carry._carried_source(source, other)
+    plan = dict(other, commit="a" * 40)
+    found = carry._carried_source(source, plan)
+    assert plan["pieces"] == pieces
+    assert carry.from_carried(source, found, "seed-0", plan) == 10
+    out = carry.output_dir(plan, "seed-0")
+    assert (out / "checkpoints" / "step_000010" / "state.pt").read_bytes() == b"state at step 10"
+    assert (out / "records.jsonl").read_text() == '{"step": 10}\n'
+    assert (tmp_path / "runs" / "long" / "seed-0" / "checkpoint" / "state.pt").exists()
+    assert plan["carried"]["seed-0"] == {"step": 10, "records": 1, "sha256": digest}  # not done: it goes on
+    with pytest.raises(carry.Refused, match="carries no trial 'seed-1'"):
+        carry.from_carried(source, found, "seed-1", plan)
