@@ -72,6 +72,9 @@ def read_trial(path: Path) -> tuple[dict, list[dict], bool]:
     """(config, records in step order, whether the attack's choice came from result.json)."""
     if _is_run(path) and not (path / "params.json").exists():
         config = json.loads((path / "config.json").read_text())
+        carry = path.parent / "carry.json"
+        if carry.exists():  # the plan's config is what every piece ran (a lengthened trial's config.json keeps its first length)
+            config = next((t["config"] for t in json.loads(carry.read_text())["trials"] if t["name"] == path.name), config)
         config = {k: v for k, v in config.items() if k not in ("output_dir", "data_dir")}  # this machine's paths
         lines = (path / "records.jsonl").read_text().splitlines()
     else:
