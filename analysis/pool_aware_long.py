@@ -1,5 +1,7 @@
-"""Publish the pool-aware long runs (issue 21): their records, and the tables and figure made
-from them, into one docs directory. Every number in the written summary.md comes from the
+"""Publish the long runs against an omniscient reference (issue 21's pool-aware runs; issue 24's
+headline at 50,000 steps, a fixed attack, the same way): their records, and the tables and
+figures made from them, into one docs directory. A searching attack's recorded choice gets its
+own table and figure; the gap to omniscient is shown every 10,000 steps up to the runs' length. Every number in the written summary.md comes from the
 records copied beside it; rerun this script to regenerate it.
 
     python analysis/pool_aware_long.py --sweep <results>/pool_aware_grid3_long \
@@ -74,7 +76,7 @@ def read_trial(path: Path) -> tuple[dict, list[dict], bool]:
         config = json.loads((path / "config.json").read_text())
         carry = path.parent / "carry.json"
         if carry.exists():  # the plan's config is what every piece ran (a lengthened trial's config.json keeps its first length)
-            config = next((t["config"] for t in json.loads(carry.read_text())["trials"] if t["name"] == path.name), config)
+            config = next((t["config"] for t in json.loads(carry.read_text()).get("trials", []) if t["name"] == path.name), config)
         config = {k: v for k, v in config.items() if k not in ("output_dir", "data_dir")}  # this machine's paths
         lines = (path / "records.jsonl").read_text().splitlines()
     else:
@@ -131,10 +133,26 @@ def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[
         lines.append(f"| {label(cfg)} | {last['step']:,} of {cfg['steps']:,} | {fmt(last['test_accuracy'])} | {fmt(mean(r['test_accuracy'] for r in tail))} "
                      f"| {ref_txt} | {fmt(low['test_accuracy'])} ({low['step']:,}) | {'not reached' if first80 is None else f'{first80:,}'} |")
     chosen = [r["attack"]["lambda"] for _, _, recs, _ in trials for r in recs if isinstance(r.get("attack"), dict)]
-    grid3 = bool(chosen) and all(lam in GRID3 for lam in chosen)
+    if chosen:  # a searching attack records its choice; a fixed one (IPM) has none to show
+        lines += ["", attacker_table(trials, chosen)]
+    gaps = gap_rows(trials, reference)
+    if gaps:
+        at = " / ".join(f"{s:,}" for s in gap_steps(trials))
+        lines += ["", "The gap to omniscient (omniscient's accuracy minus the trial's, in points, at the same seed and "
+                  "evaluation step; the paper's headline claim is a gap within 2 points). \"Below 2 from S on\": the first "
+                  "evaluation step S from which every later evaluation has a gap below 2 points (\"never\" if the last "
+                  "has not).", "",
+                  f"| trial | steps compared | gap at {at} | mean gap, last 10 evals | below 2 from S on |",
+                  "|---|---|---|---|---|"] + gaps
+    return "\n".join(lines)
+
+
+def attacker_table(trials, chosen: "list[float]") -> str:
+    """What a searching attacker chose at the evaluation steps, beside the server's diagnostics."""
+    grid3 = all(lam in GRID3 for lam in chosen)
     lam_head = ("lambda = 0.1 / 1 / 10 (share of evaluations)" if grid3
                 else "chosen lambda: median (10th-90th percentile)")
-    lines += ["", "What the attacker chose, and what the server saw (at the evaluation steps: the attack's choice there, "
+    lines = ["What the attacker chose, and what the server saw (at the evaluation steps: the attack's choice there, "
               "relative to ||mu||^2; the server's pool diagnostics of that step):", "",
               f"| trial | {lam_head}, first half | same, second half | attacker's expected inner product, last 10 | "
               "attacker's worst-case (P3) inner product, last 10 | attacker's fooled share, last 10 | "
@@ -149,14 +167,6 @@ def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[
                      f"| {fmt(mean(r['attack']['expected'] for r in tail), 3, 1)} | {fmt(mean(r['attack']['worst'] for r in tail), 3, 1)} "
                      f"| {fmt(mean(r['attack']['fooled'] for r in tail), 2, 1)} "
                      f"| {fmt(mean(r.get('diag_expected_inner_product') for r in rtail), 3, 1)} | {fmt(mean(r.get('diag_fooled_fraction') for r in rtail), 2, 1)} |")
-    gaps = gap_rows(trials, reference)
-    if gaps:
-        lines += ["", "The gap to omniscient (omniscient's accuracy minus the trial's, in points, at the same seed and "
-                  "evaluation step; the paper's headline claim is a gap within 2 points). \"Below 2 from S on\": the first "
-                  "evaluation step S from which every later evaluation has a gap below 2 points (\"never\" if the last "
-                  "has not).", "",
-                  "| trial | steps compared | gap at 1,000 / 5,000 / 10,000 | mean gap, last 10 evals | below 2 from S on |",
-                  "|---|---|---|---|---|"] + gaps
     return "\n".join(lines)
 
 
@@ -175,6 +185,13 @@ def lambdas(rs: list[dict], grid3: bool) -> str:
     return f"{statistics.median(xs):#.3g} ({q[0]:#.3g}-{q[-1]:#.3g})"  # "#": 1.10, not 1.1 beside 0.621
 
 
+def gap_steps(trials) -> "tuple[int, ...]":
+    """The steps the gap table shows: 1,000, 5,000 and 10,000, then every 10,000 up to the longest
+    trial's configured length (a run lengthened to the paper's 50,000 shows 20,000 to 50,000)."""
+    longest = max(int(cfg["steps"]) for _, cfg, _, _ in trials)
+    return (1000, 5000, 10000) + tuple(range(20000, longest + 1, 10000))
+
+
 def gap_rows(trials, reference) -> list[str]:
     """One row per trial whose seed has an omniscient reference at its evaluation steps."""
     rows = []
@@ -189,7 +206,7 @@ def gap_rows(trials, reference) -> list[str]:
             if gap >= 0.02:
                 break
             since = step
-        points = " / ".join(fmt(at.get(s)) if s in at else "n/a" for s in (1000, 5000, 10000))
+        points = " / ".join(fmt(at.get(s)) if s in at else "n/a" for s in gap_steps(trials))
         rows.append(f"| {label(cfg)} | {len(paired)} evals, to step {paired[-1][0]:,} | {points} "
                     f"| {fmt(mean(g for _, g in paired[-LAST:]))} | {'never' if since is None else f'{since:,}'} |")
     return rows
@@ -287,9 +304,12 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
                   reference_commit: "str | None" = None, where: "dict | None" = None) -> Path:
     """summary.md and the figure, from the records only (``trials`` in :func:`long_records.ordered` order)."""
     figure(trials, reference, out)
-    attacker_figure(trials, out)
+    searching = any(isinstance(r.get("attack"), dict) for _, _, recs, _ in trials for r in recs)
+    if searching:
+        attacker_figure(trials, out)
     ref_at = f"; the omniscient reference at `{reference_commit}`" if reference_commit not in (None, commit) else ""
-    text = [f"# Pool-aware attack at length: `{sweep_name}` (generated)", "",
+    title = "Pool-aware attack at length" if searching else "At length, against omniscient"
+    text = [f"# {title}: `{sweep_name}` (generated)", "",
             f"Written by `python analysis/pool_aware_long.py` from the records in `records/` (runs at commit `{commit}`, "
             f"a frozen worktree{ref_at}); rerun it to regenerate. Accuracies in %; inner products relative to ||mu||^2, mu the "
             "honest mean. A run listed with fewer steps than its configuration is still going, or was stopped and "
@@ -299,7 +319,8 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
                 f"the reference: {'; '.join(sorted(where['reference']))}" if where["reference"] else ""]
         text += ["Where they ran (" + "; ".join(x for x in said if x) + "). The same seed gives the same records only on "
                  "the same machine and thread count: another instruction set rounds otherwise.", ""]
-    text += [summarise(trials, reference), "", "![accuracy](accuracy.png)", "", "![the attacker's choice](attacker.png)", ""]
+    text += [summarise(trials, reference), "", "![accuracy](accuracy.png)", ""]
+    text += ["![the attacker's choice](attacker.png)", ""] if searching else []
     if patched:
         text += ["The attack's recorded choice of " + ", ".join(f"`{p}`" for p in sorted(patched)) + " comes from the trial's Tune "
                  "`result.json` (its `records.jsonl` was written by a raymix that dropped the key; fixed at 9ed0a2f).", ""]
@@ -316,7 +337,7 @@ def block_body(out: Path) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", type=Path, help="the pool-aware sweep directory, or a carried run's (runs/NAME)")
+    ap.add_argument("--sweep", type=Path, help="the sweep directory (Tune's), or a carried run's (runs/NAME)")
     ap.add_argument("--reference", type=Path, help="the omniscient sweep directory (same seeds), or a carried run's")
     ap.add_argument("--commit", help="the commit the runs were made at (a frozen worktree)")
     ap.add_argument("--reference-commit", help="the commit the omniscient reference was run at (default: --commit)")

@@ -309,6 +309,25 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     assert f"Where they ran (the trials: the trials' box; the reference: {ref_meta['machine']})" in text3
     assert "| mixtailor(composition=full) / worst (P3) / seed 0 | 400 of 400 | 95.0 | 72.5 | 96.0 |" in text3
     assert mod.load_published(out3)[6] == {"trials": {"the trials' box"}, "reference": {ref_meta["machine"]}}
+    # a fixed attack (IPM: no choice recorded) lengthened to 50,000 steps, carried: no attacker
+    # table or figure; the gap at every 10,000 steps up to the configured length ("n/a" where
+    # not run yet), the plan's length (carry.json), not the first length config.json kept
+    ipm = tmp_path / "ipm_long"
+    (ipm / "seed-0").mkdir(parents=True)
+    (ipm / "seed-0" / "config.json").write_text(json.dumps({"aggregator": "mixtailor", "attack": "ipm(epsilon=0.1)", "seed": 0, "steps": 10000}))
+    (ipm / "seed-0" / "records.jsonl").write_text("".join(json.dumps({"step": s, "test_accuracy": 0.9}) + "\n" for s in (10000, 20000)))
+    (ipm / "carry.json").write_text(json.dumps({"pieces": [], "trials": [
+        {"name": "seed-0", "config": {"aggregator": "mixtailor", "attack": "ipm(epsilon=0.1)", "seed": 0, "steps": 50000}}]}))
+    (carried / "seed-0" / "records.jsonl").write_text("".join(json.dumps({"step": s, "test_accuracy": 0.97}) + "\n"
+                                                              for s in (10000, 20000, 30000)))
+    out4 = tmp_path / "docs4"
+    assert mod.main(["--sweep", str(ipm), "--reference", str(carried), "--commit", "abc1234", "--out", str(out4)]) == 0
+    text4 = (out4 / "summary.md").read_text()
+    assert text4.startswith("# At length, against omniscient: `ipm_long`")
+    assert "attacker" not in text4 and not (out4 / "attacker.png").exists()
+    assert "| mixtailor / ipm(epsilon=0.1) / seed 0 | 20,000 of 50,000 | 90.0 |" in text4
+    assert "| gap at 1,000 / 5,000 / 10,000 / 20,000 / 30,000 / 40,000 / 50,000 |" in text4
+    assert "| mixtailor / ipm(epsilon=0.1) / seed 0 | 2 evals, to step 20,000 | n/a / n/a / 7.0 / 7.0 / n/a / n/a / n/a | 7.0 | never |" in text4
 
 
 def test_figures_name_their_setting_and_keep_legends_off_the_curves(tmp_path):
