@@ -220,20 +220,31 @@ def figure(trials, reference, out: Path) -> None:
 
     from raymix.analysis.plots import legend_below, save
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    # Right: the gap on a log axis, so that 2 points (the paper's claim) and 10 read apart
+    # beside the first steps' 80; a gap at or below 0.1 point is drawn at 0.1.
+    fig, (ax, gx) = plt.subplots(1, 2, figsize=(13, 4.5))
     for seed, recs in sorted(reference.items()):
         ax.plot([r["step"] for r in recs], [100 * r["test_accuracy"] for r in recs], color="0.5", lw=1, ls="--",
                 label=f"omniscient / seed {seed}")
     for name, cfg, recs, _ in trials:
-        ax.plot([r["step"] for r in recs], [100 * r["test_accuracy"] for r in recs], lw=1.2, label=label(cfg))
-    ax.set_xlabel("step")
+        line, = ax.plot([r["step"] for r in recs], [100 * r["test_accuracy"] for r in recs], lw=1.2, label=label(cfg))
+        ref = {r["step"]: r["test_accuracy"] for r in reference.get(cfg.get("seed"), [])}
+        paired = [(r["step"], max(0.1, 100 * (ref[r["step"]] - r["test_accuracy"]))) for r in recs if r["step"] in ref]
+        gx.plot([s for s, _ in paired], [g for _, g in paired], lw=1.2, color=line.get_color())
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
+    gx.set_yscale("log")
+    gx.set_yticks([0.1, 0.5, 1, 2, 5, 10, 20, 50, 100], ["0.1", "0.5", "1", "2", "5", "10", "20", "50", "100"])
+    gx.set_xlim(ax.get_xlim())  # the runs' whole length on both panels: how far the trials have to go
+    gx.axhline(2, color="0.3", lw=0.8, ls=":")
+    gx.set_ylabel("omniscient minus trial (points, log; dotted: 2)")
+    for a in (ax, gx):
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
     cfgs = [cfg for _, cfg, _, _ in trials]
     steps = max(int(cfg.get("steps", recs[-1]["step"])) for _, cfg, recs, _ in trials)
     setting = ", ".join(f"{k} = " + "/".join(sorted({str(c.get(k)) for c in cfgs})) for k in ("n", "f"))
     attacks = "; ".join(sorted({str(c.get("attack")) for c in cfgs}))
-    legend_below(fig, [ax], f"{'/'.join(sorted({str(c.get('dataset', '?')) for c in cfgs}))}, {setting}, {steps:,} steps: "
+    legend_below(fig, [ax, gx], f"{'/'.join(sorted({str(c.get('dataset', '?')) for c in cfgs}))}, {setting}, {steps:,} steps: "
                             f"{attacks}, against omniscient")
     save(fig, out / "accuracy")
     plt.close(fig)
