@@ -1,8 +1,9 @@
 """Publish the long runs against an omniscient reference (issue 21's pool-aware runs; issue 24's
 headline at 50,000 steps, a fixed attack, the same way): their records, and the tables and
 figures made from them, into one docs directory. A searching attack's recorded choice gets its
-own table and figure; the gap to omniscient is shown every 10,000 steps up to the runs' length. Every number in the written summary.md comes from the
-records copied beside it; rerun this script to regenerate it.
+own table and figure; the gap to omniscient is shown every 10,000 steps up to the runs'
+length. Every number in the written summary.md comes from the records copied beside it;
+rerun this script to regenerate it.
 
     python analysis/pool_aware_long.py --sweep <results>/pool_aware_grid3_long \
         --reference <results>/pool_aware_grid3_long_reference --commit 8c265c9 \
@@ -192,12 +193,18 @@ def gap_steps(trials) -> "tuple[int, ...]":
     return (1000, 5000, 10000) + tuple(range(20000, longest + 1, 10000))
 
 
+def paired_gaps(cfg: dict, recs: list[dict], reference: dict) -> "list[tuple[int, float]]":
+    """(step, omniscient's accuracy minus the trial's) at each evaluation step of the trial that
+    its seed's reference also evaluated, as fractions."""
+    ref = {r["step"]: r["test_accuracy"] for r in reference.get(cfg.get("seed"), [])}
+    return [(r["step"], ref[r["step"]] - r["test_accuracy"]) for r in recs if r["step"] in ref]
+
+
 def gap_rows(trials, reference) -> list[str]:
     """One row per trial whose seed has an omniscient reference at its evaluation steps."""
     rows = []
     for name, cfg, recs, _ in trials:
-        ref = {r["step"]: r["test_accuracy"] for r in reference.get(cfg.get("seed"), [])}
-        paired = [(r["step"], ref[r["step"]] - r["test_accuracy"]) for r in recs if r["step"] in ref]
+        paired = paired_gaps(cfg, recs, reference)
         if not paired:
             continue
         at = dict(paired)
@@ -228,9 +235,8 @@ def figure(trials, reference, out: Path) -> None:
                 label=f"omniscient / seed {seed}")
     for name, cfg, recs, _ in trials:
         line, = ax.plot([r["step"] for r in recs], [100 * r["test_accuracy"] for r in recs], lw=1.2, label=label(cfg))
-        ref = {r["step"]: r["test_accuracy"] for r in reference.get(cfg.get("seed"), [])}
-        paired = [(r["step"], max(0.1, 100 * (ref[r["step"]] - r["test_accuracy"]))) for r in recs if r["step"] in ref]
-        gx.plot([s for s, _ in paired], [g for _, g in paired], lw=1.2, color=line.get_color())
+        paired = paired_gaps(cfg, recs, reference)
+        gx.plot([s for s, _ in paired], [max(0.1, 100 * g) for _, g in paired], lw=1.2, color=line.get_color())
     ax.set_ylabel("test accuracy (%)")
     gx.set_yscale("log")
     gx.set_yticks([0.1, 0.5, 1, 2, 5, 10, 20, 50, 100], ["0.1", "0.5", "1", "2", "5", "10", "20", "50", "100"])
