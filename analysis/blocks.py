@@ -27,9 +27,10 @@ def write(page: Path, name: str, body: str) -> None:
     if not pattern.search(text):
         raise SystemExit(f"{page} has no block <!-- BEGIN generated: {name} --> ... <!-- END generated: {name} -->")
     text = pattern.sub(lambda _: render(name, body), text)
-    page.write_text(text)
     try:
-        page.write_text(readings.rewrite(text))
+        text = readings.rewrite(text)
     except ValueError as e:
+        page.write_text(text)
         print(f"{page}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    page.write_text(text)

@@ -133,8 +133,8 @@ def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[
         first80 = next((r["step"] for r in recs if r["test_accuracy"] >= 0.8), None)
         lines.append(f"| {label(cfg)} | {last['step']:,} of {cfg['steps']:,} | {fmt(last['test_accuracy'])} | {fmt(mean(r['test_accuracy'] for r in tail))} "
                      f"| {ref_txt} | {fmt(low['test_accuracy'])} ({low['step']:,}) | {'not reached' if first80 is None else f'{first80:,}'} |")
-    chosen = [r["attack"]["lambda"] for _, _, recs, _ in trials for r in recs if isinstance(r.get("attack"), dict)]
-    if chosen:  # a searching attack records its choice; a fixed one (IPM) has none to show
+    chosen = chosen_lambdas(trials)
+    if chosen:
         lines += ["", attacker_table(trials, chosen)]
     gaps = gap_rows(trials, reference)
     if gaps:
@@ -146,6 +146,12 @@ def summarise(trials: list[tuple[str, dict, list[dict], bool]], reference: dict[
                   f"| trial | steps compared | gap at {at} | mean gap, last 10 evals | below 2 from S on |",
                   "|---|---|---|---|---|"] + gaps
     return "\n".join(lines)
+
+
+def chosen_lambdas(trials) -> "list[float]":
+    """The lambdas a searching attack recorded at the evaluation steps; none for a fixed attack
+    (IPM), which then gets no attacker table or figure."""
+    return [r["attack"]["lambda"] for _, _, recs, _ in trials for r in recs if isinstance(r.get("attack"), dict)]
 
 
 def attacker_table(trials, chosen: "list[float]") -> str:
@@ -321,7 +327,7 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
                   reference_commit: "str | None" = None, where: "dict | None" = None) -> Path:
     """summary.md and the figure, from the records only (``trials`` in :func:`long_records.ordered` order)."""
     figure(trials, reference, out)
-    searching = any(isinstance(r.get("attack"), dict) for _, _, recs, _ in trials for r in recs)
+    searching = bool(chosen_lambdas(trials))
     if searching:
         attacker_figure(trials, out)
     ref_at = f"; the omniscient reference at `{reference_commit}`" if reference_commit not in (None, commit) else ""

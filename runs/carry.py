@@ -202,6 +202,8 @@ def start(name: str, sweep_file: str, commit: str, parallel: int, steps: "int | 
     source = _carried_source(tune_dir, plan) if tune_dir is not None and (tune_dir / "carry.json").exists() else None
     wt = ensure_worktree(plan)
     plan["trials"] = trials_of(wt / sweep_file)
+    if source is not None:  # before any trial is copied: a refused start leaves no runs/NAME behind
+        _all_carried(tune_dir, source, [t["name"] for t in plan["trials"]])
     for t in plan["trials"]:
         t["config"]["steps"] = steps or t["config"]["steps"]
         if source is not None:
@@ -216,7 +218,7 @@ def start(name: str, sweep_file: str, commit: str, parallel: int, steps: "int | 
 
 def _carried_source(source: Path, plan: dict) -> dict:
     """The plan of the carried run a new one lengthens: the same sweep file at the same commit
-    (else its states are not this run's), and finished where it is carried from."""
+    (else its states are not this run's)."""
     found = json.loads((source / "carry.json").read_text())
     if (found["sweep"], found["commit"]) != (plan["sweep"], plan["commit"]):
         raise Refused(f"{source} is {found['sweep']} at {found['commit'][:7]}, not {plan['sweep']} at "
@@ -225,12 +227,17 @@ def _carried_source(source: Path, plan: dict) -> dict:
     return found
 
 
+def _all_carried(source: Path, found: dict, trials: "list[str]") -> None:
+    """Every trial of the new run is carried by the run it lengthens."""
+    missing = [name for name in trials if name not in found["carried"]]
+    if missing:
+        raise Refused(f"{source} carries no trial {missing[0]!r}")
+
+
 def from_carried(source: Path, found: dict, trial: str, plan: dict) -> int:
     """Start ``trial`` from its state in the carried run at ``source`` (checked against that run's
     carry.json), carried here from the start so that ``continue`` works before the first pack."""
-    carried = found["carried"].get(trial)
-    if carried is None:
-        raise Refused(f"{source} carries no trial {trial!r}")
+    carried = found["carried"][trial]
     step = unpack_trial(source / trial, output_dir(plan, trial), carried["sha256"])
     shutil.copytree(source / trial, CARRIED / plan["name"] / trial)
     plan["carried"][trial] = {k: v for k, v in carried.items() if k != "done"}

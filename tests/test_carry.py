@@ -60,6 +60,9 @@ def test_a_finished_carried_run_is_lengthened_from_its_carried_state(tmp_path, m
         carry._carried_source(source, other)
     plan = dict(other, commit="a" * 40)
     found = carry._carried_source(source, plan)
+    with pytest.raises(carry.Refused, match="carries no trial 'seed-1'"):  # checked before anything is copied
+        carry._all_carried(source, found, ["seed-0", "seed-1"])
+    assert not (tmp_path / "runs" / "long").exists()
     assert plan["pieces"] == pieces
     assert carry.from_carried(source, found, "seed-0", plan) == 10
     out = carry.output_dir(plan, "seed-0")
@@ -67,5 +70,3 @@ def test_a_finished_carried_run_is_lengthened_from_its_carried_state(tmp_path, m
     assert (out / "records.jsonl").read_text() == '{"step": 10}\n'
     assert (tmp_path / "runs" / "long" / "seed-0" / "checkpoint" / "state.pt").exists()
     assert plan["carried"]["seed-0"] == {"step": 10, "records": 1, "sha256": digest}  # not done: it goes on
-    with pytest.raises(carry.Refused, match="carries no trial 'seed-1'"):
-        carry.from_carried(source, found, "seed-1", plan)

@@ -138,8 +138,8 @@ def test_writing_a_block_rewrites_the_page_s_readings(tmp_path, capsys):
     assert "newer" in page.read_text()  # the block is written; the page as the block left it
 
 
-LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")
-                   if p.read_text().startswith("# Pool-aware attack at length"))
+LONG_RUNS = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/summary.md")  # every title it writes
+                   if "Written by `python analysis/pool_aware_long.py`" in p.read_text())
 
 
 @pytest.mark.parametrize("out", LONG_RUNS, ids=lambda p: p.name)
