@@ -375,7 +375,11 @@ def _synthetic(seed: int) -> tuple[torch.Tensor, ...]:
 
     xtr, ytr = split(SYNTHETIC_TRAIN, "train")
     xte, yte = split(SYNTHETIC_TEST, "test")
-    mu, sd = xtr.mean(), xtr.std()
+    # numpy's float64 pairwise sums, one thread: torch's float32 mean and std split the sum over
+    # its intra-op threads, so the data (and every record after it) depended on the thread
+    # count of the process that built it (a driver at 1 thread, a trial at 2: measured).
+    a = xtr.numpy().astype(np.float64)
+    mu, sd = float(a.mean()), float(a.std(ddof=1))
     norm = lambda x: ((x - mu) / sd).to(torch.float32).reshape(-1, c, h, w).contiguous()  # noqa: E731
     return norm(xtr), ytr, norm(xte), yte
 
