@@ -14,15 +14,29 @@ def ordered(trials: list) -> list:
     return sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
 
 
+def note_where(where: dict, meta: dict) -> None:
+    """Add a published trial's machine (its meta's ``machine``: a carried run's pieces) to
+    ``where``: per role, each machine text with the seeds that ran there."""
+    if meta.get("machine"):
+        role = "reference" if meta["role"] == "reference" else "trials"
+        where[role].setdefault(meta["machine"], set()).add(meta["config"].get("seed"))
+
+
+def where_text(texts: dict) -> str:
+    """The machine texts of one role: the one text when every trial ran alike, else each seed's."""
+    if len(texts) == 1:
+        return next(iter(texts))
+    return "; ".join(f"seed {s}: {text}" for s, text in sorted((s, text) for text, seeds in texts.items() for s in seeds))
+
+
 def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None", dict]:
     """(sweep name, the trials' commit, trials, reference, patched, the reference's commit,
     where they ran) from ``out/records`` alone, as analysis/pool_aware_long.py's ``publish`` wrote them."""
     trials, reference, patched, names, commits, ref_commits = [], {}, [], set(), set(), set()
-    where: dict = {"trials": set(), "reference": set()}
+    where: dict = {"trials": {}, "reference": {}}
     for meta_path in sorted((out / "records").glob("*.json")):
         meta = json.loads(meta_path.read_text())
-        if meta.get("machine"):
-            where["reference" if meta["role"] == "reference" else "trials"].add(meta["machine"])
+        note_where(where, meta)
         name = meta_path.name[: -len(".json")]
         with gzip.open(out / "records" / f"{name}.jsonl.gz", "rt") as fh:
             recs = [json.loads(line) for line in fh if line.strip()]

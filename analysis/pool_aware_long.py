@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # blocks.py, beside this script
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # raymix, for the figure, from a checkout
 
-from long_records import load_published, ordered  # noqa: E402  (the published records' one reader, shared with readings.py)
+from long_records import load_published, note_where, ordered, where_text  # noqa: E402  (the published records' one reader, shared with readings.py)
 
 LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at eval_every 100)
 
@@ -297,7 +297,7 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
     reference's ``reference_commit``, default ``commit``) and where it ran (a carried run's
     pieces, else ``machine`` / ``reference_machine``); return (trials, reference, patched, where)."""
     (out / "records").mkdir(parents=True, exist_ok=True)
-    trials, reference, patched, where = [], {}, [], {"trials": set(), "reference": set()}
+    trials, reference, patched, where = [], {}, [], {"trials": {}, "reference": {}}
     for source, is_ref in [(sweep, False)] + ([(reference_sweep, True)] if reference_sweep else []):
         ran = machines(source, reference_machine if is_ref else machine)
         for path in trial_dirs(source):
@@ -311,8 +311,7 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
             meta = {"commit": (reference_commit or commit) if is_ref else commit, "sweep": source.name, "config": cfg,
                     "role": "reference" if is_ref else "trial",
                     "choice_from_result_json": from_tune, "machine": ran.get(path.name, ran.get(None))}
-            if meta["machine"]:
-                where["reference" if is_ref else "trials"].add(meta["machine"])
+            note_where(where, meta)
             (out / "records" / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             if is_ref:
                 reference[cfg.get("seed")] = recs
@@ -338,8 +337,8 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
             "honest mean. A run listed with fewer steps than its configuration is still going, or was stopped and "
             "will be resumed: its numbers are at the step it reached, not final.", ""]
     if where and (where["trials"] or where["reference"]):
-        said = [f"the trials: {'; '.join(sorted(where['trials']))}" if where["trials"] else "",
-                f"the reference: {'; '.join(sorted(where['reference']))}" if where["reference"] else ""]
+        said = [f"the trials: {where_text(where['trials'])}" if where["trials"] else "",
+                f"the reference: {where_text(where['reference'])}" if where["reference"] else ""]
         text += ["Where they ran (" + "; ".join(x for x in said if x) + "). The same seed gives the same records only on "
                  "the same machine and thread count: another instruction set rounds otherwise.", ""]
     text += [summarise(trials, reference), "", "![accuracy](accuracy.png)", ""]

@@ -155,3 +155,21 @@ def test_long_run_summaries_are_what_their_records_give(out, tmp_path):
     pool_aware_long.write_summary(tmp_path, name, commit, trials, reference, patched, ref_commit, where)
     assert (tmp_path / "summary.md").read_text() == (out / "summary.md").read_text(), \
         f"{out / 'summary.md'} disagrees with its records: rerun analysis/pool_aware_long.py"
+
+
+def test_where_a_carried_run_ran_is_said_per_seed_when_its_trials_ran_apart():
+    """A summary's "Where they ran": one text when every trial ran alike (the publications with
+    one machine read as before), each seed's pieces when they differ (the P3 pair moved to
+    another CPU at different steps, and a sorted list of the texts no longer said which was whose)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    from long_records import note_where, where_text
+
+    where: dict = {"trials": {}, "reference": {}}
+    for seed, text in ((1, "steps 0-5 on B"), (0, "steps 0-7 on A"), (2, "steps 0-7 on A")):
+        note_where(where, {"machine": text, "role": "trial", "config": {"seed": seed}})
+    note_where(where, {"machine": "steps 0-9 on A", "role": "reference", "config": {"seed": 0}})
+    note_where(where, {"machine": None, "role": "reference", "config": {"seed": 1}})
+    assert where_text(where["trials"]) == "seed 0: steps 0-7 on A; seed 1: steps 0-5 on B; seed 2: steps 0-7 on A"
+    assert where_text(where["reference"]) == "steps 0-9 on A"
