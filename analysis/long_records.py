@@ -14,19 +14,27 @@ def ordered(trials: list) -> list:
     return sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
 
 
+def label(config: dict) -> str:
+    """A trial's name in every table, figure legend and where-it-ran line: rule / attack / seed."""
+    attack = config.get("attack", "none")
+    objective = "worst (P3)" if "objective=worst" in attack else ("expected" if attack.startswith("pool_aware") else attack)
+    return f"{config.get('aggregator')} / {objective} / seed {config.get('seed')}"
+
+
 def note_where(where: dict, meta: dict) -> None:
     """Add a published trial's machine (its meta's ``machine``: a carried run's pieces) to
-    ``where``: per role, each machine text with the seeds that ran there."""
+    ``where``: per role, each machine text with the trials (by :func:`label`) that ran there."""
     if meta.get("machine"):
         role = "reference" if meta["role"] == "reference" else "trials"
-        where[role].setdefault(meta["machine"], set()).add(meta["config"].get("seed"))
+        where[role].setdefault(meta["machine"], set()).add(label(meta["config"]))
 
 
 def where_text(texts: dict) -> str:
-    """The machine texts of one role: the one text when every trial ran alike, else each seed's."""
+    """The machine texts of one role: the one text when every trial ran alike, else each
+    trial's by its label (not its seed alone: two trials at one seed may have run apart)."""
     if len(texts) == 1:
         return next(iter(texts))
-    return "; ".join(f"seed {s}: {text}" for s, text in sorted((s, text) for text, seeds in texts.items() for s in seeds))
+    return "; ".join(f"{name}: {text}" for name, text in sorted((n, text) for text, names in texts.items() for n in names))
 
 
 def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None", dict]:

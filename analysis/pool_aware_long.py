@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # blocks.py, beside this script
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # raymix, for the figure, from a checkout
 
-from long_records import load_published, note_where, ordered, where_text  # noqa: E402  (the published records' one reader, shared with readings.py)
+from long_records import label, load_published, note_where, ordered, where_text  # noqa: E402  (the published records' one reader, shared with readings.py)
 
 LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at eval_every 100)
 
@@ -103,12 +103,6 @@ def read_trial(path: Path) -> tuple[dict, list[dict], bool]:
                 r["attack"] = t["attack"]
                 from_tune = True
     return config, [records[s] for s in sorted(records)], from_tune
-
-
-def label(config: dict) -> str:
-    attack = config.get("attack", "none")
-    objective = "worst (P3)" if "objective=worst" in attack else ("expected" if attack.startswith("pool_aware") else attack)
-    return f"{config.get('aggregator')} / {objective} / seed {config.get('seed')}"
 
 
 def mean(xs) -> float:

@@ -308,7 +308,8 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     text3 = (out3 / "summary.md").read_text()
     assert f"Where they ran (the trials: the trials' box; the reference: {ref_meta['machine']})" in text3
     assert "| mixtailor(composition=full) / worst (P3) / seed 0 | 400 of 400 | 95.0 | 72.5 | 96.0 |" in text3
-    assert mod.load_published(out3)[6] == {"trials": {"the trials' box"}, "reference": {ref_meta["machine"]}}
+    assert mod.load_published(out3)[6] == {"trials": {"the trials' box": {"mixtailor(composition=full) / worst (P3) / seed 0"}},
+                                           "reference": {ref_meta["machine"]: {"omniscient / none / seed 0"}}}
     # a fixed attack (IPM: no choice recorded) lengthened to 50,000 steps, carried: no attacker
     # table or figure; the gap at every 10,000 steps up to the configured length ("n/a" where
     # not run yet), the plan's length (carry.json), not the first length config.json kept

@@ -157,19 +157,25 @@ def test_long_run_summaries_are_what_their_records_give(out, tmp_path):
         f"{out / 'summary.md'} disagrees with its records: rerun analysis/pool_aware_long.py"
 
 
-def test_where_a_carried_run_ran_is_said_per_seed_when_its_trials_ran_apart():
+def test_where_a_carried_run_ran_is_said_per_trial_when_its_trials_ran_apart():
     """A summary's "Where they ran": one text when every trial ran alike (the publications with
-    one machine read as before), each seed's pieces when they differ (the P3 pair moved to
-    another CPU at different steps, and a sorted list of the texts no longer said which was whose)."""
+    one machine read as before), each trial's pieces when they differ (the P3 pair moved to
+    another CPU at different steps, and a sorted list of the texts no longer said which was
+    whose), named by the trial's label, not its seed alone: two trials at one seed (the loco
+    sweep's compositions) may have run apart."""
     import sys
 
     sys.path.insert(0, str(REPO / "analysis"))
     from long_records import note_where, where_text
 
     where: dict = {"trials": {}, "reference": {}}
-    for seed, text in ((1, "steps 0-5 on B"), (0, "steps 0-7 on A"), (2, "steps 0-7 on A")):
-        note_where(where, {"machine": text, "role": "trial", "config": {"seed": seed}})
-    note_where(where, {"machine": "steps 0-9 on A", "role": "reference", "config": {"seed": 0}})
-    note_where(where, {"machine": None, "role": "reference", "config": {"seed": 1}})
-    assert where_text(where["trials"]) == "seed 0: steps 0-7 on A; seed 1: steps 0-5 on B; seed 2: steps 0-7 on A"
+    for seed, composition, text in ((1, "full", "steps 0-5 on B"), (0, "full", "steps 0-7 on A"),
+                                    (0, "no_krum", "steps 0-3 on B"), (2, "full", "steps 0-7 on A")):
+        note_where(where, {"machine": text, "role": "trial",
+                           "config": {"seed": seed, "aggregator": f"mixtailor(composition={composition})", "attack": "ipm"}})
+    note_where(where, {"machine": "steps 0-9 on A", "role": "reference", "config": {"seed": 0, "aggregator": "omniscient"}})
+    note_where(where, {"machine": None, "role": "reference", "config": {"seed": 1, "aggregator": "omniscient"}})
+    assert where_text(where["trials"]) == (
+        "mixtailor(composition=full) / ipm / seed 0: steps 0-7 on A; mixtailor(composition=full) / ipm / seed 1: steps 0-5 on B; "
+        "mixtailor(composition=full) / ipm / seed 2: steps 0-7 on A; mixtailor(composition=no_krum) / ipm / seed 0: steps 0-3 on B")
     assert where_text(where["reference"]) == "steps 0-9 on A"
