@@ -14,6 +14,18 @@ def ordered(trials: list) -> list:
     return sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
 
 
+def below_from(paired: list, bound: float) -> "int | float | None":
+    """"Below BOUND from S on": the first step S of ``paired`` ((step, value) in step order) from
+    which every later value is below ``bound``; None when the last is not. One definition, for
+    the summaries' gap table and for readings.py's ``from<X``."""
+    since = None
+    for step, value in reversed(paired):
+        if value >= bound:
+            break
+        since = step
+    return since
+
+
 def label(config: dict) -> str:
     """A trial's name in every table, figure legend and where-it-ran line: rule / attack / seed."""
     attack = config.get("attack", "none")

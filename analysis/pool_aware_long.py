@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # blocks.py, beside this script
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # raymix, for the figure, from a checkout
 
-from long_records import label, load_published, note_where, ordered, where_text  # noqa: E402  (the published records' one reader, shared with readings.py)
+from long_records import below_from, label, load_published, note_where, ordered, where_text  # noqa: E402  (the published records' one reader, shared with readings.py)
 
 LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at eval_every 100)
 
@@ -208,11 +208,7 @@ def gap_rows(trials, reference) -> list[str]:
         if not paired:
             continue
         at = dict(paired)
-        since = None
-        for step, gap in reversed(paired):
-            if gap >= 0.02:
-                break
-            since = step
+        since = below_from(paired, 0.02)
         points = " / ".join(fmt(at.get(s)) if s in at else "n/a" for s in gap_steps(trials))
         rows.append(f"| {label(cfg)} | {len(paired)} evals, to step {paired[-1][0]:,} | {points} "
                     f"| {fmt(mean(g for _, g in paired[-LAST:]))} | {'never' if since is None else f'{since:,}'} |")

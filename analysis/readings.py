@@ -2,7 +2,7 @@
 
 A page cites a number of a published sweep as
 
-    <!-- r: NAME COLUMN [KEY=VALUE ...] [range|spread] [minus KEY=VALUE ...] [%] [.Nf] -->TEXT<!-- /r -->
+    <!-- r: NAME COLUMN [KEY=VALUE ...] [range|spread|count|first>=X|from<X] [minus KEY=VALUE ...] [%] [.Nf] -->TEXT<!-- /r -->
 
 and this script rewrites TEXT from ``docs/results/NAME/records/`` (or, for a sweep published
 before records were kept, from its published ``summary.csv``, which holds only the summary
@@ -27,6 +27,12 @@ as ``step<=9200``; quote a VALUE holding spaces:
   attacker chose lambda 1 (``attack.lambda attack.lambda=1.0 count``);
 - ``first>=X``: the first evaluation's ``step`` at which COLUMN (times 100 with ``%``) is at
   least X (``,.0f`` writes 4,100);
+- ``from<X``: "below X from S on", the first evaluation ``step`` S from which COLUMN (times
+  100 with ``%``; with ``minus``, the difference row by row, as for ``range``) is below X at
+  every later evaluation, or ``never`` when the last is not (one seed selected:
+  ``test_accuracy role=reference seed=0 minus role=trial from<2 % ,.0f``, the step from which
+  a trial stays within 2 points of omniscient; the summaries' gap table uses the same
+  definition, ``long_records.below_from``);
 - ``minus KEY=VALUE ...``: the value above minus the value of the row selected by the same
   filters with these ones changed (``final_mean aggregator=no_geomed minus
   aggregator=full``: how far no_geomed is above the full pool); with ``range`` or
@@ -57,6 +63,9 @@ import shlex
 import sys
 from functools import lru_cache
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # long_records.py, beside this script
+from long_records import below_from, load_published  # noqa: E402  (the published records' one reader)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results"
@@ -89,9 +98,6 @@ def _long_run_frame(out: Path):
     record's fields (the attacker's choice as ``attack.lambda``, ``attack.expected``, ...);
     no summary table."""
     import pandas as pd
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from long_records import load_published
 
     _, _, trials, reference, *_ = load_published(out)
     runs = [({"role": "trial", **{k: config.get(k) for k in ("seed", "aggregator", "attack")}}, recs) for _, config, recs, _ in trials]
@@ -153,7 +159,7 @@ def reading(spec: str, results: Path = RESULTS) -> str:
     """The text of the reading ``spec`` (module docstring)."""
     words = shlex.split(spec)
     if len(words) < 2:
-        raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range|spread] [minus KEY=VALUE ...] [%] [.Nf]")
+        raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range|spread|count|first>=X|from<X] [minus KEY=VALUE ...] [%] [.Nf]")
     name, column = words[0], words[1]
     fmt, kind, scale, first = ".1f", "value", 1.0, None
     filters: dict = {}
@@ -169,11 +175,13 @@ def reading(spec: str, results: Path = RESULTS) -> str:
             fmt = word
         elif word.startswith("first>="):
             kind, first = "first", float(word[len("first>="):])
+        elif word.startswith("from<"):
+            kind, first = "from", float(word[len("from<"):])
         elif re.match(r"[^=<>]+(<=|>=|=)", word):
             key, op, value = re.match(r"([^=<>]+)(<=|>=|=)(.*)", word, re.S).groups()
             (filters if other is None else other)[(key, op)] = value
         else:
-            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, KEY<=X, KEY>=X, range, spread, first>=X, "
+            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, KEY<=X, KEY>=X, range, spread, first>=X, from<X, "
                              "minus, % nor a format like .1f")
     if other is not None and kind in ("count", "first"):
         raise ValueError(f"reading {spec!r}: minus goes with a value, range or spread, not {kind}")
@@ -183,8 +191,16 @@ def reading(spec: str, results: Path = RESULTS) -> str:
         if not steps:
             raise ValueError(f"reading {spec!r}: {column} never reaches {first}")
         return f"{min(steps):{fmt}}"
+    if kind == "from":  # below the bound at every evaluation from S on (long_records.below_from)
+        paired = (_differences(spec, name, column, rows, other, results) if other is not None
+                  else [((step,), float(v)) for step, v in zip(rows["step"], rows[column]) if not math.isnan(float(v))])
+        steps = [key[-1] for key, _ in paired]
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"reading {spec!r}: from<X reads one trial's evaluations: select one seed")
+        since = below_from(sorted((float(step), scale * v) for step, v in zip(steps, (v for _, v in paired))), first)
+        return "never" if since is None else f"{since:{fmt}}"
     if other is not None and kind in ("range", "spread"):
-        values = _differences(spec, name, column, rows, other, results)
+        values = [v for _, v in _differences(spec, name, column, rows, other, results)]
     values = [scale * v for v in values]
     if kind == "count":
         return str(len(values))
@@ -202,10 +218,11 @@ def reading(spec: str, results: Path = RESULTS) -> str:
     return f"{value:{fmt}}"
 
 
-def _differences(spec: str, name: str, column: str, rows, other: dict, results: Path) -> "list[float]":
-    """For ``range`` or ``spread`` with ``minus``: per row of the ``minus`` selection, the first
-    selection's COLUMN at the same seed and step minus the row's (a gap per trial, such as
-    omniscient's accuracy minus each pool-aware trial's at step 10,000)."""
+def _differences(spec: str, name: str, column: str, rows, other: dict, results: Path) -> "list[tuple[tuple, float]]":
+    """For ``range``, ``spread`` or ``from<X`` with ``minus``: per row of the ``minus`` selection,
+    its (seed, step) key and the first selection's COLUMN at the same seed and step minus the
+    row's (a gap per trial, such as omniscient's accuracy minus each pool-aware trial's at step
+    10,000)."""
     _, from_records, their_rows = _values(spec, name, column, other, results, keep_nan=False)
     keys = [k for k in ("seed", "step") if k in rows.columns and k in their_rows.columns]
     if not from_records or not keys:
@@ -220,7 +237,7 @@ def _differences(spec: str, name: str, column: str, rows, other: dict, results: 
         if key not in mine:
             raise ValueError(f"reading {spec!r}: no row of the first selection at {dict(zip(keys, key))}")
         if not (math.isnan(mine[key]) or math.isnan(float(value))):  # NaN rows left out, as range leaves them out
-            out.append(mine[key] - float(value))
+            out.append((key, mine[key] - float(value)))
     return out
 
 

@@ -113,6 +113,16 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
     assert readings.reading("long test_accuracy role=reference minus role=trial spread %", tmp_path) == "43.0"
     with pytest.raises(ValueError, match="minus goes with a value, range or spread"):
         readings.reading("long test_accuracy role=reference minus role=trial count", tmp_path)
+    # "below X from S on" (the gaps are 50, 40, 10, 7 points at steps 100-400): the first step
+    # from which every later one is below X, "never" when the last is not; one seed's records only
+    assert readings.reading("long test_accuracy role=reference seed=0 minus role=trial from<20 % ,.0f", tmp_path) == "300"
+    assert readings.reading("long test_accuracy role=reference seed=0 minus role=trial from<5 % ,.0f", tmp_path) == "never"
+    assert readings.reading("long test_accuracy role=trial seed=0 from<1 .0f", tmp_path) == "100"  # no minus: the column itself
+    assert readings.reading("long test_accuracy role=trial seed=0 from<0.6 .0f", tmp_path) == "never"
+    from long_records import below_from
+
+    assert below_from([(1, 1.0), (2, 3.0), (3, 1.0), (4, 1.5)], 2.0) == 3  # below at 1 too, but not from 1 on
+    assert below_from([(1, 1.0), (2, 3.0)], 2.0) is None and below_from([], 2.0) is None
     with pytest.raises(ValueError, match="pairs evaluation records by seed and step"):
         readings.reading("old final_mean range minus aggregator=krum", tmp_path)
 
