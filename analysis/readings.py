@@ -194,10 +194,10 @@ def reading(spec: str, results: Path = RESULTS) -> str:
     if kind == "from":  # below the bound at every evaluation from S on (long_records.below_from)
         paired = (_differences(spec, name, column, rows, other, results) if other is not None
                   else [((step,), float(v)) for step, v in zip(rows["step"], rows[column]) if not math.isnan(float(v))])
-        steps = [key[-1] for key, _ in paired]
-        if len(set(steps)) != len(steps):
+        by_step = sorted((float(key[-1]), scale * v) for key, v in paired)  # the step is each key's last part
+        if len({step for step, _ in by_step}) != len(by_step):
             raise ValueError(f"reading {spec!r}: from<X reads one trial's evaluations: select one seed")
-        since = below_from(sorted((float(step), scale * v) for step, v in zip(steps, (v for _, v in paired))), first)
+        since = below_from(by_step, first)
         return "never" if since is None else f"{since:{fmt}}"
     if other is not None and kind in ("range", "spread"):
         values = [v for _, v in _differences(spec, name, column, rows, other, results)]
