@@ -10,8 +10,9 @@ from pathlib import Path
 
 
 def ordered(trials: list) -> list:
-    """The trials as every table and the figure list them: by seed, then attack."""
-    return sorted(trials, key=lambda t: (t[1].get("seed"), t[1].get("attack")))
+    """The trials as every table and the figure list them: by rule (a sweep of several pools
+    lists each pool's seeds together), then seed, then attack."""
+    return sorted(trials, key=lambda t: (str(t[1].get("aggregator")), t[1].get("seed"), t[1].get("attack")))
 
 
 def below_from(paired: list, bound: float) -> "int | float | None":

@@ -189,3 +189,25 @@ def test_where_a_carried_run_ran_is_said_per_trial_when_its_trials_ran_apart():
         "mixtailor(composition=full) / ipm / seed 0: steps 0-7 on A; mixtailor(composition=full) / ipm / seed 1: steps 0-5 on B; "
         "mixtailor(composition=full) / ipm / seed 2: steps 0-7 on A; mixtailor(composition=no_krum) / ipm / seed 0: steps 0-3 on B")
     assert where_text(where["reference"]) == "steps 0-9 on A"
+
+
+def test_a_sweep_of_several_pools_lists_each_pools_seeds_together():
+    """The loco sweep's tables and legends compare pools: each pool's seeds sit together (by
+    rule, then seed, then attack), where sorting by seed first interleaved the pools; a sweep of
+    one rule keeps the order every published summary was written in (seed, then attack)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    from long_records import label, ordered
+
+    def trial(aggregator, seed, attack="pool_aware(objective=worst)"):
+        return ("t", {"aggregator": aggregator, "seed": seed, "attack": attack}, [], False)
+
+    loco = [trial(f"mixtailor(composition={c})", s) for s in (1, 0) for c in ("no_krum", "no_comed")]
+    assert [label(t[1]) for t in ordered(loco)] == [
+        "mixtailor(composition=no_comed) / worst (P3) / seed 0", "mixtailor(composition=no_comed) / worst (P3) / seed 1",
+        "mixtailor(composition=no_krum) / worst (P3) / seed 0", "mixtailor(composition=no_krum) / worst (P3) / seed 1"]
+    one_rule = [trial("mixtailor", s, a) for a in ("ipm(epsilon=10)", "ipm(epsilon=0.1)") for s in (1, 0)]
+    assert [label(t[1]) for t in ordered(one_rule)] == [
+        "mixtailor / ipm(epsilon=0.1) / seed 0", "mixtailor / ipm(epsilon=10) / seed 0",
+        "mixtailor / ipm(epsilon=0.1) / seed 1", "mixtailor / ipm(epsilon=10) / seed 1"]
