@@ -95,8 +95,10 @@ def _long_run_frame(out: Path):
     analysis/pool_aware_long.py reads them (``long_records.load_published``): one row per trial and
     evaluation, with its ``role`` (``trial``, or ``reference`` for the omniscient run), the
     trial's ``seed``, ``aggregator`` and ``attack`` (the reference's seed only), and the
-    record's fields (the attacker's choice as ``attack.lambda``, ``attack.expected``, ...);
-    no summary table."""
+    record's fields, a field that maps names to numbers one column per name (the attacker's
+    choice as ``attack.lambda``, ``attack.expected``, ...; the server's fooled members per class
+    as ``diag_fooled_family.krum``, as ``raymix.analysis.load_results`` names them); no
+    summary table."""
     import pandas as pd
 
     _, _, trials, reference, *_ = load_published(out)
@@ -105,9 +107,8 @@ def _long_run_frame(out: Path):
     rows = []
     for keys, recs in runs:
         for rec in recs:
-            choice = rec.get("attack") or {}
             rows.append({**keys, **{k: v for k, v in rec.items() if not isinstance(v, (dict, list))},
-                         **{f"attack.{k}": v for k, v in choice.items()}})
+                         **{f"{k}.{name}": x for k, v in rec.items() if isinstance(v, dict) for name, x in v.items()}})
     return pd.DataFrame(rows)
 
 
