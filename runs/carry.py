@@ -58,11 +58,22 @@ def trials_of(sweep_file: Path) -> list[dict]:
     trials = []
     for point in expand_grid(sweep.experiment, sweep.search):
         # plain: [A-Za-z0-9_.-], each part's own ends stripped (a spec's closing parenthesis)
-        name = "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{k}-{_flat(point, k)}").strip("_") for k in sweep.search) or "trial"
+        name = "__".join(_short(re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{k}-{_flat(point, k)}").strip("_")) for k in sweep.search) or "trial"
         trials.append({"name": name, "config": point})
     if len({t["name"] for t in trials}) != len(trials):
         raise Refused(f"{sweep_file}: two grid points have the same name")
     return trials
+
+
+PART = 64  # longest part of a trial's name kept whole: a file name may not pass 255 bytes
+
+
+def _short(part: str) -> str:
+    """A name part as it is, or, past PART characters (a pool listing its members), its start
+    and a hash of the whole: still one name per grid point, and a file name the disk accepts."""
+    if len(part) <= PART:
+        return part
+    return f"{part[:PART - 13]}-{hashlib.sha256(part.encode()).hexdigest()[:12]}"
 
 
 def _load_sweep(sweep_file: Path):

@@ -72,3 +72,18 @@ def test_a_finished_carried_run_is_lengthened_from_its_carried_state(tmp_path, m
     assert (out / "records.jsonl").read_text() == '{"step": 10}\n'
     assert (tmp_path / "runs" / "long" / "seed-0" / "checkpoint" / "state.pt").exists()
     assert plan["carried"]["seed-0"] == {"step": 10, "records": 1, "sha256": digest}  # not done: it goes on
+
+
+def test_a_pool_listing_its_members_gets_a_name_a_disk_accepts():
+    """pool_aware_pools.yaml's third pool lists 17 members: its plain name (434 characters) is
+    past the 255 bytes a file name may have, and the trial's directory could not be made. A part
+    past carry.PART characters keeps its start and a hash of the whole (still one name per grid
+    point); the short names every carried run has used stay as they were."""
+    trials = carry.trials_of(REPO / "tune_configs" / "pool_aware_pools.yaml")
+    names = [t["name"] for t in trials]
+    assert len(set(names)) == len(trials) == 6
+    assert all(len(n) + len(".jsonl.gz") < 255 and re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names)
+    assert names[0] == "aggregator-mixtailor_add_centered_clipping_trimmed_mean__seed-0"
+    long = names[4].split("__")[0]
+    assert len(long) == carry.PART and long.startswith("aggregator-pool_members_geomed_p_1_geomed")
+    assert names[4] == long + "__seed-0" and names[5] == long + "__seed-1"
