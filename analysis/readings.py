@@ -2,7 +2,7 @@
 
 A page cites a number of a published sweep as
 
-    <!-- r: NAME COLUMN [KEY=VALUE ...] [range|spread|count|first>=X|from<X] [minus KEY=VALUE ...] [%] [.Nf] -->TEXT<!-- /r -->
+    <!-- r: NAME COLUMN [KEY=VALUE ...] [range|spread|min|max|count|first>=X|from<X] [minus KEY=VALUE ...] [%] [.Nf] -->TEXT<!-- /r -->
 
 and this script rewrites TEXT from ``docs/results/NAME/records/`` (or, for a sweep published
 before records were kept, from its published ``summary.csv``, which holds only the summary
@@ -23,6 +23,8 @@ as ``step<=9200``; quote a VALUE holding spaces:
 - ``range``: the least and largest value over the rows left, as ``LOW-HIGH`` (``LOW to
   HIGH`` when LOW is negative; NaN rows, such as omniscient's fooled fraction, left out);
 - ``spread``: the largest minus the least;
+- ``min``, ``max``: the least or the largest value alone (``step role=trial seed=0 max ,.0f``:
+  the last step a trial reached);
 - ``count``: how many rows are left (NaN left out), such as the evaluations at which the
   attacker chose lambda 1 (``attack.lambda attack.lambda=1.0 count``);
 - ``first>=X``: the first evaluation's ``step`` at which COLUMN (times 100 with ``%``) is at
@@ -35,8 +37,8 @@ as ``step<=9200``; quote a VALUE holding spaces:
   definition, ``long_records.below_from``);
 - ``minus KEY=VALUE ...``: the value above minus the value of the row selected by the same
   filters with these ones changed (``final_mean aggregator=no_geomed minus
-  aggregator=full``: how far no_geomed is above the full pool); with ``range`` or
-  ``spread``, over evaluation records, the differences row by row, each row of the ``minus``
+  aggregator=full``: how far no_geomed is above the full pool); with ``range``,
+  ``spread``, ``min`` or ``max``, over evaluation records, the differences row by row, each row of the ``minus``
   selection against the first selection's row at the same seed and step (``test_accuracy
   role=reference step=10000 minus role=trial range``: the least and largest trial's gap to
   omniscient);
@@ -160,13 +162,13 @@ def reading(spec: str, results: Path = RESULTS) -> str:
     """The text of the reading ``spec`` (module docstring)."""
     words = shlex.split(spec)
     if len(words) < 2:
-        raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range|spread|count|first>=X|from<X] [minus KEY=VALUE ...] [%] [.Nf]")
+        raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range|spread|min|max|count|first>=X|from<X] [minus KEY=VALUE ...] [%] [.Nf]")
     name, column = words[0], words[1]
     fmt, kind, scale, first = ".1f", "value", 1.0, None
     filters: dict = {}
     other: "dict | None" = None  # ``minus``: the filters of the row subtracted
     for word in words[2:]:
-        if word in ("range", "spread", "count"):
+        if word in ("range", "spread", "min", "max", "count"):
             kind = word
         elif word == "minus":
             other = dict(filters)
@@ -182,10 +184,10 @@ def reading(spec: str, results: Path = RESULTS) -> str:
             key, op, value = re.match(r"([^=<>]+)(<=|>=|=)(.*)", word, re.S).groups()
             (filters if other is None else other)[(key, op)] = value
         else:
-            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, KEY<=X, KEY>=X, range, spread, first>=X, from<X, "
+            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, KEY<=X, KEY>=X, range, spread, min, max, first>=X, from<X, "
                              "minus, % nor a format like .1f")
     if other is not None and kind in ("count", "first"):
-        raise ValueError(f"reading {spec!r}: minus goes with a value, range or spread, not {kind}")
+        raise ValueError(f"reading {spec!r}: minus goes with a value, range, spread, min or max, not {kind}")
     values, from_records, rows = _values(spec, name, column, filters, results, keep_nan=kind == "value")
     if kind == "first":  # the first evaluation (least step) at which COLUMN reaches the bound
         steps = [float(s) for s, v in zip(rows["step"], rows[column]) if scale * float(v) >= first]
@@ -200,7 +202,7 @@ def reading(spec: str, results: Path = RESULTS) -> str:
             raise ValueError(f"reading {spec!r}: from<X reads one trial's evaluations: select one seed")
         since = below_from(by_step, first)
         return "never" if since is None else f"{since:{fmt}}"
-    if other is not None and kind in ("range", "spread"):
+    if other is not None and kind in ("range", "spread", "min", "max"):
         values = [v for _, v in _differences(spec, name, column, rows, other, results)]
     values = [scale * v for v in values]
     if kind == "count":
@@ -211,6 +213,8 @@ def reading(spec: str, results: Path = RESULTS) -> str:
         lo, hi = min(values), max(values)
         if kind == "spread":
             return f"{hi - lo:{fmt}}"
+        if kind in ("min", "max"):
+            return f"{lo if kind == 'min' else hi:{fmt}}"
         return f"{lo:{fmt}}{'-' if lo >= 0 else ' to '}{hi:{fmt}}"
     value = _one(spec, values, from_records)
     if other is not None:
@@ -220,7 +224,7 @@ def reading(spec: str, results: Path = RESULTS) -> str:
 
 
 def _differences(spec: str, name: str, column: str, rows, other: dict, results: Path) -> "list[tuple[tuple, float]]":
-    """For ``range``, ``spread`` or ``from<X`` with ``minus``: per row of the ``minus`` selection,
+    """For ``range``, ``spread``, ``min``, ``max`` or ``from<X`` with ``minus``: per row of the ``minus`` selection,
     its (seed, step) key and the first selection's COLUMN at the same seed and step minus the
     row's (a gap per trial, such as omniscient's accuracy minus each pool-aware trial's at step
     10,000)."""

@@ -111,7 +111,11 @@ def test_a_reading_names_one_row_or_a_range(tmp_path):
     # the range of per-row differences (each step's gap), paired by seed and step
     assert readings.reading("long test_accuracy role=reference minus role=trial range %", tmp_path) == "7.0-50.0"
     assert readings.reading("long test_accuracy role=reference minus role=trial spread %", tmp_path) == "43.0"
-    with pytest.raises(ValueError, match="minus goes with a value, range or spread"):
+    # the least or the largest alone: the last step a trial reached, its smallest gap
+    assert readings.reading("long step role=trial max ,.0f", tmp_path) == "400"
+    assert readings.reading("long test_accuracy role=reference minus role=trial min %", tmp_path) == "7.0"
+    assert readings.reading("long test_accuracy role=trial max %", tmp_path) == "90.0"
+    with pytest.raises(ValueError, match="minus goes with a value, range, spread, min or max"):
         readings.reading("long test_accuracy role=reference minus role=trial count", tmp_path)
     # "below X from S on" (the gaps are 50, 40, 10, 7 points at steps 100-400): the first step
     # from which every later one is below X, "never" when the last is not; one seed's records only
