@@ -14,6 +14,7 @@ process: every honest gradient in one vmap pass), timed over ``--train-steps`` s
     python benchmarks/attack_cost.py                  # ~6 min on 2 cores (the references are slow)
     python benchmarks/attack_cost.py --no-reference   # the fast paths only
     python benchmarks/attack_cost.py --no-reference --no-torch-ops   # ~2 min: the C paths only
+    python benchmarks/attack_cost.py --no-reference --no-torch-ops --composition no_geomed   # another pool
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from raymix.attacks import AdversaryView, build_attack
 from raymix.attacks.optimal import crafted_direction, every, lambda_search
 from raymix.attacks.pool_values import PoolValues
 from raymix.config import ExperimentConfig
+from raymix.pool import COMPOSITIONS
 from raymix.seeding import torch_generator
 from raymix.step import LocalSimulation
 
@@ -102,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed calls per attack and rows (median)")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference path (slow: ~10-40 s per default search)")
     ap.add_argument("--no-torch-ops", action="store_true", help="skip the fast path with torch ops only (~3x the C path)")
+    ap.add_argument("--composition", default="full", choices=COMPOSITIONS,
+                    help="the pool the attacker knows: the paper's 64 rules (full) or a leave-one-class-out pool")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not os.environ.get("RAYMIX_DATA_DIR"):
@@ -109,7 +113,8 @@ def main(argv=None) -> int:
         return 2
     train = train_step_seconds(args.train_steps)
     print(f"training step (LocalSimulation, mixtailor, ipm(epsilon=0.1), 1 thread): {train * 1e3:.1f} ms")
-    pool = setting(aggregator="mixtailor", attack="none").build_pool().public()
+    pool = setting(aggregator=f"mixtailor(composition={args.composition})", attack="none").build_pool().public()
+    print(f"pool: mixtailor(composition={args.composition}), {len(pool.members)} rules")
     print("| rows | attack | fast, C (ms) | x training step | every lambda, C (ms) | fast, torch ops (ms) | reference (ms) | bound's gain | C vs torch ops | C vs reference |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, H in honest_rows(args.trained).items():
