@@ -72,6 +72,9 @@ from long_records import below_from, load_published  # noqa: E402  (the publishe
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results"
 MARK = re.compile(r"<!-- r: (?P<spec>.*?) -->(?P<text>.*?)<!-- /r -->", re.S)
+OVER_ROWS = ("range", "spread", "min", "max")  # kinds over the rows left; with ``minus``, over the row-by-row differences
+KINDS = OVER_ROWS + ("count",)  # the kinds named by a word alone (first>=X and from<X carry a bound)
+GRAMMAR = f"NAME COLUMN [KEY=VALUE ...] [{'|'.join(KINDS)}|first>=X|from<X] [minus KEY=VALUE ...] [%] [.Nf]"
 
 
 @lru_cache(maxsize=None)
@@ -162,13 +165,13 @@ def reading(spec: str, results: Path = RESULTS) -> str:
     """The text of the reading ``spec`` (module docstring)."""
     words = shlex.split(spec)
     if len(words) < 2:
-        raise ValueError(f"reading {spec!r}: give NAME COLUMN [KEY=VALUE ...] [range|spread|min|max|count|first>=X|from<X] [minus KEY=VALUE ...] [%] [.Nf]")
+        raise ValueError(f"reading {spec!r}: give {GRAMMAR}")
     name, column = words[0], words[1]
     fmt, kind, scale, first = ".1f", "value", 1.0, None
     filters: dict = {}
     other: "dict | None" = None  # ``minus``: the filters of the row subtracted
     for word in words[2:]:
-        if word in ("range", "spread", "min", "max", "count"):
+        if word in KINDS:
             kind = word
         elif word == "minus":
             other = dict(filters)
@@ -184,10 +187,10 @@ def reading(spec: str, results: Path = RESULTS) -> str:
             key, op, value = re.match(r"([^=<>]+)(<=|>=|=)(.*)", word, re.S).groups()
             (filters if other is None else other)[(key, op)] = value
         else:
-            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, KEY<=X, KEY>=X, range, spread, min, max, first>=X, from<X, "
-                             "minus, % nor a format like .1f")
+            raise ValueError(f"reading {spec!r}: {word!r} is neither KEY=VALUE, KEY<=X, KEY>=X, {', '.join(KINDS)}, "
+                             "first>=X, from<X, minus, % nor a format like .1f")
     if other is not None and kind in ("count", "first"):
-        raise ValueError(f"reading {spec!r}: minus goes with a value, range, spread, min or max, not {kind}")
+        raise ValueError(f"reading {spec!r}: minus goes with a value, {', '.join(OVER_ROWS[:-1])} or {OVER_ROWS[-1]}, not {kind}")
     values, from_records, rows = _values(spec, name, column, filters, results, keep_nan=kind == "value")
     if kind == "first":  # the first evaluation (least step) at which COLUMN reaches the bound
         steps = [float(s) for s, v in zip(rows["step"], rows[column]) if scale * float(v) >= first]
@@ -202,7 +205,7 @@ def reading(spec: str, results: Path = RESULTS) -> str:
             raise ValueError(f"reading {spec!r}: from<X reads one trial's evaluations: select one seed")
         since = below_from(by_step, first)
         return "never" if since is None else f"{since:{fmt}}"
-    if other is not None and kind in ("range", "spread", "min", "max"):
+    if other is not None and kind in OVER_ROWS:
         values = [v for _, v in _differences(spec, name, column, rows, other, results)]
     values = [scale * v for v in values]
     if kind == "count":

@@ -113,8 +113,9 @@ def main(argv=None) -> int:
         return 2
     train = train_step_seconds(args.train_steps)
     print(f"training step (LocalSimulation, mixtailor, ipm(epsilon=0.1), 1 thread): {train * 1e3:.1f} ms")
-    pool = setting(aggregator=f"mixtailor(composition={args.composition})", attack="none").build_pool().public()
-    print(f"pool: mixtailor(composition={args.composition}), {len(pool.members)} rules")
+    aggregator = f"mixtailor(composition={args.composition})"
+    pool = setting(aggregator=aggregator, attack="none").build_pool().public()
+    print(f"pool: {aggregator}, {len(pool.members)} rules")
     print("| rows | attack | fast, C (ms) | x training step | every lambda, C (ms) | fast, torch ops (ms) | reference (ms) | bound's gain | C vs torch ops | C vs reference |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, H in honest_rows(args.trained).items():
