@@ -28,10 +28,12 @@ def below_from(paired: list, bound: float) -> "int | float | None":
 
 
 def label(config: dict) -> str:
-    """A trial's name in every table, figure legend and where-it-ran line: rule / attack / seed."""
+    """A trial's name in every table, figure legend and where-it-ran line: rule / attack / seed,
+    the rule by the short name its publisher gave it (``name``: analysis/pool_aware_long.py
+    ``--name``, for a pool whose spec lists its members) where there is one."""
     attack = config.get("attack", "none")
     objective = "worst (P3)" if "objective=worst" in attack else ("expected" if attack.startswith("pool_aware") else attack)
-    return f"{config.get('aggregator')} / {objective} / seed {config.get('seed')}"
+    return f"{config.get('name') or config.get('aggregator')} / {objective} / seed {config.get('seed')}"
 
 
 def note_where(where: dict, meta: dict) -> None:
@@ -57,6 +59,8 @@ def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None",
     where: dict = {"trials": {}, "reference": {}}
     for meta_path in sorted((out / "records").glob("*.json")):
         meta = json.loads(meta_path.read_text())
+        if meta.get("name"):  # the short name the publisher gave the trial's rule (label); the config stays what ran
+            meta["config"] = {**meta["config"], "name": meta["name"]}
         note_where(where, meta)
         name = meta_path.name[: -len(".json")]
         with gzip.open(out / "records" / f"{name}.jsonl.gz", "rt") as fh:

@@ -12,6 +12,8 @@ rerun this script to regenerate it.
 Per trial, in ``<out>/records/``: the evaluation records (``<trial>.jsonl.gz``, one JSON object
 per evaluation, as raymix wrote them) and the trial's configuration (``<trial>.json``, with the
 commit the runs were made at, and whether it is a trial or the omniscient reference).
+``--name NAME=SPEC`` gives a rule spec that lists its members a short name (kept in the trial's
+``<trial>.json``) for the tables, legends and readings (``name=NAME``).
 ``--from-published`` regenerates summary.md and the figure from ``<out>/records`` alone
 (tests/test_published.py does, and fails when they disagree). Records written at commits before 9ed0a2f lack the attack's
 recorded choice (a sweep's records.jsonl dropped ``attack``; Tune's result.json of the same
@@ -23,6 +25,7 @@ import argparse
 import gzip
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -280,12 +283,31 @@ def attacker_figure(trials, out: Path) -> None:
     plt.close(fig)
 
 
+def parse_names(given: "list[str]") -> dict:
+    """``--name NAME=SPEC`` (repeatable) as {SPEC: NAME}: a short name for a rule spec that
+    lists its members, used in the tables, legends and readings (``name=NAME``) instead of it."""
+    names: dict = {}
+    for item in given:
+        name, eq, spec = item.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name) or not spec.strip():
+            raise SystemExit(f"--name {item!r}: give NAME=SPEC, NAME of letters, digits and _.+- (such as least_fooled=pool(members=[...]))")
+        if name in names.values() or spec in names:
+            raise SystemExit(f"--name {item!r}: each name and each spec once")
+        names[spec] = name
+    return names
+
+
 def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
             reference_commit: "str | None" = None, machine: "str | None" = None,
-            reference_machine: "str | None" = None) -> tuple[list, dict, list, dict]:
+            reference_machine: "str | None" = None, names: "dict | None" = None) -> tuple[list, dict, list, dict]:
     """Copy the trials' records into ``out/records``, each with the commit it was run at (the
-    reference's ``reference_commit``, default ``commit``) and where it ran (a carried run's
-    pieces, else ``machine`` / ``reference_machine``); return (trials, reference, patched, where)."""
+    reference's ``reference_commit``, default ``commit``), where it ran (a carried run's
+    pieces, else ``machine`` / ``reference_machine``) and the short name ``names`` gives its rule
+    ({spec: name}, :func:`parse_names`); return (trials, reference, patched, where)."""
+    names = names or {}
+    found = {read_trial(p)[0].get("aggregator") for p in trial_dirs(sweep)}
+    if set(names) - found:  # a name for a spec no trial ran: a typo, said before anything is written
+        raise SystemExit(f"--name: no trial of {sweep} runs {sorted(set(names) - found)[0]!r}; its rules: {', '.join(sorted(map(str, found)))}")
     (out / "records").mkdir(parents=True, exist_ok=True)
     trials, reference, patched, where = [], {}, [], {"trials": {}, "reference": {}}
     for source, is_ref in [(sweep, False)] + ([(reference_sweep, True)] if reference_sweep else []):
@@ -301,6 +323,9 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
             meta = {"commit": (reference_commit or commit) if is_ref else commit, "sweep": source.name, "config": cfg,
                     "role": "reference" if is_ref else "trial",
                     "choice_from_result_json": from_tune, "machine": ran.get(path.name, ran.get(None))}
+            if not is_ref and cfg.get("aggregator") in names:
+                meta["name"] = names[cfg["aggregator"]]
+                cfg = {**cfg, "name": meta["name"]}  # as load_published gives it back: label() shows the name
             note_where(where, meta)
             (out / "records" / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             if is_ref:
@@ -331,6 +356,9 @@ def write_summary(out: Path, sweep_name: str, commit: str, trials: list, referen
                 f"the reference: {where_text(where['reference'])}" if where["reference"] else ""]
         text += ["Where they ran (" + "; ".join(x for x in said if x) + "). The same seed gives the same records only on "
                  "the same machine and thread count: another instruction set rounds otherwise.", ""]
+    named = sorted({(c["name"], c["aggregator"]) for _, c, _, _ in trials if c.get("name")})
+    if named:
+        text += ["The rules named here: " + "; ".join(f"`{n}` is `{a}`" for n, a in named) + ".", ""]
     text += [summarise(trials, reference), "", "![accuracy](accuracy.png)", ""]
     text += ["![the attacker's choice](attacker.png)", ""] if searching else []
     if patched:
@@ -357,8 +385,12 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-machine", help="where the reference ran, as text (likewise)")
     ap.add_argument("--out", type=Path, required=True, help="the docs directory to (re)write")
     ap.add_argument("--from-published", action="store_true", help="regenerate summary.md and the figure from OUT/records alone")
+    ap.add_argument("--name", action="append", default=[], metavar="NAME=SPEC",
+                    help="a short name for a rule spec that lists its members (repeatable), in the tables, legends and readings")
     ap.add_argument("--into", type=Path, help="a page whose generated block for OUT gets the summary's tables, and whose readings (analysis/readings.py) are rewritten")
     args = ap.parse_args(argv)
+    if args.from_published and args.name:
+        ap.error("--name names the trials as they are published; the published records keep their names")
     if args.from_published:
         sweep_name, commit, trials, reference, patched, ref_commit, where = load_published(args.out)
     else:
@@ -366,7 +398,7 @@ def main(argv=None) -> int:
             ap.error("--sweep and --commit are required (unless --from-published)")
         ref_commit = args.reference_commit
         trials, reference, patched, where = publish(args.sweep, args.reference, args.commit, args.out, ref_commit,
-                                                    args.machine, args.reference_machine)
+                                                    args.machine, args.reference_machine, parse_names(args.name))
         sweep_name, commit = args.sweep.name, args.commit
     print(write_summary(args.out, sweep_name, commit, trials, reference, patched, ref_commit, where))
     if args.into is not None:

@@ -99,7 +99,8 @@ def _long_run_frame(out: Path):
     """The evaluation records of a pool-aware long run published in ``out``, as
     analysis/pool_aware_long.py reads them (``long_records.load_published``): one row per trial and
     evaluation, with its ``role`` (``trial``, or ``reference`` for the omniscient run), the
-    trial's ``seed``, ``aggregator`` and ``attack`` (the reference's seed only), and the
+    trial's ``seed``, ``aggregator``, ``attack`` and ``name`` (the short name its publisher gave
+    the rule, else None; the reference's seed only), and the
     record's fields, a field that maps names to numbers one column per name (the attacker's
     choice as ``attack.lambda``, ``attack.expected``, ...; the server's fooled members per class
     as ``diag_fooled_family.krum``, as ``raymix.analysis.load_results`` names them); no
@@ -107,7 +108,7 @@ def _long_run_frame(out: Path):
     import pandas as pd
 
     _, _, trials, reference, *_ = load_published(out)
-    runs = [({"role": "trial", **{k: config.get(k) for k in ("seed", "aggregator", "attack")}}, recs) for _, config, recs, _ in trials]
+    runs = [({"role": "trial", **{k: config.get(k) for k in ("seed", "aggregator", "attack", "name")}}, recs) for _, config, recs, _ in trials]
     runs += [({"role": "reference", "seed": seed}, recs) for seed, recs in reference.items()]
     rows = []
     for keys, recs in runs:

@@ -331,6 +331,53 @@ def test_the_long_run_summary_is_computed_from_the_records_it_publishes(tmp_path
     assert "| mixtailor / ipm(epsilon=0.1) / seed 0 | 2 evals, to step 20,000 | n/a / n/a / 7.0 / 7.0 / n/a / n/a / n/a | 7.0 | never |" in text4
 
 
+def test_a_pool_listing_its_members_is_published_and_read_by_its_short_name(tmp_path, capsys):
+    """pool_aware_long.py --name: a pool spec of 17 members is called by its short name in the
+    tables and the where-it-ran line, the spec said once beside it; the name is published with
+    the records (the config stays what ran), so --from-published and the readings
+    (``name=NAME``) find it; a malformed name or one for a spec no trial ran is a one-line
+    error before anything is written."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pool_aware_long", REPO / "analysis" / "pool_aware_long.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(REPO / "analysis"))
+    import readings
+
+    pool = "pool(members=[" + ", ".join(["geomed(p=1)", "comed"] + [f"bulyan(select=krum, agg=mean, p={p})" for p in range(15)]) + "])"
+    sweep = tmp_path / "pools"
+    for agg, tag in ((pool, "long"), ("mixtailor", "paper")):
+        d = sweep / f"{tag}__seed-0"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"aggregator": agg, "attack": "pool_aware(objective=worst)", "seed": 0, "steps": 200}))
+        (d / "records.jsonl").write_text("".join(json.dumps({"step": s, "test_accuracy": a, "attack": {"lambda": 1.0, "expected": e, "worst": 0.5, "fooled": 0.2}}) + "\n"
+                                                 for s, a, e in ((100, 0.5, -0.1), (200, 0.9 if tag == "long" else 0.3, 0.3))))
+    (sweep / "carry.json").write_text(json.dumps({"pieces": [{"machine": {"cpu": "A", "isa": "avx2", "cores": 2, "torch": "2.9"},
+                                                              "steps": {"long__seed-0": [0, 200], "paper__seed-0": [0, 200]}}]}))
+    docs = tmp_path / "docs" / "pools_out"
+    assert mod.main(["--sweep", str(sweep), "--commit", "abc1234", "--out", str(docs), "--name", f"least_fooled={pool}"]) == 0
+    text = (docs / "summary.md").read_text()
+    assert f"The rules named here: `least_fooled` is `{pool}`." in text
+    assert "| least_fooled / worst (P3) / seed 0 | 200 of 200 | 90.0 |" in text and "| mixtailor / worst (P3) / seed 0 | 200 of 200 | 30.0 |" in text
+    assert pool not in text.replace(f"`least_fooled` is `{pool}`", "")  # the spec said once, the name everywhere else
+    meta = json.loads((docs / "records" / "pools__long__seed-0.json").read_text())
+    assert meta["name"] == "least_fooled" and "name" not in meta["config"] and meta["config"]["aggregator"] == pool
+    assert "least_fooled / worst (P3) / seed 0" in str(mod.load_published(docs)[6])
+    again = tmp_path / "again"
+    again.mkdir()
+    mod.write_summary(again, *[mod.load_published(docs)[i] for i in (0, 1, 2, 3, 4, 5, 6)])
+    assert (again / "summary.md").read_text() == text
+    assert readings.reading("pools_out test_accuracy name=least_fooled step=200 %", tmp_path / "docs") == "90.0"
+    assert readings.reading("pools_out attack.expected name=least_fooled .2f", tmp_path / "docs") == "0.10"
+    for bad, says in ((["--name", "least fooled=" + pool], "give NAME=SPEC"), (["--name", "x=krum"], "no trial of"),
+                      (["--name", f"a={pool}", "--name", f"b={pool}"], "each name and each spec once")):
+        with pytest.raises(SystemExit) as err:
+            mod.main(["--sweep", str(sweep), "--commit", "abc1234", "--out", str(tmp_path / "never"), *bad])
+        assert says in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "never").exists()
+
+
 def test_figures_name_their_setting_and_keep_legends_off_the_curves(tmp_path):
     """Issue 24's figure rules: every figure's title names the attack, f and the steps; the
     legend sits outside every panel (it covers no curve); the ablation's axis spans the bars'
