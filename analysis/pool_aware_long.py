@@ -306,7 +306,9 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
     ({spec: name}, :func:`parse_names`); return (trials, reference, patched, where)."""
     names = names or {}
     found = {read_trial(p)[0].get("aggregator") for p in trial_dirs(sweep)}
-    if set(names) - found:  # a name for a spec no trial ran: a typo, said before anything is written
+    if (sweep / "carry.json").exists():  # a carried run's plan: its trials not started yet too
+        found |= {t["config"].get("aggregator") for t in json.loads((sweep / "carry.json").read_text()).get("trials", [])}
+    if set(names) - found:  # a name for a spec no trial runs: a typo, said before anything is written
         raise SystemExit(f"--name: no trial of {sweep} runs {sorted(set(names) - found)[0]!r}; its rules: {', '.join(sorted(map(str, found)))}")
     (out / "records").mkdir(parents=True, exist_ok=True)
     trials, reference, patched, where = [], {}, [], {"trials": {}, "reference": {}}
@@ -326,7 +328,7 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
             if not is_ref and cfg.get("aggregator") in names:
                 meta["name"] = names[cfg["aggregator"]]
                 cfg = {**cfg, "name": meta["name"]}  # as load_published gives it back: label() shows the name
-            note_where(where, meta)
+            note_where(where, {**meta, "config": cfg})
             (out / "records" / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             if is_ref:
                 reference[cfg.get("seed")] = recs

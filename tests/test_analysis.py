@@ -353,8 +353,9 @@ def test_a_pool_listing_its_members_is_published_and_read_by_its_short_name(tmp_
         (d / "config.json").write_text(json.dumps({"aggregator": agg, "attack": "pool_aware(objective=worst)", "seed": 0, "steps": 200}))
         (d / "records.jsonl").write_text("".join(json.dumps({"step": s, "test_accuracy": a, "attack": {"lambda": 1.0, "expected": e, "worst": 0.5, "fooled": 0.2}}) + "\n"
                                                  for s, a, e in ((100, 0.5, -0.1), (200, 0.9 if tag == "long" else 0.3, 0.3))))
-    (sweep / "carry.json").write_text(json.dumps({"pieces": [{"machine": {"cpu": "A", "isa": "avx2", "cores": 2, "torch": "2.9"},
-                                                              "steps": {"long__seed-0": [0, 200], "paper__seed-0": [0, 200]}}]}))
+    box = {"cpu": "A", "isa": "avx2", "cores": 2, "torch": "2.9"}
+    (sweep / "carry.json").write_text(json.dumps({"pieces": [{"machine": box, "steps": {"long__seed-0": [0, 200]}},  # two hosts: each trial said by its label
+                                                             {"machine": {**box, "isa": "avx512f"}, "steps": {"paper__seed-0": [0, 200]}}]}))
     docs = tmp_path / "docs" / "pools_out"
     assert mod.main(["--sweep", str(sweep), "--commit", "abc1234", "--out", str(docs), "--name", f"least_fooled={pool}"]) == 0
     text = (docs / "summary.md").read_text()
@@ -363,7 +364,7 @@ def test_a_pool_listing_its_members_is_published_and_read_by_its_short_name(tmp_
     assert pool not in text.replace(f"`least_fooled` is `{pool}`", "")  # the spec said once, the name everywhere else
     meta = json.loads((docs / "records" / "pools__long__seed-0.json").read_text())
     assert meta["name"] == "least_fooled" and "name" not in meta["config"] and meta["config"]["aggregator"] == pool
-    assert "least_fooled / worst (P3) / seed 0" in str(mod.load_published(docs)[6])
+    assert "least_fooled / worst (P3) / seed 0" in str(mod.load_published(docs)[6]) and "Where they ran (the trials: least_fooled / worst (P3) / seed 0: steps 0-200 on 2-core A (avx2" in text
     again = tmp_path / "again"
     again.mkdir()
     mod.write_summary(again, *[mod.load_published(docs)[i] for i in (0, 1, 2, 3, 4, 5, 6)])
