@@ -213,7 +213,7 @@ def gap_rows(trials, reference) -> list[str]:
         at = dict(paired)
         since = below_from(paired, 0.02)
         points = " / ".join(fmt(at.get(s)) if s in at else "n/a" for s in gap_steps(trials))
-        rows.append(f"| {label(cfg)} | {len(paired)} evals, to step {paired[-1][0]:,} | {points} "
+        rows.append(f"| {label(cfg)} | {len(paired)} eval{'s' if len(paired) != 1 else ''}, to step {paired[-1][0]:,} | {points} "
                     f"| {fmt(mean(g for _, g in paired[-LAST:]))} | {'never' if since is None else f'{since:,}'} |")
     return rows
 
