@@ -12,7 +12,8 @@ aggregator, over the seeds), the rows are the table's; otherwise they are the ev
 records themselves (``raymix.analysis.load_results``: one row per trial and evaluation, with
 ``step``, ``seed``, ``test_accuracy``, ``cosine``, ``diag_fooled_family.krum``, ...; for a
 pool-aware long run, analysis/pool_aware_long.py's records, with ``role`` trial or
-reference and the attacker's ``attack.lambda``, ...). Only the
+reference, the rule's short ``name`` where its publisher gave one (``name=nnm_classes``) and
+the attacker's ``attack.lambda``, ...). Only the
 rows whose KEY column equals VALUE are kept (``KEY<=X`` and ``KEY>=X`` bound a number, such
 as ``step<=9200``; quote a VALUE holding spaces:
 ``aggregator="mixtailor(exclude=[bulyan], geomed_iters=20)"``), then
