@@ -36,12 +36,19 @@ def label(config: dict) -> str:
     return f"{config.get('name') or config.get('aggregator')} / {objective} / seed {config.get('seed')}"
 
 
+def named(meta: dict) -> dict:
+    """A published trial's config as the tables read it: with the short ``name`` its publisher
+    gave the rule (analysis/pool_aware_long.py ``--name``; :func:`label` shows it) where there
+    is one. The published config itself stays what ran."""
+    return {**meta["config"], "name": meta["name"]} if meta.get("name") else meta["config"]
+
+
 def note_where(where: dict, meta: dict) -> None:
     """Add a published trial's machine (its meta's ``machine``: a carried run's pieces) to
     ``where``: per role, each machine text with the trials (by :func:`label`) that ran there."""
     if meta.get("machine"):
         role = "reference" if meta["role"] == "reference" else "trials"
-        where[role].setdefault(meta["machine"], set()).add(label(meta["config"]))
+        where[role].setdefault(meta["machine"], set()).add(label(named(meta)))
 
 
 def where_text(texts: dict) -> str:
@@ -59,8 +66,6 @@ def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None",
     where: dict = {"trials": {}, "reference": {}}
     for meta_path in sorted((out / "records").glob("*.json")):
         meta = json.loads(meta_path.read_text())
-        if meta.get("name"):  # the short name the publisher gave the trial's rule (label); the config stays what ran
-            meta["config"] = {**meta["config"], "name": meta["name"]}
         note_where(where, meta)
         name = meta_path.name[: -len(".json")]
         with gzip.open(out / "records" / f"{name}.jsonl.gz", "rt") as fh:
@@ -71,7 +76,7 @@ def load_published(out: Path) -> tuple[str, str, list, dict, list, "str | None",
         else:
             commits.add(meta["commit"])
             names.add(meta["sweep"])
-            trials.append((name, meta["config"], recs, meta["choice_from_result_json"]))
+            trials.append((name, named(meta), recs, meta["choice_from_result_json"]))
             if meta["choice_from_result_json"]:
                 patched.append(name)
     if len(names) != 1 or len(commits) != 1 or len(ref_commits) > 1:

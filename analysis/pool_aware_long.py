@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # blocks.py, beside this script
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # raymix, for the figure, from a checkout
 
-from long_records import below_from, label, load_published, note_where, ordered, where_text  # noqa: E402  (the published records' one reader, shared with readings.py)
+from long_records import below_from, label, load_published, named, note_where, ordered, where_text  # noqa: E402  (the published records' one reader, shared with readings.py)
 
 LAST = 10  # evaluations averaged at the end of a run ("the last 1,000 steps" at eval_every 100)
 
@@ -74,18 +74,23 @@ def machines(source: Path, given: "str | None") -> dict:
     return {k: "; ".join(f"steps {a:,}-{b:,} on {on}" for a, b, on in v) for k, v in where.items()}
 
 
-def read_trial(path: Path) -> tuple[dict, list[dict], bool]:
-    """(config, records in step order, whether the attack's choice came from result.json)."""
+def trial_config(path: Path) -> dict:
+    """A trial's config: Tune's params.json, or a carried run's plan (carry.json; its
+    config.json without this machine's paths where the plan does not list it)."""
     if _is_run(path) and not (path / "params.json").exists():
         config = json.loads((path / "config.json").read_text())
         carry = path.parent / "carry.json"
         if carry.exists():  # the plan's config is what every piece ran (a lengthened trial's config.json keeps its first length)
             config = next((t["config"] for t in json.loads(carry.read_text()).get("trials", []) if t["name"] == path.name), config)
-        config = {k: v for k, v in config.items() if k not in ("output_dir", "data_dir")}  # this machine's paths
-        lines = (path / "records.jsonl").read_text().splitlines()
-    else:
-        config = json.loads((path / "params.json").read_text())
-        lines = (path / "raymix" / "records.jsonl").read_text().splitlines()
+        return {k: v for k, v in config.items() if k not in ("output_dir", "data_dir")}  # this machine's paths
+    return json.loads((path / "params.json").read_text())
+
+
+def read_trial(path: Path) -> tuple[dict, list[dict], bool]:
+    """(config, records in step order, whether the attack's choice came from result.json)."""
+    carried = _is_run(path) and not (path / "params.json").exists()
+    config = trial_config(path)
+    lines = (path / ("records.jsonl" if carried else "raymix/records.jsonl")).read_text().splitlines()
     records = {}
     for line in lines:
         try:
@@ -305,7 +310,7 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
     pieces, else ``machine`` / ``reference_machine``) and the short name ``names`` gives its rule
     ({spec: name}, :func:`parse_names`); return (trials, reference, patched, where)."""
     names = names or {}
-    found = {read_trial(p)[0].get("aggregator") for p in trial_dirs(sweep)}
+    found = {trial_config(p).get("aggregator") for p in trial_dirs(sweep)}
     if (sweep / "carry.json").exists():  # a carried run's plan: its trials not started yet too
         found |= {t["config"].get("aggregator") for t in json.loads((sweep / "carry.json").read_text()).get("trials", [])}
     if set(names) - found:  # a name for a spec no trial runs: a typo, said before anything is written
@@ -327,8 +332,8 @@ def publish(sweep: Path, reference_sweep: "Path | None", commit: str, out: Path,
                     "choice_from_result_json": from_tune, "machine": ran.get(path.name, ran.get(None))}
             if not is_ref and cfg.get("aggregator") in names:
                 meta["name"] = names[cfg["aggregator"]]
-                cfg = {**cfg, "name": meta["name"]}  # as load_published gives it back: label() shows the name
-            note_where(where, {**meta, "config": cfg})
+            cfg = named(meta)  # as load_published gives it back: label() shows the name
+            note_where(where, meta)
             (out / "records" / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
             if is_ref:
                 reference[cfg.get("seed")] = recs
