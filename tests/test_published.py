@@ -44,6 +44,19 @@ def test_pages_quote_the_tables_their_records_give():
         assert page[start:end] == block(REPO / "docs" / "results" / name), f"rerun analysis/publish.py ... --into docs/results/README.md for {name}"
 
 
+def test_every_published_result_is_listed_in_the_sweeps_table():
+    """Each docs/results directory (a published sweep or long run) is linked from a row of the
+    results page's table of sweeps, where its YAML, commit, seeds and wall-clock are said: a
+    result published without its row is one a reader cannot place."""
+    import re
+
+    page = (REPO / "docs" / "results" / "README.md").read_text()
+    rows = "\n".join(line for line in page.splitlines() if line.startswith("| ["))
+    listed = set(re.findall(r"\]\(([^/)]+)/", rows))
+    published = {p.name for p in (REPO / "docs" / "results").iterdir() if p.is_dir()}
+    assert published - listed == set(), f"docs/results/README.md's table of sweeps lists no row for {sorted(published - listed)}"
+
+
 @pytest.mark.parametrize("page", ["docs/results/README.md", "README.md"])
 def test_numbers_in_sentences_are_what_their_records_give(page):
     """Every reading (``<!-- r: NAME COLUMN ... -->TEXT<!-- /r -->``) in the results page and
