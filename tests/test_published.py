@@ -57,6 +57,19 @@ def test_every_published_result_is_listed_in_the_sweeps_table():
     assert published - listed == set(), f"docs/results/README.md's table of sweeps lists no row for {sorted(published - listed)}"
 
 
+def test_every_carried_run_is_named_on_the_results_page():
+    """Each run carried across machines (``runs/NAME/carry.json``, runs/README.md) is named on
+    the results page (``runs/NAME``), finished or still to run: a run committed there and named
+    nowhere is work a later session cannot find."""
+    import re
+
+    page = (REPO / "docs" / "results" / "README.md").read_text()
+    carried = {p.parent.name for p in (REPO / "runs").glob("*/carry.json")}
+    assert carried, "runs/ holds no carried run"
+    unnamed = sorted(n for n in carried if not re.search(rf"runs/{re.escape(n)}(?![\w-])", page))
+    assert unnamed == [], f"docs/results/README.md names no runs/NAME for {unnamed}"
+
+
 @pytest.mark.parametrize("page", ["docs/results/README.md", "README.md"])
 def test_numbers_in_sentences_are_what_their_records_give(page):
     """Every reading (``<!-- r: NAME COLUMN ... -->TEXT<!-- /r -->``) in the results page and
