@@ -48,9 +48,14 @@ def _is_run(path: Path) -> bool:
     return (path / "config.json").exists() and (path / "records.jsonl").exists()
 
 
+def _is_carried(path: Path) -> bool:
+    """A carried run's trial (a ``raymix run`` directory), not a Tune trial (params.json)."""
+    return _is_run(path) and not (path / "params.json").exists()
+
+
 def trial_name(source: Path, path: Path, cfg: dict) -> str:
     """The published name: the sweep and the trial's index (Tune's) or its name (a carried run's)."""
-    if _is_run(path) and not (path / "params.json").exists():
+    if _is_carried(path):
         return f"{source.name}__{path.name}"
     return f"{source.name}__{path.name.split('_')[2]}_seed{cfg.get('seed')}"
 
@@ -77,7 +82,7 @@ def machines(source: Path, given: "str | None") -> dict:
 def trial_config(path: Path) -> dict:
     """A trial's config: Tune's params.json, or a carried run's plan (carry.json; its
     config.json without this machine's paths where the plan does not list it)."""
-    if _is_run(path) and not (path / "params.json").exists():
+    if _is_carried(path):
         config = json.loads((path / "config.json").read_text())
         carry = path.parent / "carry.json"
         if carry.exists():  # the plan's config is what every piece ran (a lengthened trial's config.json keeps its first length)
@@ -88,9 +93,8 @@ def trial_config(path: Path) -> dict:
 
 def read_trial(path: Path) -> tuple[dict, list[dict], bool]:
     """(config, records in step order, whether the attack's choice came from result.json)."""
-    carried = _is_run(path) and not (path / "params.json").exists()
     config = trial_config(path)
-    lines = (path / ("records.jsonl" if carried else "raymix/records.jsonl")).read_text().splitlines()
+    lines = (path / ("records.jsonl" if _is_carried(path) else "raymix/records.jsonl")).read_text().splitlines()
     records = {}
     for line in lines:
         try:
